@@ -1,0 +1,88 @@
+//! SQE builders: one function per operation ringecho submits, each tagged with its [`Token`].
+//!
+//! Keeping them here means the event loop reads as decisions ("arm a receive", "send this
+//! span") and the kernel-facing details (flags, fixed files, buffer groups) sit in one place.
+
+use io_uring::{opcode, squeue, types};
+
+use crate::token::{Op, Token};
+
+/// Multishot accept on `listener`, each connection landing in a free slot of the registered file
+/// table (`IORING_FILE_INDEX_ALLOC`); the CQE's `res` is the slot index. 5.19.
+pub fn accept_multi(listener: i32, listener_idx: usize) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(listener))
+        .allocate_file_index(true)
+        .build()
+        .user_data(accept_token(listener_idx).encode())
+}
+
+/// The token of listener `idx`'s accept (the index rides in the generation field).
+pub fn accept_token(idx: usize) -> Token {
+    Token {
+        generation: idx as u32,
+        ..Token::shard(Op::Accept)
+    }
+}
+
+/// Cancels listener `idx`'s multishot accept.
+pub fn cancel_accept(idx: usize) -> squeue::Entry {
+    opcode::AsyncCancel::new(accept_token(idx).encode())
+        .build()
+        .user_data(Token::shard(Op::CancelAccept).encode())
+}
+
+/// Multishot receive on direct descriptor `fd`, picking buffers from group `bgid`. 6.0.
+pub fn recv_multi(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
+    opcode::RecvMulti::new(types::Fixed(fd), bgid)
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Single-shot receive with buffer select from group `bgid` (the 5.19 fallback). `len` caps the
+/// receive at one buffer.
+pub fn recv_single(fd: u32, bgid: u16, len: u32, tok: Token) -> squeue::Entry {
+    opcode::Recv::new(types::Fixed(fd), std::ptr::null_mut(), len)
+        .buf_group(bgid)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(tok.encode())
+}
+
+/// Send `len` bytes at `ptr` on direct descriptor `fd`.
+///
+/// The caller guarantees the memory stays valid and unchanged until the send's CQE.
+pub fn send(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
+    opcode::Send::new(types::Fixed(fd), ptr, len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Cancels the request whose `user_data` is `target` (the connection's receive).
+pub fn cancel(target: Token, tok: Token) -> squeue::Entry {
+    opcode::AsyncCancel::new(target.encode())
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Cancels every request on direct descriptor `fd` (5.19), so a following close really releases
+/// the socket.
+pub fn cancel_all_on(fd: u32, tok: Token) -> squeue::Entry {
+    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(fd)).all())
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Closes direct descriptor `fd`, freeing its file-table slot.
+pub fn close_fixed(fd: u32, tok: Token) -> squeue::Entry {
+    opcode::Close::new(types::Fixed(fd))
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Waits (once) for `fd` to become readable: the shard's shutdown eventfd.
+pub fn poll_readable(fd: i32, tok: Token) -> squeue::Entry {
+    opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        .build()
+        .user_data(tok.encode())
+}

@@ -1,0 +1,208 @@
+//! Ring set-up: flags tried in order, features detected once, the result kept in one struct.
+//!
+//! Several features ringecho uses are *flags on an opcode* (multishot recv is a flag on
+//! `IORING_OP_RECV`, direct-descriptor allocation a value in the accept SQE), so an opcode probe
+//! alone would report a 5.19 kernel as able to do everything. [`Features`] combines the opcode
+//! probe, the `IORING_FEAT_*` bits the kernel returns from `io_uring_setup`, and the kernel
+//! version for the flags that have neither.
+
+use std::fmt;
+use std::io;
+
+use io_uring::{IoUring, Probe, opcode};
+
+use crate::error::Error;
+use crate::sys::{self, KernelVersion};
+
+/// How completions get posted: which task-running set-up flags the ring has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RingMode {
+    /// Try `defer-taskrun`, then `coop-taskrun`, then `plain`.
+    Auto,
+    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (6.1): completion work runs only
+    /// when the submitting thread waits for events, never as an interrupt of it.
+    DeferTaskrun,
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (5.19): completion work is run at
+    /// the next transition into the kernel instead of by forcing one with an IPI.
+    CoopTaskrun,
+    /// No task-running flags: the kernel interrupts the task to post completions.
+    Plain,
+}
+
+impl fmt::Display for RingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RingMode::Auto => "auto",
+            RingMode::DeferTaskrun => "defer-taskrun",
+            RingMode::CoopTaskrun => "coop-taskrun",
+            RingMode::Plain => "plain",
+        })
+    }
+}
+
+/// Ring geometry and mode requested by the user.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries (at least `sq_entries`).
+    pub cq_entries: u32,
+    /// Task-running mode.
+    pub mode: RingMode,
+}
+
+/// What this kernel and this ring can do, detected once at start-up.
+#[derive(Clone, Debug)]
+pub struct Features {
+    /// Running kernel.
+    pub kernel: KernelVersion,
+    /// The mode the ring was actually created with.
+    pub mode: RingMode,
+    /// Actual SQ size.
+    pub sq_entries: u32,
+    /// Actual CQ size.
+    pub cq_entries: u32,
+    /// `IORING_FEAT_NODROP` (5.5): overflowed completions are kept, not dropped.
+    pub nodrop: bool,
+    /// `IORING_FEAT_EXT_ARG` (5.11): waits take a timeout argument.
+    pub ext_arg: bool,
+    /// `IORING_FEAT_MIN_TIMEOUT` (6.12): waits take a minimum batch time.
+    pub min_timeout: bool,
+    /// `IORING_FEAT_RECVSEND_BUNDLE` (6.10): one receive completion for several buffers.
+    pub recv_bundle: bool,
+    /// Multishot accept with `IORING_FILE_INDEX_ALLOC` (5.19).
+    pub multishot_accept: bool,
+    /// Multishot receive (`IORING_RECV_MULTISHOT`, 6.0).
+    pub multishot_recv: bool,
+    /// Provided-buffer rings (`IORING_REGISTER_PBUF_RING`, 5.19).
+    pub buf_ring: bool,
+    /// `IORING_OP_SEND_ZC` (6.0).
+    pub send_zc: bool,
+    /// `IORING_OP_ASYNC_CANCEL` matching by fixed fd (5.19).
+    pub cancel_fd: bool,
+}
+
+impl Features {
+    /// Features every ringecho server needs; `Err` names the first missing one.
+    pub fn require_server_minimum(&self) -> Result<(), Error> {
+        let needs = [
+            (self.ext_arg, "IORING_FEAT_EXT_ARG (5.11)"),
+            (self.buf_ring, "provided-buffer rings (5.19)"),
+            (
+                self.multishot_accept,
+                "multishot accept into direct descriptors (5.19)",
+            ),
+            (self.cancel_fd, "cancellation by fixed file (5.19)"),
+        ];
+        for (have, what) in needs {
+            if !have {
+                return Err(Error::UringUnavailable(format!(
+                    "kernel {} lacks {what}: ringecho's io_uring backend needs Linux 5.19 or newer \
+                     (remedy: upgrade the kernel, or use --backend epoll)",
+                    self.kernel
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates a ring as `cfg` asks, trying task-running modes from the most to the least
+/// efficient, and detects its features. Must run on the thread that will submit to it
+/// (`SINGLE_ISSUER`).
+pub fn build_ring(cfg: &RingConfig) -> Result<(IoUring, Features), Error> {
+    let kernel = KernelVersion::current();
+    let chain: &[RingMode] = match cfg.mode {
+        RingMode::Auto => &[
+            RingMode::DeferTaskrun,
+            RingMode::CoopTaskrun,
+            RingMode::Plain,
+        ],
+        RingMode::DeferTaskrun => &[RingMode::DeferTaskrun],
+        RingMode::CoopTaskrun => &[RingMode::CoopTaskrun],
+        RingMode::Plain => &[RingMode::Plain],
+    };
+    let mut last_err = None;
+    for &mode in chain {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cfg.cq_entries.max(cfg.sq_entries))
+            .setup_submit_all();
+        match mode {
+            RingMode::DeferTaskrun => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            RingMode::CoopTaskrun => {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            RingMode::Plain | RingMode::Auto => {}
+        }
+        match b.build(cfg.sq_entries) {
+            Ok(ring) => {
+                let features = detect(&ring, mode, kernel);
+                return Ok((ring, features));
+            }
+            // EINVAL: this kernel does not know a flag; try the next mode.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
+            Err(e) => return Err(unavailable(e, kernel)),
+        }
+    }
+    Err(unavailable(
+        last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)),
+        kernel,
+    ))
+}
+
+fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
+    let p = ring.params();
+    let mut probe = Probe::new();
+    let probed = ring.submitter().register_probe(&mut probe).is_ok();
+    let op = |code: u8| probed && probe.is_supported(code);
+    let v519 = kernel.at_least(5, 19);
+    Features {
+        kernel,
+        mode,
+        sq_entries: p.sq_entries(),
+        cq_entries: p.cq_entries(),
+        nodrop: p.is_feature_nodrop(),
+        ext_arg: p.is_feature_ext_arg(),
+        min_timeout: p.is_feature_min_timeout(),
+        recv_bundle: p.is_feature_recvsend_bundle(),
+        multishot_accept: op(opcode::AcceptMulti::CODE) && v519,
+        multishot_recv: op(opcode::RecvMulti::CODE) && kernel.at_least(6, 0),
+        buf_ring: v519,
+        send_zc: op(opcode::SendZc::CODE),
+        cancel_fd: op(opcode::AsyncCancel2::CODE) && v519,
+    }
+}
+
+/// Turns a failed `io_uring_setup` into one line naming the cause and the remedy.
+pub fn unavailable(e: io::Error, kernel: KernelVersion) -> Error {
+    let msg = match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            let sysctl = match sys::io_uring_disabled() {
+                Some(v) if v > 0 => format!("kernel.io_uring_disabled is {v}"),
+                _ => String::from("a seccomp profile (container runtime) blocks io_uring_setup"),
+            };
+            format!(
+                "io_uring is not permitted (EPERM): {sysctl} (remedy: `sysctl -w \
+                 kernel.io_uring_disabled=0`, allow io_uring in the seccomp profile, or use \
+                 --backend epoll)"
+            )
+        }
+        Some(libc::ENOSYS) => format!(
+            "this kernel ({kernel}) has no io_uring (ENOSYS) (remedy: Linux 5.19+ built with \
+             CONFIG_IO_URING, or use --backend epoll)"
+        ),
+        Some(libc::ENOMEM) => String::from(
+            "io_uring_setup failed with ENOMEM: the ring does not fit in RLIMIT_MEMLOCK on this \
+             kernel (remedy: raise `ulimit -l`, lower --sq-entries/--cq-entries, or use \
+             --backend epoll)",
+        ),
+        Some(libc::EINVAL) => format!(
+            "io_uring_setup rejected every flag combination on kernel {kernel} (EINVAL) \
+             (remedy: Linux 5.19+, or use --backend epoll)"
+        ),
+        _ => format!("io_uring_setup failed: {e} (remedy: use --backend epoll)"),
+    };
+    Error::UringUnavailable(msg)
+}

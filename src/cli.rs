@@ -1,0 +1,172 @@
+//! Command-line interface. The flag docs here are the `--help` text.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use ringecho::backend::uring::{RingConfig, RingMode};
+use ringecho::server::{DEFAULT_ADDR, ServerConfig};
+
+/// An io_uring TCP echo server, with a verifying load generator and a kernel feature probe.
+///
+/// With no subcommand, `ringecho` serves (same as `ringecho serve`).
+#[derive(Debug, Parser)]
+#[command(name = "ringecho", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the echo server (the default).
+    Serve(ServeArgs),
+    /// Show which io_uring features this kernel and process support.
+    Probe(ProbeArgs),
+}
+
+/// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("'{s}' resolves to no address")),
+        Err(_) => Err(format!(
+            "'{s}' is not HOST:PORT (for example 127.0.0.1:7878 or [::1]:7878)"
+        )),
+    }
+}
+
+fn parse_pow2(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if n == 0 || !n.is_power_of_two() || n > 32768 {
+        return Err(format!("{n} must be a power of two between 1 and 32768"));
+    }
+    Ok(n)
+}
+
+fn parse_positive_u32(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a positive number")),
+    }
+}
+
+fn parse_positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a positive number")),
+    }
+}
+
+/// Parses seconds, fractions allowed (`0.5`).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("'{s}' is not a number of seconds")),
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; prints `listening on ADDR` when ready).
+    #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Most connections held at once [default: 65536, or what RLIMIT_NOFILE allows].
+    #[arg(long, value_parser = parse_positive_usize)]
+    pub max_conns: Option<usize>,
+
+    /// Provided buffers in the buffer ring (power of two, at most 32768).
+    #[arg(long, default_value_t = 4096, value_parser = parse_pow2)]
+    pub buf_count: u32,
+
+    /// Size of each provided buffer in bytes.
+    #[arg(long, default_value_t = 4096, value_parser = parse_positive_u32)]
+    pub buf_size: u32,
+
+    /// Most buffers owed data may hold before received bytes are copied out to the
+    /// connection's own memory instead [default: half of --buf-count].
+    #[arg(long)]
+    pub buf_budget: Option<u32>,
+
+    /// Per-connection back-pressure: stop receiving at this many owed bytes, resume below half.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = parse_positive_usize)]
+    pub max_pending: usize,
+
+    /// Submission queue entries.
+    #[arg(long, default_value_t = 1024, value_parser = parse_positive_u32)]
+    pub sq_entries: u32,
+
+    /// Completion queue entries (at least --sq-entries).
+    #[arg(long, default_value_t = 4096, value_parser = parse_positive_u32)]
+    pub cq_entries: u32,
+
+    /// Task-running set-up flags for the ring.
+    #[arg(long, value_enum, default_value_t = RingMode::Auto)]
+    pub ring_mode: RingMode,
+
+    /// Use single-shot receives even where multishot receive exists (the 5.19 code path).
+    #[arg(long)]
+    pub no_multishot_recv: bool,
+
+    /// When busy, wait for up to this many completions per enter.
+    #[arg(long, default_value_t = 64, value_parser = parse_positive_u32)]
+    pub batch_max: u32,
+
+    /// ...but no longer than this many microseconds once one has arrived (0: no batching).
+    #[arg(long, default_value_t = 50)]
+    pub batch_wait_us: u32,
+
+    /// Print a stats line to stderr every SECS seconds (a final line is always printed).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub stats_interval: Option<Duration>,
+
+    /// On SIGINT/SIGTERM, let owed bytes drain this long before closing connections.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub drain_timeout: Duration,
+
+    /// Listen backlog [default: net.core.somaxconn].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: Option<i32>,
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> ServerConfig {
+        ServerConfig {
+            addrs: vec![self.addr],
+            max_conns: self.max_conns,
+            buf_count: self.buf_count,
+            buf_size: self.buf_size,
+            buf_budget: self.buf_budget,
+            max_pending: self.max_pending,
+            ring: RingConfig {
+                sq_entries: self.sq_entries,
+                cq_entries: self.cq_entries,
+                mode: self.ring_mode,
+            },
+            multishot_recv: !self.no_multishot_recv,
+            batch_max: self.batch_max,
+            batch_wait_us: self.batch_wait_us,
+            stats_interval: self.stats_interval.filter(|d| !d.is_zero()),
+            drain_timeout: self.drain_timeout,
+            backlog: self.backlog,
+            ..ServerConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

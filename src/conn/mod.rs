@@ -1,0 +1,559 @@
+//! The per-connection state machine. It makes no syscalls.
+//!
+//! A [`Conn`] holds what one connection is doing: the bytes it owes its peer (an ordered queue of
+//! [`Chunk`]s), whether its single send is outstanding, whether receiving is paused by
+//! back-pressure, and whether the peer or the protocol has ended the conversation. Both backends
+//! drive the same `Conn`: they feed it events (`on_recv`, `on_sent`, `on_eof`) and then ask it
+//! what it wants (`next_send`, `recv_wanted`, `is_done`), turning the answers into submissions
+//! or syscalls. Keeping every decision here is what makes the io_uring/epoll comparison honest.
+//!
+//! # Who owns which bytes
+//!
+//! - [`Chunk::Ring`] bytes live in a provided buffer of the shard's buffer ring. The connection
+//!   holds one *reference* to that buffer per ring chunk; the backend counts them and gives the
+//!   buffer back to the kernel only when the last reference is released (`on_sent` and
+//!   `release_all` hand released buffer ids back to the caller).
+//! - [`Chunk::Heap`] bytes live in a `Vec` the connection owns.
+//! - [`Chunk::Static`] bytes are `'static`.
+//!
+//! # The in-flight invariant
+//!
+//! Between `next_send` returning a chunk and the matching `on_sent`/`on_send_failed`, that front
+//! chunk's memory is being read by the kernel (io_uring) and is neither moved, resized nor
+//! freed: new heap bytes are never appended to a chunk that is in flight, and chunks are only
+//! dropped by `on_sent` or by `release_all`, which the backend calls only once no operation on
+//! the connection is outstanding.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use crate::protocol::{CloseReason, Protocol, Verdict};
+
+/// Limits shared by every connection of a shard.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Back-pressure high watermark: at or above this many owed bytes, stop receiving; resume at
+    /// or below half of it.
+    pub max_pending: usize,
+}
+
+/// A run of bytes owed to the peer.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes `start..end` of provided buffer `bid` (zero-copy echo).
+    Ring {
+        /// Buffer id in the shard's buffer ring.
+        bid: u16,
+        /// First byte still owed.
+        start: u32,
+        /// One past the last byte.
+        end: u32,
+    },
+    /// Bytes `buf[start..]`, owned by the connection.
+    Heap {
+        /// The bytes.
+        buf: Vec<u8>,
+        /// First byte still owed.
+        start: usize,
+    },
+    /// Bytes `bytes[start..]` with a static lifetime (fixed replies).
+    Static {
+        /// The bytes.
+        bytes: &'static [u8],
+        /// First byte still owed.
+        start: usize,
+    },
+}
+
+impl Chunk {
+    fn remaining(&self) -> usize {
+        match self {
+            Chunk::Ring { start, end, .. } => (end - start) as usize,
+            Chunk::Heap { buf, start } => buf.len() - start,
+            Chunk::Static { bytes, start } => bytes.len() - start,
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        debug_assert!(n <= self.remaining());
+        match self {
+            Chunk::Ring { start, .. } => *start += n as u32,
+            Chunk::Heap { start, .. } | Chunk::Static { start, .. } => *start += n,
+        }
+    }
+}
+
+/// What the backend should send next: the front chunk's remaining bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendSpan<'a> {
+    /// `len` bytes at offset `offset` of provided buffer `bid`.
+    Ring {
+        /// Buffer id.
+        bid: u16,
+        /// Offset into the buffer.
+        offset: u32,
+        /// Number of bytes.
+        len: u32,
+    },
+    /// Bytes in memory owned by the connection or static.
+    Mem(&'a [u8]),
+}
+
+/// The ordered bytes a connection owes its peer.
+#[derive(Debug, Default)]
+struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    owed: usize,
+    /// The front chunk is being sent (see the in-flight invariant).
+    sending: bool,
+    /// Capacity kept from a finished heap chunk, reused by the next one.
+    spare: Vec<u8>,
+}
+
+impl OutQueue {
+    /// May new heap bytes be appended to the back chunk? Not if it is the one in flight.
+    fn back_heap_appendable(&mut self) -> Option<&mut Vec<u8>> {
+        let in_flight_is_back = self.sending && self.chunks.len() == 1;
+        match self.chunks.back_mut() {
+            Some(Chunk::Heap { buf, .. }) if !in_flight_is_back => Some(buf),
+            _ => None,
+        }
+    }
+
+    fn push_heap(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.owed += bytes.len();
+        if let Some(buf) = self.back_heap_appendable() {
+            buf.extend_from_slice(bytes);
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        self.chunks.push_back(Chunk::Heap { buf, start: 0 });
+    }
+}
+
+/// The reply sink a [`Protocol`] writes to.
+///
+/// Replies are queued in the order they are written and sent after everything queued earlier.
+pub struct Replies<'a> {
+    q: &'a mut OutQueue,
+    input: &'a [u8],
+    /// The provided buffer `input` lives in, when echoing from it without a copy is allowed.
+    zero_copy_bid: Option<u16>,
+    ring_refs: u16,
+    copied: usize,
+}
+
+impl Replies<'_> {
+    /// Sends back `input[range]`, the bytes the protocol is looking at.
+    ///
+    /// On the io_uring backend this is zero-copy when the shard's buffer budget allows: the reply
+    /// is sent straight from the provided buffer the bytes arrived in. Otherwise they are copied.
+    ///
+    /// # Panics
+    ///
+    /// If `range` is not within the input passed to [`Protocol::on_data`], like slice indexing.
+    pub fn echo(&mut self, range: Range<usize>) {
+        let bytes = &self.input[range.clone()];
+        if bytes.is_empty() {
+            return;
+        }
+        let Some(bid) = self.zero_copy_bid else {
+            self.copied += bytes.len();
+            self.q.push_heap(bytes);
+            return;
+        };
+        self.q.owed += bytes.len();
+        let (start, end) = (range.start as u32, range.end as u32);
+        // Contiguous echoes of one buffer share one chunk (and one reference).
+        let in_flight_is_back = self.q.sending && self.q.chunks.len() == 1;
+        if let Some(Chunk::Ring { bid: b, end: e, .. }) = self.q.chunks.back_mut()
+            && *b == bid
+            && *e == start
+            && !in_flight_is_back
+        {
+            *e = end;
+            return;
+        }
+        self.ring_refs += 1;
+        self.q.chunks.push_back(Chunk::Ring { bid, start, end });
+    }
+
+    /// Sends `bytes` (copied into the connection's own buffer).
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.copied += bytes.len();
+        self.q.push_heap(bytes);
+    }
+
+    /// Sends `bytes` without copying them.
+    pub fn write_static(&mut self, bytes: &'static [u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.q.owed += bytes.len();
+        self.q.chunks.push_back(Chunk::Static { bytes, start: 0 });
+    }
+
+    /// Bytes queued on this connection and not yet sent, including what this call queued.
+    pub fn owed(&self) -> usize {
+        self.q.owed
+    }
+}
+
+/// What [`Conn::on_recv`] did with a run of received bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvOutcome {
+    /// New references the connection took to the provided buffer (0 if it copied or ignored).
+    pub ring_refs: u16,
+    /// Bytes copied into the connection's heap buffer.
+    pub copied: usize,
+    /// The protocol asked to close, and why (reported once).
+    pub closed_by_protocol: Option<CloseReason>,
+}
+
+/// Why a connection is winding down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The protocol asked to close.
+    Protocol(CloseReason),
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// One connection's state. See the module docs.
+#[derive(Debug)]
+pub struct Conn<P> {
+    proto: P,
+    q: OutQueue,
+    /// Back-pressure: owed bytes reached `max_pending` and have not yet fallen to half.
+    paused: bool,
+    /// The peer sent FIN: nothing more will arrive.
+    peer_eof: bool,
+    ending: Option<Ending>,
+}
+
+impl<P: Protocol> Conn<P> {
+    /// A fresh connection speaking `proto`.
+    pub fn new(proto: P) -> Conn<P> {
+        Conn {
+            proto,
+            q: OutQueue::default(),
+            paused: false,
+            peer_eof: false,
+            ending: None,
+        }
+    }
+
+    /// Feeds received bytes to the protocol and queues its replies.
+    ///
+    /// `zero_copy_bid` is the provided buffer `data` lives in, if the backend allows replies to
+    /// reference it; `None` makes every echoed byte a copy (epoll, or the shard's budget of
+    /// buffers held for owed data is spent). Bytes that arrive after the connection decided to
+    /// end (they can race a cancellation) are dropped.
+    pub fn on_recv(
+        &mut self,
+        data: &[u8],
+        zero_copy_bid: Option<u16>,
+        limits: &Limits,
+    ) -> RecvOutcome {
+        if self.ending.is_some() || data.is_empty() {
+            return RecvOutcome::default();
+        }
+        let mut out = Replies {
+            q: &mut self.q,
+            input: data,
+            zero_copy_bid,
+            ring_refs: 0,
+            copied: 0,
+        };
+        let verdict = self.proto.on_data(data, &mut out);
+        let outcome = RecvOutcome {
+            ring_refs: out.ring_refs,
+            copied: out.copied,
+            closed_by_protocol: match verdict {
+                Verdict::Continue => None,
+                Verdict::Close(reason) => Some(reason),
+            },
+        };
+        if let Some(reason) = outcome.closed_by_protocol {
+            self.ending = Some(Ending::Protocol(reason));
+        }
+        self.update_backpressure(limits);
+        outcome
+    }
+
+    /// The peer closed its sending side (FIN).
+    pub fn on_eof(&mut self) {
+        self.peer_eof = true;
+    }
+
+    /// The server is shutting down: stop receiving, send what is owed, then close.
+    pub fn begin_shutdown(&mut self) {
+        if self.ending.is_none() {
+            self.ending = Some(Ending::Shutdown);
+        }
+    }
+
+    /// The front chunk to send now, if one is owed and no send is outstanding. Marks it in
+    /// flight until [`on_sent`](Self::on_sent) or [`on_send_failed`](Self::on_send_failed).
+    pub fn next_send(&mut self) -> Option<SendSpan<'_>> {
+        if self.q.sending {
+            return None;
+        }
+        let front = self.q.chunks.front()?;
+        self.q.sending = true;
+        Some(match front {
+            Chunk::Ring { bid, start, end } => SendSpan::Ring {
+                bid: *bid,
+                offset: *start,
+                len: end - start,
+            },
+            Chunk::Heap { buf, start } => SendSpan::Mem(&buf[*start..]),
+            Chunk::Static { bytes, start } => SendSpan::Mem(&bytes[*start..]),
+        })
+    }
+
+    /// The outstanding send wrote `n` bytes (a short send leaves the rest at the front).
+    /// Calls `release` with each provided buffer whose last reference this drops.
+    pub fn on_sent(&mut self, n: usize, limits: &Limits, mut release: impl FnMut(u16)) {
+        debug_assert!(self.q.sending, "on_sent without an outstanding send");
+        self.q.sending = false;
+        let Some(front) = self.q.chunks.front_mut() else {
+            return;
+        };
+        let n = n.min(front.remaining());
+        front.advance(n);
+        self.q.owed -= n;
+        if front.remaining() == 0 {
+            match self.q.chunks.pop_front() {
+                Some(Chunk::Ring { bid, .. }) => release(bid),
+                Some(Chunk::Heap { buf, .. }) if buf.capacity() > self.q.spare.capacity() => {
+                    self.q.spare = buf;
+                }
+                _ => {}
+            }
+        }
+        self.update_backpressure(limits);
+    }
+
+    /// The outstanding send failed; the connection is going to close.
+    pub fn on_send_failed(&mut self) {
+        self.q.sending = false;
+    }
+
+    /// Should the backend have a receive armed? False while paused by back-pressure, after the
+    /// peer's FIN, and once the connection is ending.
+    pub fn recv_wanted(&self) -> bool {
+        !self.paused && !self.peer_eof && self.ending.is_none()
+    }
+
+    /// Has the conversation ended with nothing left to send? Then the backend closes the
+    /// connection gracefully (the peer sees every byte, then FIN).
+    pub fn is_done(&self) -> bool {
+        (self.peer_eof || self.ending.is_some()) && self.q.chunks.is_empty() && !self.q.sending
+    }
+
+    /// Whether receiving is paused by back-pressure.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Bytes owed to the peer.
+    pub fn owed(&self) -> usize {
+        self.q.owed
+    }
+
+    /// Whether a send is outstanding.
+    pub fn is_sending(&self) -> bool {
+        self.q.sending
+    }
+
+    /// Drops everything owed, calling `release` for each provided-buffer reference. The backend
+    /// calls this only when no operation on the connection is outstanding.
+    pub fn release_all(&mut self, mut release: impl FnMut(u16)) {
+        debug_assert!(!self.q.sending, "release_all with a send in flight");
+        for chunk in self.q.chunks.drain(..) {
+            if let Chunk::Ring { bid, .. } = chunk {
+                release(bid);
+            }
+        }
+        self.q.owed = 0;
+    }
+
+    fn update_backpressure(&mut self, limits: &Limits) {
+        if self.q.owed >= limits.max_pending {
+            self.paused = true;
+        } else if self.paused && self.q.owed <= limits.max_pending / 2 {
+            self.paused = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Echo;
+
+    const LIM: Limits = Limits { max_pending: 100 };
+
+    fn mem(span: SendSpan<'_>) -> Vec<u8> {
+        match span {
+            SendSpan::Mem(b) => b.to_vec(),
+            other => panic!("expected memory span, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_copy_echo_references_the_buffer_and_releases_it_when_sent() {
+        let mut c = Conn::new(Echo);
+        let out = c.on_recv(b"hello", Some(7), &LIM);
+        assert_eq!(out.ring_refs, 1);
+        assert_eq!(out.copied, 0);
+        assert_eq!(c.owed(), 5);
+        assert_eq!(
+            c.next_send(),
+            Some(SendSpan::Ring {
+                bid: 7,
+                offset: 0,
+                len: 5
+            })
+        );
+        assert_eq!(c.next_send(), None, "one send in flight at a time");
+        let mut released = vec![];
+        c.on_sent(5, &LIM, |b| released.push(b));
+        assert_eq!(released, vec![7]);
+        assert_eq!(c.owed(), 0);
+    }
+
+    #[test]
+    fn short_send_resubmits_the_rest_from_the_right_offset() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"abcdef", Some(1), &LIM);
+        c.next_send().unwrap();
+        let mut released = vec![];
+        c.on_sent(2, &LIM, |b| released.push(b));
+        assert!(released.is_empty(), "buffer still owed");
+        assert_eq!(
+            c.next_send(),
+            Some(SendSpan::Ring {
+                bid: 1,
+                offset: 2,
+                len: 4
+            })
+        );
+        c.on_sent(4, &LIM, |b| released.push(b));
+        assert_eq!(released, vec![1]);
+    }
+
+    #[test]
+    fn copies_when_zero_copy_is_not_allowed_and_coalesces_behind_the_in_flight_chunk() {
+        let mut c = Conn::new(Echo);
+        let out = c.on_recv(b"ab", None, &LIM);
+        assert_eq!((out.ring_refs, out.copied), (0, 2));
+        assert_eq!(mem(c.next_send().unwrap()), b"ab");
+        // "ab" is in flight: new bytes must go to a new chunk, never into the in-flight Vec.
+        c.on_recv(b"cd", None, &LIM);
+        c.on_recv(b"ef", None, &LIM);
+        c.on_sent(2, &LIM, |_| unreachable!());
+        assert_eq!(mem(c.next_send().unwrap()), b"cdef");
+        c.on_sent(4, &LIM, |_| unreachable!());
+        assert_eq!(c.owed(), 0);
+        assert!(c.next_send().is_none());
+    }
+
+    #[test]
+    fn in_flight_heap_chunk_keeps_its_address_while_more_arrives() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(&[1u8; 10], None, &LIM);
+        let ptr = match c.next_send().unwrap() {
+            SendSpan::Mem(b) => b.as_ptr(),
+            _ => unreachable!(),
+        };
+        for _ in 0..50 {
+            c.on_recv(&[2u8; 1], None, &LIM);
+        }
+        match c.q.chunks.front().unwrap() {
+            Chunk::Heap { buf, .. } => assert_eq!(buf.as_ptr(), ptr),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn contiguous_echoes_of_one_buffer_share_a_reference_but_separate_buffers_do_not() {
+        let mut c = Conn::new(Echo);
+        assert_eq!(c.on_recv(b"x", Some(3), &LIM).ring_refs, 1);
+        assert_eq!(c.on_recv(b"y", Some(4), &LIM).ring_refs, 1);
+        let mut released = vec![];
+        c.release_all(|b| released.push(b));
+        assert_eq!(released, vec![3, 4]);
+        assert_eq!(c.owed(), 0);
+    }
+
+    #[test]
+    fn backpressure_pauses_at_the_watermark_and_resumes_below_half() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(&[0u8; 60], None, &LIM);
+        assert!(c.recv_wanted());
+        c.on_recv(&[0u8; 40], None, &LIM);
+        assert!(!c.recv_wanted(), "100 owed >= max_pending 100");
+        c.next_send().unwrap();
+        c.on_sent(30, &LIM, |_| {});
+        assert!(!c.recv_wanted(), "70 owed is above half");
+        c.next_send().unwrap();
+        c.on_sent(20, &LIM, |_| {});
+        assert!(c.recv_wanted(), "50 owed is at half");
+    }
+
+    #[test]
+    fn half_close_finishes_only_after_everything_owed_is_sent() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"bye", Some(0), &LIM);
+        c.on_eof();
+        assert!(!c.recv_wanted());
+        assert!(!c.is_done());
+        c.next_send().unwrap();
+        assert!(!c.is_done(), "send in flight");
+        c.on_sent(3, &LIM, |_| {});
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn shutdown_stops_receiving_and_drops_late_data() {
+        let mut c = Conn::new(Echo);
+        c.begin_shutdown();
+        assert!(!c.recv_wanted());
+        assert_eq!(c.on_recv(b"late", Some(1), &LIM), RecvOutcome::default());
+        assert!(c.is_done());
+    }
+
+    struct Fixed;
+    impl Protocol for Fixed {
+        fn on_data(&mut self, input: &[u8], out: &mut Replies<'_>) -> Verdict {
+            out.write_static(b"ok\n");
+            if input.contains(&b'q') {
+                Verdict::Close(CloseReason::Requested)
+            } else {
+                Verdict::Continue
+            }
+        }
+    }
+
+    #[test]
+    fn static_replies_and_protocol_close() {
+        let mut c = Conn::new(Fixed);
+        let out = c.on_recv(b"a", Some(9), &LIM);
+        assert_eq!(out.ring_refs, 0, "static reply holds no buffer");
+        let out = c.on_recv(b"q", Some(9), &LIM);
+        assert_eq!(out.closed_by_protocol, Some(CloseReason::Requested));
+        assert!(!c.recv_wanted());
+        assert_eq!(mem(c.next_send().unwrap()), b"ok\n");
+        c.on_sent(3, &LIM, |_| {});
+        assert_eq!(mem(c.next_send().unwrap()), b"ok\n");
+        c.on_sent(3, &LIM, |_| {});
+        assert!(c.is_done());
+    }
+}

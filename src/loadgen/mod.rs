@@ -1,0 +1,1 @@
+//! `ringecho bench`: a verifying load generator (work in progress).

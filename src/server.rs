@@ -1,0 +1,317 @@
+//! The server: binds listeners, runs shards on their own threads, reports stats, shuts down.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::backend::uring::{self, RingConfig, RingMode};
+use crate::error::Error;
+use crate::protocol::Protocol;
+use crate::stats::{Counters, SharedCounters};
+use crate::sys;
+
+/// Default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7878";
+
+/// Everything a server needs to know. [`ServerConfig::default`] is what `ringecho` runs with no
+/// flags.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Addresses to listen on (port 0 picks a free port).
+    pub addrs: Vec<SocketAddr>,
+    /// Most connections held at once; `None` = 65536 or what `RLIMIT_NOFILE` allows.
+    pub max_conns: Option<usize>,
+    /// Provided buffers in the ring (power of two, at most 32768).
+    pub buf_count: u32,
+    /// Size of each provided buffer.
+    pub buf_size: u32,
+    /// Most provided buffers that owed data may hold before new data is copied out instead;
+    /// `None` = half of `buf_count`.
+    pub buf_budget: Option<u32>,
+    /// Per-connection back-pressure watermark in bytes.
+    pub max_pending: usize,
+    /// Ring geometry and task-running mode.
+    pub ring: RingConfig,
+    /// Use multishot receive when the kernel has it (false forces the single-shot fallback).
+    pub multishot_recv: bool,
+    /// Completion batching when busy: wait for up to this many completions...
+    pub batch_max: u32,
+    /// ...or this many microseconds after the first (0 turns batching off).
+    pub batch_wait_us: u32,
+    /// Print a stats line to stderr this often.
+    pub stats_interval: Option<Duration>,
+    /// On shutdown, how long owed bytes may drain before connections are closed regardless.
+    pub drain_timeout: Duration,
+    /// Listen backlog; `None` = the system's `somaxconn`.
+    pub backlog: Option<i32>,
+    /// `TCP_NODELAY` on accepted sockets (inherited from the listener).
+    pub nodelay: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            addrs: vec![DEFAULT_ADDR.parse().expect("valid default address")],
+            max_conns: None,
+            buf_count: 4096,
+            buf_size: 4096,
+            buf_budget: None,
+            max_pending: 64 * 1024,
+            ring: RingConfig {
+                sq_entries: 1024,
+                cq_entries: 4096,
+                mode: RingMode::Auto,
+            },
+            multishot_recv: true,
+            batch_max: 64,
+            batch_wait_us: 50,
+            stats_interval: None,
+            drain_timeout: Duration::from_secs(5),
+            backlog: None,
+            nodelay: true,
+        }
+    }
+}
+
+/// Largest default connection cap.
+const DEFAULT_MAX_CONNS: usize = 65536;
+
+/// File-table slots kept beyond `max_conns` for accepts that race the pause.
+pub(crate) fn table_headroom(max_conns: usize) -> usize {
+    64 + max_conns / 32
+}
+
+impl ServerConfig {
+    /// Checks the settings against each other and the system; resolves `max_conns`.
+    pub fn validate(&self, nofile: u64) -> Result<ServerConfig, Error> {
+        let mut c = self.clone();
+        if c.addrs.is_empty() {
+            return Err(Error::Config("no address to listen on".into()));
+        }
+        if c.buf_count == 0 || !c.buf_count.is_power_of_two() || c.buf_count > 32768 {
+            return Err(Error::Config(format!(
+                "--buf-count {} must be a power of two between 1 and 32768",
+                c.buf_count
+            )));
+        }
+        if c.buf_size == 0 {
+            return Err(Error::Config("--buf-size must be at least 1".into()));
+        }
+        if c.max_pending == 0 {
+            return Err(Error::Config("--max-pending must be at least 1".into()));
+        }
+        if c.ring.cq_entries < c.ring.sq_entries {
+            return Err(Error::Config(format!(
+                "--cq-entries {} must be at least --sq-entries {}",
+                c.ring.cq_entries, c.ring.sq_entries
+            )));
+        }
+        let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+        // The registered file table must fit in RLIMIT_NOFILE, headroom included.
+        let fits = |m: usize| m + table_headroom(m) <= nofile;
+        let max = match c.max_conns {
+            Some(0) => return Err(Error::Config("--max-conns must be at least 1".into())),
+            Some(m) if !fits(m) => {
+                return Err(Error::Config(format!(
+                    "--max-conns {m} needs a file table of {} slots but RLIMIT_NOFILE is {nofile} \
+                     (remedy: raise the hard limit, `ulimit -Hn`, or lower --max-conns)",
+                    m + table_headroom(m)
+                )));
+            }
+            Some(m) => m,
+            None => {
+                let mut m = DEFAULT_MAX_CONNS;
+                while m > 1 && !fits(m) {
+                    m = (nofile.saturating_sub(64) * 32 / 33).min(m - 1).max(1);
+                }
+                m
+            }
+        };
+        c.max_conns = Some(max);
+        Ok(c)
+    }
+}
+
+/// A way to stop a running server from another thread (what SIGINT/SIGTERM do).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    fd: Arc<OwnedFd>,
+}
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown: stop accepting, drain, close, return from `run`.
+    pub fn shutdown(&self) {
+        sys::eventfd_signal(self.fd.as_raw_fd());
+    }
+
+    /// The eventfd every shard polls; a signal handler may write to it.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What one shard thread is given.
+pub(crate) struct ShardContext {
+    pub index: usize,
+    pub listeners: Vec<TcpListener>,
+    pub shutdown_fd: RawFd,
+    pub stats: Arc<SharedCounters>,
+    pub events: mpsc::Sender<ShardEvent>,
+}
+
+/// What shard threads tell the server thread.
+pub(crate) enum ShardEvent {
+    /// The shard's accepts are armed.
+    Ready,
+    /// The shard could not start or stopped on an error.
+    Failed(Error),
+    /// The shard's loop has ended (sent last, also after `Failed`).
+    Exited,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    cfg: ServerConfig,
+    listeners: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+    shutdown: ShutdownHandle,
+}
+
+impl Server {
+    /// Raises `RLIMIT_NOFILE`, validates the settings and binds every address.
+    pub fn bind(cfg: &ServerConfig) -> Result<Server, Error> {
+        let nofile =
+            sys::raise_nofile_limit().map_err(|e| Error::io("cannot raise RLIMIT_NOFILE", e))?;
+        let cfg = cfg.validate(nofile)?;
+        let opts = sys::ListenOptions {
+            backlog: cfg.backlog.unwrap_or_else(sys::somaxconn),
+            nodelay: cfg.nodelay,
+            reuseport: false,
+        };
+        let mut listeners = Vec::new();
+        let mut local_addrs = Vec::new();
+        for &addr in &cfg.addrs {
+            let l =
+                sys::tcp_listener(addr, &opts).map_err(|source| Error::Bind { addr, source })?;
+            local_addrs.push(l.local_addr().map_err(|e| Error::io("getsockname", e))?);
+            listeners.push(l);
+        }
+        let fd = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
+        Ok(Server {
+            cfg,
+            listeners,
+            local_addrs,
+            shutdown: ShutdownHandle { fd: Arc::new(fd) },
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Runs until shut down. Calls `on_ready` once every listener accepts; prints stats lines
+    /// to `stats_out` every `stats_interval` and returns the final counters.
+    pub fn run<P: Protocol + Clone>(
+        self,
+        proto: P,
+        on_ready: impl FnOnce(&[SocketAddr]),
+        stats_out: &mut dyn Write,
+    ) -> Result<Counters, Error> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(SharedCounters::default());
+        let started = Instant::now();
+        let ctx = ShardContext {
+            index: 0,
+            listeners: self.listeners,
+            shutdown_fd: self.shutdown.raw_fd(),
+            stats: Arc::clone(&stats),
+            events: tx,
+        };
+        let cfg = self.cfg.clone();
+        let handle = thread::Builder::new()
+            .name("ringecho-shard-0".into())
+            .spawn(move || {
+                let events = ctx.events.clone();
+                if let Err(e) = uring::run_shard(&cfg, proto, ctx) {
+                    let _ = events.send(ShardEvent::Failed(e));
+                }
+                let _ = events.send(ShardEvent::Exited);
+            })
+            .map_err(|e| Error::io("cannot start shard thread", e))?;
+        let shards = 1;
+
+        let mut ready = 0;
+        let mut exited = 0;
+        let mut failure: Option<Error> = None;
+        let mut on_ready = Some(on_ready);
+        let mut next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
+        while exited < shards {
+            let event = match next_stats {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(ev) => Some(ev),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(ev) => Some(ev),
+                    Err(_) => break,
+                },
+            };
+            match event {
+                None => {
+                    let line = stats_line("stats", started, &stats.snapshot());
+                    let _ = writeln!(stats_out, "{line}");
+                    next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
+                }
+                Some(ShardEvent::Ready) => {
+                    ready += 1;
+                    if ready == shards
+                        && failure.is_none()
+                        && let Some(f) = on_ready.take()
+                    {
+                        f(&self.local_addrs);
+                    }
+                }
+                Some(ShardEvent::Failed(e)) => {
+                    // One shard failing stops the whole server: no half-running server.
+                    self.shutdown.shutdown();
+                    failure.get_or_insert(e);
+                }
+                Some(ShardEvent::Exited) => exited += 1,
+            }
+        }
+        if handle.join().is_err() {
+            failure.get_or_insert(Error::Config("a shard thread panicked".into()));
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let total = stats.snapshot();
+        let _ = writeln!(stats_out, "{}", stats_line("final", started, &total));
+        Ok(total)
+    }
+}
+
+/// One stats line: `LABEL t=SECONDS key=value ... rss_kib=N`.
+fn stats_line(label: &str, started: Instant, c: &Counters) -> String {
+    format!(
+        "{label}: t={:.1} {c} rss_kib={}",
+        started.elapsed().as_secs_f64(),
+        sys::rss_bytes() / 1024
+    )
+}

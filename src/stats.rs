@@ -1,0 +1,180 @@
+//! Server counters: kept as plain integers by each shard's loop, published to atomics once per
+//! loop turn, summed across shards by whoever prints them.
+//!
+//! The field list is written once, in the `counters!` macro; the struct, the shared atomic mirror, the
+//! sum and the `key=value` line all come from it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// A snapshot of every server counter. Gauges (`active`, `bufs_held`) are current
+        /// values; the rest count events since start.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        /// The atomic mirror a shard publishes into and a printer reads from.
+        #[derive(Debug, Default)]
+        pub struct SharedCounters {
+            $( $name: AtomicU64, )*
+        }
+
+        impl SharedCounters {
+            /// Stores a shard's current counters (relaxed: each field is read on its own).
+            pub fn publish(&self, c: &Counters) {
+                $( self.$name.store(c.$name, Ordering::Relaxed); )*
+            }
+
+            /// Reads the last published counters.
+            pub fn snapshot(&self) -> Counters {
+                Counters { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl Counters {
+            /// Field names in print order.
+            pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
+
+            /// Field values in [`NAMES`](Self::NAMES) order.
+            pub fn values(&self) -> Vec<u64> {
+                vec![$( self.$name, )*]
+            }
+
+            /// Sets the field called `name`; false if there is none.
+            pub fn set(&mut self, name: &str, value: u64) -> bool {
+                match name {
+                    $( stringify!($name) => self.$name = value, )*
+                    _ => return false,
+                }
+                true
+            }
+
+            /// Adds another shard's counters to these.
+            pub fn add(&mut self, o: &Counters) {
+                $( self.$name += o.$name; )*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted.
+    accepted,
+    /// Connections open now (gauge), including those still closing.
+    active,
+    /// Connections closed.
+    closed,
+    /// Bytes received from peers.
+    bytes_in,
+    /// Bytes sent to peers.
+    bytes_out,
+    /// Receive completions that carried data.
+    recv_cqes,
+    /// Sends completed.
+    sends,
+    /// Sends that wrote fewer bytes than asked (the rest was resubmitted).
+    short_sends,
+    /// Receives ended by an empty buffer ring (`-ENOBUFS`).
+    enobufs,
+    /// Receives re-armed after a completion without `IORING_CQE_F_MORE` (or single-shot).
+    recv_rearms,
+    /// Multishot accepts re-armed.
+    accept_rearms,
+    /// Times a connection's receive was paused by back-pressure.
+    paused,
+    /// Bytes copied to a connection's own buffer because the ring-buffer budget was spent.
+    copied_bytes,
+    /// `io_uring_enter` calls (io_uring) or `epoll_wait` calls (epoll).
+    enters,
+    /// Every syscall the event loop made, `enters` included.
+    syscalls,
+    /// Completions (io_uring) or readiness events (epoll) handled.
+    events,
+    /// Times the kernel flagged a completion-queue overflow (`IORING_SQ_CQ_OVERFLOW`).
+    cq_overflows,
+    /// Completions the kernel dropped (its overflow counter, or `-EBADR` from a wait).
+    cq_dropped,
+    /// Completions for a connection that no longer exists (dropped).
+    stale_cqes,
+    /// Accept failures (including a full file table).
+    accept_errors,
+    /// Connections closed by an error (reset, broken pipe, ...).
+    conn_errors,
+    /// Connections closed at a protocol's request.
+    proto_closes,
+    /// Provided buffers held by user space now (gauge).
+    bufs_held,
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in Counters::NAMES.iter().zip(self.values()).enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Counters {
+    /// Sums several shards' snapshots.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Counters {
+        let mut total = Counters::default();
+        for c in all {
+            total.add(c);
+        }
+        total
+    }
+
+    /// Parses a `key=value ...` line as printed by `Display` (unknown keys are ignored).
+    pub fn parse(line: &str) -> Counters {
+        let mut c = Counters::default();
+        for word in line.split_whitespace() {
+            if let Some((k, v)) = word.split_once('=')
+                && let Ok(v) = v.parse()
+            {
+                c.set(k, v);
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_and_parse_round_trip() {
+        let mut c = Counters::default();
+        for (i, name) in Counters::NAMES.iter().enumerate() {
+            assert!(c.set(name, i as u64 * 3 + 1));
+        }
+        assert_eq!(Counters::parse(&c.to_string()), c);
+        assert!(!c.set("nonsense", 1));
+    }
+
+    #[test]
+    fn sums_and_publishes() {
+        let a = Counters {
+            accepted: 2,
+            enters: 5,
+            ..Default::default()
+        };
+        let b = Counters {
+            accepted: 3,
+            bytes_in: 7,
+            ..Default::default()
+        };
+        let s = Counters::sum([&a, &b]);
+        assert_eq!((s.accepted, s.enters, s.bytes_in), (5, 5, 7));
+        let shared = SharedCounters::default();
+        shared.publish(&s);
+        assert_eq!(shared.snapshot(), s);
+    }
+}

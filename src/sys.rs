@@ -1,0 +1,323 @@
+//! Thin, checked wrappers over the few libc calls ringecho makes outside the rings.
+//!
+//! Every call goes through the `syscall!` macro, which turns a `-1` return into the thread's `errno` as an
+//! [`io::Error`], so no call site forgets to check.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+/// Calls a libc function and maps a `-1` result to `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: each caller passes arguments that satisfy the libc function's contract
+        // (valid pointers to live, correctly sized memory); see the call sites.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Options applied to a listening socket. Accepted sockets inherit them on Linux, which is how
+/// they reach io_uring direct descriptors without a syscall per connection.
+#[derive(Clone, Debug)]
+pub struct ListenOptions {
+    /// `listen(2)` backlog.
+    pub backlog: i32,
+    /// `TCP_NODELAY`.
+    pub nodelay: bool,
+    /// `SO_REUSEPORT`.
+    pub reuseport: bool,
+}
+
+/// The system's `net.core.somaxconn`, the largest useful listen backlog (4096 if unreadable).
+pub fn somaxconn() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const i32).cast(),
+        std::mem::size_of::<i32>() as libc::socklen_t,
+    ))
+    .map(drop)
+}
+
+/// Reads an integer socket option.
+pub fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd,
+        level,
+        name,
+        (&mut value as *mut i32).cast(),
+        &mut len
+    ))?;
+    Ok(value)
+}
+
+/// Fills a `sockaddr_storage` from a Rust address; returns its length.
+fn to_sockaddr(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Creates, configures, binds and listens a TCP socket (close-on-exec, blocking).
+///
+/// std's `TcpListener::bind` listens with a backlog of 128, which a few hundred clients
+/// connecting at once overflow; this one uses `opts.backlog`.
+pub fn tcp_listener(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = fd.as_raw_fd();
+    setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if opts.reuseport {
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    if opts.nodelay {
+        setsockopt_int(raw, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    }
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = to_sockaddr(&addr, &mut storage);
+    syscall!(bind(
+        raw,
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len
+    ))?;
+    syscall!(listen(raw, opts.backlog))?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain old data.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Reads a resource limit: (soft, hard).
+pub fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
+    // SAFETY: rlimit is plain old data.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    syscall!(getrlimit(resource, &mut lim))?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain old data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if syscall!(uname(&mut u)).is_err() {
+        return String::from("unknown");
+    }
+    // SAFETY: uname NUL-terminates `release` within the array.
+    let c = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    c.to_string_lossy().into_owned()
+}
+
+/// A kernel version as (major, minor, patch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion(pub u32, pub u32, pub u32);
+
+impl KernelVersion {
+    /// Parses the leading `X.Y[.Z]` of a release string such as `6.18.44-fc-v669`.
+    pub fn parse(release: &str) -> Option<KernelVersion> {
+        let mut it = release
+            .split(|c: char| !c.is_ascii_digit())
+            .take(3)
+            .map(|p| p.parse::<u32>().ok());
+        let major = it.next()??;
+        let minor = it.next()??;
+        let patch = it.next().flatten().unwrap_or(0);
+        Some(KernelVersion(major, minor, patch))
+    }
+
+    /// The running kernel's version (0.0.0 if it cannot be read).
+    pub fn current() -> KernelVersion {
+        KernelVersion::parse(&kernel_release()).unwrap_or(KernelVersion(0, 0, 0))
+    }
+
+    /// At least `major.minor`?
+    pub fn at_least(self, major: u32, minor: u32) -> bool {
+        (self.0, self.1) >= (major, minor)
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// `kernel.io_uring_disabled` (0 enabled, 1 root or group only, 2 disabled), if the sysctl exists.
+pub fn io_uring_disabled() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// A nonblocking, close-on-exec eventfd.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    // SAFETY: `fd` was just returned by eventfd(2) and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter (makes it readable).
+pub fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // An eventfd write fails only if the counter would overflow, which leaves it readable anyway.
+    let _ = syscall!(write(fd, (&one as *const u64).cast(), 8));
+}
+
+static SHUTDOWN_FD: AtomicI32 = AtomicI32::new(-1);
+static SIGNALS_SEEN: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_shutdown_signal(_sig: libc::c_int) {
+    // Only async-signal-safe calls here: atomics, write(2), _exit(2).
+    if SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst) == 0 {
+        let fd = SHUTDOWN_FD.load(Ordering::SeqCst);
+        if fd >= 0 {
+            eventfd_signal(fd);
+        }
+    } else {
+        let msg = b"ringecho: second signal, exiting without draining\n";
+        // SAFETY: write and _exit are async-signal-safe; `msg` is a live static buffer.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(130);
+        }
+    }
+}
+
+/// Makes SIGINT and SIGTERM signal `fd` (an eventfd every shard polls) the first time, and end
+/// the process at once the second time. Ignores SIGPIPE: a peer that vanished is an error code on
+/// one connection, not a reason to die.
+pub fn install_shutdown_signals(fd: RawFd) -> io::Result<()> {
+    SHUTDOWN_FD.store(fd, Ordering::SeqCst);
+    SIGNALS_SEEN.store(0, Ordering::SeqCst);
+    // SAFETY: sigaction is plain old data; all-zero is an empty mask and no flags.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_shutdown_signal as *const () as usize;
+    sa.sa_flags = libc::SA_RESTART;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        syscall!(sigaction(sig, &sa, std::ptr::null_mut()))?;
+    }
+    ignore_sigpipe()
+}
+
+/// Ignores SIGPIPE for the process.
+pub fn ignore_sigpipe() -> io::Result<()> {
+    // SAFETY: as above.
+    let mut ign: libc::sigaction = unsafe { std::mem::zeroed() };
+    ign.sa_sigaction = libc::SIG_IGN;
+    syscall!(sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut())).map(drop)
+}
+
+/// Process CPU time (user + system) in microseconds.
+pub fn process_cpu_micros() -> u64 {
+    // SAFETY: rusage is plain old data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if syscall!(getrusage(libc::RUSAGE_SELF, &mut ru)).is_err() {
+        return 0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Resident set size of this process in bytes (from `/proc/self/statm`).
+pub fn rss_bytes() -> u64 {
+    let page = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(
+            KernelVersion::parse("6.18.44-fc-v669"),
+            Some(KernelVersion(6, 18, 44))
+        );
+        assert_eq!(
+            KernelVersion::parse("5.19.0"),
+            Some(KernelVersion(5, 19, 0))
+        );
+        assert_eq!(KernelVersion::parse("6.1"), Some(KernelVersion(6, 1, 0)));
+        assert_eq!(KernelVersion::parse("garbage"), None);
+        assert!(KernelVersion(6, 0, 0).at_least(5, 19));
+        assert!(!KernelVersion(5, 15, 99).at_least(5, 19));
+    }
+
+    #[test]
+    fn listener_uses_the_requested_backlog_and_nodelay() {
+        let l = tcp_listener(
+            "127.0.0.1:0".parse().unwrap(),
+            &ListenOptions {
+                backlog: 1000,
+                nodelay: true,
+                reuseport: false,
+            },
+        )
+        .unwrap();
+        assert_ne!(l.local_addr().unwrap().port(), 0);
+        let nd = getsockopt_int(l.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap();
+        assert_eq!(nd, 1);
+    }
+}

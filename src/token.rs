@@ -1,0 +1,173 @@
+//! `user_data` encoding: which operation a completion belongs to.
+//!
+//! Every SQE carries 64 bits of `user_data` that the kernel copies, untouched, into its CQE.
+//! ringecho packs three things into them:
+//!
+//! ```text
+//!  63                              32 31                      8 7        0
+//! +----------------------------------+-------------------------+----------+
+//! |            slot (u32)            |   generation (24 bits)  | op (u8)  |
+//! +----------------------------------+-------------------------+----------+
+//! ```
+//!
+//! - `slot` is the connection's key in the shard's `slab`, or [`Token::SHARD`] for operations
+//!   that belong to the shard itself (accept, the shutdown poll).
+//! - `generation` tells two connections that used the same slot apart. Slots are reused as soon
+//!   as a connection is gone, so a completion that arrives late (it cannot, by construction, but
+//!   this is the belt to that brace) is recognised as stale and dropped rather than delivered to
+//!   the newcomer.
+//! - `op` says which operation completed.
+
+/// What an SQE was for. Stored in the low 8 bits of `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Multishot accept on the listener.
+    Accept = 1,
+    /// Receive (multishot or single-shot) with buffer select.
+    Recv = 2,
+    /// Send of the connection's front chunk.
+    Send = 3,
+    /// Cancellation of the connection's receive (back-pressure pause).
+    CancelRecv = 4,
+    /// Cancellation of every operation on the connection's descriptor (closing).
+    CancelAll = 5,
+    /// Close of the connection's direct descriptor.
+    Close = 6,
+    /// Cancellation of the multishot accept (connection cap reached, or draining).
+    CancelAccept = 7,
+    /// Poll on the shutdown eventfd.
+    Shutdown = 8,
+    /// Notification that a zero-copy send's buffer may be reused.
+    SendNotif = 9,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::CancelRecv,
+            5 => Op::CancelAll,
+            6 => Op::Close,
+            7 => Op::CancelAccept,
+            8 => Op::Shutdown,
+            9 => Op::SendNotif,
+            _ => return None,
+        })
+    }
+}
+
+/// Generations wrap at 24 bits.
+pub const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+/// A decoded `user_data` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// Slab key of the connection, or [`Token::SHARD`].
+    pub slot: u32,
+    /// Generation of the connection that owned `slot` when the SQE was made (24 bits).
+    pub generation: u32,
+    /// The operation.
+    pub op: Op,
+}
+
+impl Token {
+    /// The slot value used by operations that belong to the shard, not to a connection.
+    pub const SHARD: u32 = u32::MAX;
+
+    /// A token for a connection's operation.
+    pub fn conn(slot: usize, generation: u32, op: Op) -> Token {
+        debug_assert!(slot < Token::SHARD as usize);
+        Token {
+            slot: slot as u32,
+            generation: generation & GENERATION_MASK,
+            op,
+        }
+    }
+
+    /// A token for a shard-level operation.
+    pub fn shard(op: Op) -> Token {
+        Token {
+            slot: Token::SHARD,
+            generation: 0,
+            op,
+        }
+    }
+
+    /// Packs the token into `user_data`.
+    pub fn encode(self) -> u64 {
+        (u64::from(self.slot) << 32)
+            | (u64::from(self.generation & GENERATION_MASK) << 8)
+            | u64::from(self.op as u8)
+    }
+
+    /// Unpacks `user_data`. `None` for values ringecho never produces.
+    pub fn decode(user_data: u64) -> Option<Token> {
+        let op = Op::from_u8(user_data as u8)?;
+        Some(Token {
+            slot: (user_data >> 32) as u32,
+            generation: ((user_data >> 8) as u32) & GENERATION_MASK,
+            op,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPS: [Op; 9] = [
+        Op::Accept,
+        Op::Recv,
+        Op::Send,
+        Op::CancelRecv,
+        Op::CancelAll,
+        Op::Close,
+        Op::CancelAccept,
+        Op::Shutdown,
+        Op::SendNotif,
+    ];
+
+    #[test]
+    fn round_trips_every_op_and_extreme_fields() {
+        for op in OPS {
+            for slot in [0usize, 1, 65_535, (u32::MAX - 1) as usize] {
+                for generation in [0u32, 1, GENERATION_MASK] {
+                    let t = Token::conn(slot, generation, op);
+                    assert_eq!(Token::decode(t.encode()), Some(t));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generation_wraps_at_24_bits_without_touching_slot_or_op() {
+        let t = Token::conn(7, GENERATION_MASK + 2, Op::Send);
+        assert_eq!(t.generation, 1);
+        let d = Token::decode(t.encode()).unwrap();
+        assert_eq!((d.slot, d.generation, d.op), (7, 1, Op::Send));
+    }
+
+    #[test]
+    fn same_slot_different_generation_differs() {
+        let a = Token::conn(3, 10, Op::Recv).encode();
+        let b = Token::conn(3, 11, Op::Recv).encode();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn shard_tokens_are_distinct_from_connection_tokens() {
+        let s = Token::decode(Token::shard(Op::Accept).encode()).unwrap();
+        assert_eq!(s.slot, Token::SHARD);
+        assert_eq!(s.op, Op::Accept);
+    }
+
+    #[test]
+    fn unknown_op_and_zero_are_rejected() {
+        assert_eq!(Token::decode(0), None);
+        assert_eq!(Token::decode(0xff), None);
+        assert_eq!(Token::decode((5u64 << 32) | 200), None);
+    }
+}
