@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use ringecho::backend::Backend;
 use ringecho::backend::uring::{RingConfig, RingMode};
 use ringecho::server::{DEFAULT_ADDR, ServerConfig};
 
@@ -81,6 +82,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: SocketAddr,
 
+    /// Kernel interface: `auto` uses io_uring and falls back to epoll where io_uring is
+    /// unavailable; `uring` exits with status 2 instead.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+
     /// Most connections held at once [default: 65536, or what RLIMIT_NOFILE allows].
     #[arg(long, value_parser = parse_positive_usize)]
     pub max_conns: Option<usize>,
@@ -143,6 +149,7 @@ impl ServeArgs {
     pub fn to_config(&self) -> ServerConfig {
         ServerConfig {
             addrs: vec![self.addr],
+            backend: self.backend,
             max_conns: self.max_conns,
             buf_count: self.buf_count,
             buf_size: self.buf_size,

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::backend::uring::{self, RingConfig, RingMode};
+use crate::backend::{Backend, epoll};
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::stats::{Counters, SharedCounters};
@@ -23,6 +24,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7878";
 pub struct ServerConfig {
     /// Addresses to listen on (port 0 picks a free port).
     pub addrs: Vec<SocketAddr>,
+    /// Kernel interface.
+    pub backend: Backend,
     /// Most connections held at once; `None` = 65536 or what `RLIMIT_NOFILE` allows.
     pub max_conns: Option<usize>,
     /// Provided buffers in the ring (power of two, at most 32768).
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             addrs: vec![DEFAULT_ADDR.parse().expect("valid default address")],
+            backend: Backend::Auto,
             max_conns: None,
             buf_count: 4096,
             buf_size: 4096,
@@ -224,6 +228,23 @@ impl Server {
         &self.cfg
     }
 
+    /// The backend `run` will use: `auto` becomes io_uring if a ring with everything the
+    /// server needs can be created here, else epoll (saying why on stderr).
+    pub fn resolve_backend(&self) -> Result<Backend, Error> {
+        match self.cfg.backend {
+            Backend::Auto => {
+                match uring::probe(&self.cfg.ring).and_then(|f| f.require_server_minimum()) {
+                    Ok(()) => Ok(Backend::Uring),
+                    Err(e) => {
+                        eprintln!("ringecho: {e}; falling back to epoll");
+                        Ok(Backend::Epoll)
+                    }
+                }
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Runs until shut down. Calls `on_ready` once every listener accepts; prints stats lines
     /// to `stats_out` every `stats_interval` and returns the final counters.
     pub fn run<P: Protocol + Clone>(
@@ -232,6 +253,7 @@ impl Server {
         on_ready: impl FnOnce(&[SocketAddr]),
         stats_out: &mut dyn Write,
     ) -> Result<Counters, Error> {
+        let backend = self.resolve_backend()?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SharedCounters::default());
         let started = Instant::now();
@@ -247,7 +269,11 @@ impl Server {
             .name("ringecho-shard-0".into())
             .spawn(move || {
                 let events = ctx.events.clone();
-                if let Err(e) = uring::run_shard(&cfg, proto, ctx) {
+                let result = match backend {
+                    Backend::Epoll => epoll::run_shard(&cfg, proto, ctx),
+                    _ => uring::run_shard(&cfg, proto, ctx),
+                };
+                if let Err(e) = result {
                     let _ = events.send(ShardEvent::Failed(e));
                 }
                 let _ = events.send(ShardEvent::Exited);

@@ -22,6 +22,7 @@ macro_rules! syscall {
         }
     }};
 }
+pub(crate) use syscall;
 
 /// Options applied to a listening socket. Accepted sockets inherit them on Linux, which is how
 /// they reach io_uring direct descriptors without a syscall per connection.

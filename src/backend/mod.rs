@@ -33,4 +33,28 @@
 //!
 //! [`Counters`]: crate::stats::Counters
 
+pub mod epoll;
 pub mod uring;
+
+use std::fmt;
+
+/// Which kernel interface serves the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// io_uring if this kernel and process allow it, else epoll (with one line on stderr).
+    Auto,
+    /// io_uring; exit with status 2 if it is unavailable.
+    Uring,
+    /// Edge-triggered epoll.
+    Epoll,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}

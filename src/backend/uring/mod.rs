@@ -84,7 +84,8 @@ enum AcceptState {
 }
 
 struct Listener {
-    socket: TcpListener,
+    /// Closed once shutdown has ended its accept, so new clients are refused at once.
+    socket: Option<TcpListener>,
     accept: AcceptState,
     armed_once: bool,
 }
@@ -179,7 +180,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         listeners: std::mem::take(&mut ctx.listeners)
             .into_iter()
             .map(|socket| Listener {
-                socket,
+                socket: Some(socket),
                 accept: AcceptState::Idle,
                 armed_once: false,
             })
@@ -453,6 +454,9 @@ impl<P: Protocol + Clone> UringShard<P> {
                 let more = cqueue::more(flags);
                 if !more {
                     l.accept = AcceptState::Idle;
+                    if self.draining {
+                        l.socket = None;
+                    }
                 }
                 if res >= 0 {
                     self.on_accepted(res as u32);
@@ -686,11 +690,14 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     fn arm_accept(&mut self, idx: usize) {
         let l = &mut self.listeners[idx];
+        let Some(socket) = &l.socket else {
+            return;
+        };
         if l.accept != AcceptState::Idle {
             return;
         }
         self.pending
-            .push(ops::accept_multi(l.socket.as_raw_fd(), idx));
+            .push(ops::accept_multi(socket.as_raw_fd(), idx));
         l.accept = AcceptState::Armed;
         if l.armed_once {
             self.counters.accept_rearms += 1;
@@ -724,6 +731,11 @@ impl<P: Protocol + Clone> UringShard<P> {
         self.draining = true;
         self.drain_deadline = Some(Instant::now() + self.drain_timeout);
         self.pause_accepts();
+        for l in &mut self.listeners {
+            if l.accept == AcceptState::Idle {
+                l.socket = None;
+            }
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.conns[key].conn.begin_shutdown();
