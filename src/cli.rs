@@ -140,6 +140,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub drain_timeout: Duration,
 
+    /// Shards: threads, each with its own ring (or epoll), buffer ring, file table and
+    /// SO_REUSEPORT listener [default: the CPUs this process may run on].
+    #[arg(long, value_parser = parse_positive_usize)]
+    pub threads: Option<usize>,
+
+    /// Pin shard i to the i-th CPU this process may run on.
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Set SO_REUSEPORT and join any existing group on the address (several processes sharing
+    /// one port). Without it, an address already in use is an error.
+    #[arg(long)]
+    pub reuseport: bool,
+
     /// Listen backlog [default: net.core.somaxconn].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,
@@ -166,6 +180,9 @@ impl ServeArgs {
             stats_interval: self.stats_interval.filter(|d| !d.is_zero()),
             drain_timeout: self.drain_timeout,
             backlog: self.backlog,
+            threads: self.threads,
+            pin: self.pin,
+            reuseport: self.reuseport,
             ..ServerConfig::default()
         }
     }

@@ -53,6 +53,14 @@ pub struct ServerConfig {
     pub backlog: Option<i32>,
     /// `TCP_NODELAY` on accepted sockets (inherited from the listener).
     pub nodelay: bool,
+    /// Shards (threads, each with its own ring or epoll and listener); `None` = the CPUs this
+    /// process may run on.
+    pub threads: Option<usize>,
+    /// Pin shard i to the i-th CPU this process may run on.
+    pub pin: bool,
+    /// Join an existing `SO_REUSEPORT` group on the address instead of failing with "address in
+    /// use" (several ringecho processes sharing one port).
+    pub reuseport: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +85,9 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(5),
             backlog: None,
             nodelay: true,
+            threads: None,
+            pin: false,
+            reuseport: false,
         }
     }
 }
@@ -136,7 +147,28 @@ impl ServerConfig {
             }
         };
         c.max_conns = Some(max);
+        let cpus = sys::allowed_cpus().len().max(1);
+        let threads = match c.threads {
+            Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
+            Some(t) if t > 1024 => {
+                return Err(Error::Config(format!("--threads {t} is more than 1024")));
+            }
+            Some(t) => t,
+            None => cpus,
+        };
+        if threads > max {
+            return Err(Error::Config(format!(
+                "--threads {threads} is more than --max-conns {max}: every shard needs a connection"
+            )));
+        }
+        c.threads = Some(threads);
         Ok(c)
+    }
+
+    /// Connections one shard may hold: `max_conns` split evenly (rounded up) across shards.
+    pub fn max_conns_per_shard(&self) -> usize {
+        let max = self.max_conns.unwrap_or(DEFAULT_MAX_CONNS);
+        max.div_ceil(self.threads.unwrap_or(1).max(1))
     }
 }
 
@@ -161,6 +193,7 @@ impl ShutdownHandle {
 /// What one shard thread is given.
 pub(crate) struct ShardContext {
     pub index: usize,
+    pub shards: usize,
     pub listeners: Vec<TcpListener>,
     pub shutdown_fd: RawFd,
     pub stats: Arc<SharedCounters>,
@@ -180,7 +213,8 @@ pub(crate) enum ShardEvent {
 /// A bound, not yet running server.
 pub struct Server {
     cfg: ServerConfig,
-    listeners: Vec<TcpListener>,
+    /// Listeners per shard (one per address each).
+    listeners: Vec<Vec<TcpListener>>,
     local_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
 }
@@ -191,18 +225,39 @@ impl Server {
         let nofile =
             sys::raise_nofile_limit().map_err(|e| Error::io("cannot raise RLIMIT_NOFILE", e))?;
         let cfg = cfg.validate(nofile)?;
+        let shards = cfg.threads.unwrap_or(1);
+        // Several shards share each address through SO_REUSEPORT, the kernel spreading new
+        // connections across their listeners.
+        let reuseport = shards > 1 || cfg.reuseport;
         let opts = sys::ListenOptions {
             backlog: cfg.backlog.unwrap_or_else(sys::somaxconn),
             nodelay: cfg.nodelay,
-            reuseport: false,
+            reuseport,
         };
-        let mut listeners = Vec::new();
+        let mut listeners: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for &addr in &cfg.addrs {
-            let l =
-                sys::tcp_listener(addr, &opts).map_err(|source| Error::Bind { addr, source })?;
-            local_addrs.push(l.local_addr().map_err(|e| Error::io("getsockname", e))?);
-            listeners.push(l);
+            let bind_err = |source| Error::Bind { addr, source };
+            if reuseport && !cfg.reuseport && addr.port() != 0 {
+                // Without this, a second ringecho on a busy port would silently join the first
+                // one's reuseport group: a plain bind fails if anything listens there.
+                let probe = sys::ListenOptions {
+                    reuseport: false,
+                    ..opts.clone()
+                };
+                drop(sys::tcp_listener(addr, &probe).map_err(bind_err)?);
+            }
+            // Shard 0 binds first; with port 0 the others must join the port it got, since
+            // each port-0 bind would get a new port.
+            let first = sys::tcp_listener(addr, &opts).map_err(bind_err)?;
+            let resolved = first
+                .local_addr()
+                .map_err(|e| Error::io("getsockname", e))?;
+            listeners[0].push(first);
+            for shard in listeners.iter_mut().skip(1) {
+                shard.push(sys::tcp_listener(resolved, &opts).map_err(bind_err)?);
+            }
+            local_addrs.push(resolved);
         }
         let fd = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
         Ok(Server {
@@ -254,32 +309,69 @@ impl Server {
         stats_out: &mut dyn Write,
     ) -> Result<Counters, Error> {
         let backend = self.resolve_backend()?;
+        let shards = self.listeners.len();
+        let cpus = sys::allowed_cpus();
         let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(SharedCounters::default());
+        let stats: Vec<Arc<SharedCounters>> = (0..shards).map(|_| Arc::default()).collect();
         let started = Instant::now();
-        let ctx = ShardContext {
-            index: 0,
-            listeners: self.listeners,
-            shutdown_fd: self.shutdown.raw_fd(),
-            stats: Arc::clone(&stats),
-            events: tx,
-        };
-        let cfg = self.cfg.clone();
-        let handle = thread::Builder::new()
-            .name("ringecho-shard-0".into())
-            .spawn(move || {
-                let events = ctx.events.clone();
-                let result = match backend {
-                    Backend::Epoll => epoll::run_shard(&cfg, proto, ctx),
-                    _ => uring::run_shard(&cfg, proto, ctx),
-                };
-                if let Err(e) = result {
-                    let _ = events.send(ShardEvent::Failed(e));
+        let mut shard_cfg = self.cfg.clone();
+        shard_cfg.max_conns = Some(self.cfg.max_conns_per_shard());
+        let mut handles = Vec::with_capacity(shards);
+        for (index, listeners) in self.listeners.into_iter().enumerate() {
+            let ctx = ShardContext {
+                index,
+                shards,
+                listeners,
+                shutdown_fd: self.shutdown.raw_fd(),
+                stats: Arc::clone(&stats[index]),
+                events: tx.clone(),
+            };
+            let cfg = shard_cfg.clone();
+            let proto = proto.clone();
+            let cpu = if self.cfg.pin {
+                cpus.get(index % cpus.len().max(1)).copied()
+            } else {
+                None
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("ringecho-shard-{index}"))
+                .spawn(move || {
+                    let events = ctx.events.clone();
+                    let result = match cpu.map(sys::pin_current_thread) {
+                        Some(Err(e)) => {
+                            Err(Error::io(format!("cannot pin shard {index} to CPU"), e))
+                        }
+                        _ => match backend {
+                            Backend::Epoll => epoll::run_shard(&cfg, proto, ctx),
+                            _ => uring::run_shard(&cfg, proto, ctx),
+                        },
+                    };
+                    if let Err(e) = result {
+                        let _ = events.send(ShardEvent::Failed(e));
+                    }
+                    let _ = events.send(ShardEvent::Exited);
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    self.shutdown.shutdown();
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(Error::io("cannot start shard thread", e));
                 }
-                let _ = events.send(ShardEvent::Exited);
-            })
-            .map_err(|e| Error::io("cannot start shard thread", e))?;
-        let shards = 1;
+            }
+        }
+        drop(tx);
+        let snapshot = || {
+            Counters::sum(
+                stats
+                    .iter()
+                    .map(|s| s.snapshot())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+        };
 
         let mut ready = 0;
         let mut exited = 0;
@@ -300,7 +392,7 @@ impl Server {
             };
             match event {
                 None => {
-                    let line = stats_line("stats", started, &stats.snapshot());
+                    let line = stats_line("stats", started, &snapshot());
                     let _ = writeln!(stats_out, "{line}");
                     next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
                 }
@@ -321,13 +413,15 @@ impl Server {
                 Some(ShardEvent::Exited) => exited += 1,
             }
         }
-        if handle.join().is_err() {
-            failure.get_or_insert(Error::Config("a shard thread panicked".into()));
+        for h in handles {
+            if h.join().is_err() {
+                failure.get_or_insert(Error::Config("a shard thread panicked".into()));
+            }
         }
         if let Some(e) = failure {
             return Err(e);
         }
-        let total = stats.snapshot();
+        let total = snapshot();
         let _ = writeln!(stats_out, "{}", stats_line("final", started, &total));
         Ok(total)
     }

@@ -117,8 +117,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     let max_conns = cfg.max_conns.expect("validated config");
     if ctx.index == 0 {
         eprintln!(
-            "ringecho: epoll edge-triggered, read buffer {}B, max_conns={max_conns}",
-            cfg.buf_size
+            "ringecho: epoll shards={} edge-triggered read_buffer={}B max_conns={max_conns} (per shard)",
+            ctx.shards, cfg.buf_size
         );
     }
     let mut shard = EpollShard {

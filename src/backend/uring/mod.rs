@@ -148,9 +148,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let buf_budget = cfg.buf_budget.unwrap_or(cfg.buf_count / 2) as usize;
     if ctx.index == 0 {
+        // Per shard: each has its own ring, buffer ring and file table.
         eprintln!(
-            "ringecho: io_uring kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B budget={} \
-             files={} max_conns={} recv={} batch={}",
+            "ringecho: io_uring shards={} kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B \
+             budget={} files={} max_conns={} recv={} batch={}",
+            ctx.shards,
             features.kernel,
             features.mode,
             features.sq_entries,
