@@ -3,11 +3,12 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use ringecho::backend::Backend;
 use ringecho::backend::uring::{RingConfig, RingMode};
 use ringecho::server::{DEFAULT_ADDR, ServerConfig};
+use ringecho::sys::{Keepalive, SocketOptions};
 
 /// An io_uring TCP echo server, with a verifying load generator and a kernel feature probe.
 ///
@@ -68,6 +69,21 @@ fn parse_positive_usize(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let nums: Option<Vec<u32>> = parts.iter().map(|p| p.trim().parse().ok()).collect();
+    match nums.as_deref() {
+        Some(&[idle, interval, count]) if idle > 0 && interval > 0 && count > 0 => Ok(Keepalive {
+            idle,
+            interval,
+            count,
+        }),
+        _ => Err(format!(
+            "'{s}' is not IDLE,INTVL,CNT (three positive numbers, e.g. 60,10,5)"
+        )),
+    }
+}
+
 /// Parses seconds, fractions allowed (`0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
@@ -78,9 +94,11 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; prints `listening on ADDR` when ready).
-    #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]
-    pub addr: SocketAddr,
+    /// Address to listen on; repeat to listen on several. `[::]:PORT` is dual-stack unless
+    /// --ipv6-only. Port 0 picks a free port. Prints `listening on ADDR` per address when ready.
+    #[arg(long = "addr", value_name = "HOST:PORT", default_value = DEFAULT_ADDR,
+          value_parser = parse_addr, action = ArgAction::Append)]
+    pub addrs: Vec<SocketAddr>,
 
     /// Kernel interface: `auto` uses io_uring and falls back to epoll where io_uring is
     /// unavailable; `uring` exits with status 2 instead.
@@ -154,6 +172,37 @@ pub struct ServeArgs {
     #[arg(long)]
     pub reuseport: bool,
 
+    /// TCP_NODELAY on accepted sockets: echo small writes at once instead of waiting for the
+    /// peer's ACK (Nagle). `--nodelay false` turns it off.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub nodelay: bool,
+
+    /// SO_RCVBUF for accepted sockets, in bytes (turns off receive-buffer autotuning).
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive_u32)]
+    pub rcvbuf: Option<u32>,
+
+    /// SO_SNDBUF for accepted sockets, in bytes (turns off send-buffer autotuning).
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive_u32)]
+    pub sndbuf: Option<u32>,
+
+    /// TCP keepalive for accepted sockets: first probe after IDLE s of silence, then every
+    /// INTVL s, drop after CNT unanswered probes.
+    #[arg(long, value_name = "IDLE,INTVL,CNT", value_parser = parse_keepalive)]
+    pub keepalive: Option<Keepalive>,
+
+    /// SO_LINGER for accepted sockets: a close waits up to SECS for unsent data (0 = reset the
+    /// connection on close instead of a FIN).
+    #[arg(long, value_name = "SECS")]
+    pub linger: Option<u32>,
+
+    /// On an IPv6 address, accept IPv6 clients only (no IPv4-mapped clients on `[::]`).
+    #[arg(long)]
+    pub ipv6_only: bool,
+
+    /// Close connections that sent and received nothing for SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub idle_timeout: Option<Duration>,
+
     /// Listen backlog [default: net.core.somaxconn].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,
@@ -162,7 +211,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn to_config(&self) -> ServerConfig {
         ServerConfig {
-            addrs: vec![self.addr],
+            addrs: self.addrs.clone(),
             backend: self.backend,
             max_conns: self.max_conns,
             buf_count: self.buf_count,
@@ -180,6 +229,15 @@ impl ServeArgs {
             stats_interval: self.stats_interval.filter(|d| !d.is_zero()),
             drain_timeout: self.drain_timeout,
             backlog: self.backlog,
+            socket: SocketOptions {
+                nodelay: self.nodelay,
+                rcvbuf: self.rcvbuf,
+                sndbuf: self.sndbuf,
+                keepalive: self.keepalive,
+                linger: self.linger,
+                ipv6_only: self.ipv6_only,
+            },
+            idle_timeout: self.idle_timeout.filter(|d| !d.is_zero()),
             threads: self.threads,
             pin: self.pin,
             reuseport: self.reuseport,

@@ -51,8 +51,10 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Listen backlog; `None` = the system's `somaxconn`.
     pub backlog: Option<i32>,
-    /// `TCP_NODELAY` on accepted sockets (inherited from the listener).
-    pub nodelay: bool,
+    /// Options for accepted sockets (set on the listener, inherited by each connection).
+    pub socket: sys::SocketOptions,
+    /// Close connections that neither sent nor received anything for this long.
+    pub idle_timeout: Option<Duration>,
     /// Shards (threads, each with its own ring or epoll and listener); `None` = the CPUs this
     /// process may run on.
     pub threads: Option<usize>,
@@ -84,7 +86,8 @@ impl Default for ServerConfig {
             stats_interval: None,
             drain_timeout: Duration::from_secs(5),
             backlog: None,
-            nodelay: true,
+            socket: sys::SocketOptions::default(),
+            idle_timeout: None,
             threads: None,
             pin: false,
             reuseport: false,
@@ -231,8 +234,8 @@ impl Server {
         let reuseport = shards > 1 || cfg.reuseport;
         let opts = sys::ListenOptions {
             backlog: cfg.backlog.unwrap_or_else(sys::somaxconn),
-            nodelay: cfg.nodelay,
             reuseport,
+            socket: cfg.socket.clone(),
         };
         let mut listeners: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();

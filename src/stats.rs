@@ -105,6 +105,8 @@ counters! {
     conn_errors,
     /// Connections closed at a protocol's request.
     proto_closes,
+    /// Connections closed by `--idle-timeout`.
+    idle_closes,
     /// Provided buffers held by user space now (gauge).
     bufs_held,
 }

@@ -24,16 +24,119 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
-/// Options applied to a listening socket. Accepted sockets inherit them on Linux, which is how
-/// they reach io_uring direct descriptors without a syscall per connection.
+/// TCP keepalive probing: first probe after `idle` seconds of silence, then every `interval`
+/// seconds, giving up after `count` unanswered probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// `TCP_KEEPIDLE`, seconds.
+    pub idle: u32,
+    /// `TCP_KEEPINTVL`, seconds.
+    pub interval: u32,
+    /// `TCP_KEEPCNT`.
+    pub count: u32,
+}
+
+/// Options for the sockets a server accepts. They are set on the listening socket: Linux
+/// copies them into every socket it accepts (the new socket is a clone of the listener), which
+/// is how they reach io_uring direct descriptors, where `setsockopt` cannot go, without a syscall
+/// per connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY`: send small writes at once instead of waiting for an ACK (Nagle).
+    pub nodelay: bool,
+    /// `SO_RCVBUF` in bytes (the kernel doubles it for bookkeeping and stops autotuning).
+    pub rcvbuf: Option<u32>,
+    /// `SO_SNDBUF` in bytes (likewise).
+    pub sndbuf: Option<u32>,
+    /// `SO_KEEPALIVE` with its three timers.
+    pub keepalive: Option<Keepalive>,
+    /// `SO_LINGER` seconds: a close waits this long for unsent data; 0 resets the connection.
+    pub linger: Option<u32>,
+    /// `IPV6_V6ONLY` on IPv6 listeners: refuse IPv4-mapped clients on `[::]`.
+    pub ipv6_only: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> SocketOptions {
+        SocketOptions {
+            nodelay: true,
+            rcvbuf: None,
+            sndbuf: None,
+            keepalive: None,
+            linger: None,
+            ipv6_only: false,
+        }
+    }
+}
+
+/// How to create a listening socket.
 #[derive(Clone, Debug)]
 pub struct ListenOptions {
     /// `listen(2)` backlog.
     pub backlog: i32,
-    /// `TCP_NODELAY`.
-    pub nodelay: bool,
     /// `SO_REUSEPORT`.
     pub reuseport: bool,
+    /// Options accepted sockets inherit.
+    pub socket: SocketOptions,
+}
+
+/// Applies `o` to a socket (a listener, or a client socket in tests and the load generator).
+pub fn apply_socket_options(fd: RawFd, o: &SocketOptions, ipv6: bool) -> io::Result<()> {
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        i32::from(o.nodelay),
+    )?;
+    if let Some(n) = o.rcvbuf {
+        setsockopt_int(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            n.min(i32::MAX as u32) as i32,
+        )?;
+    }
+    if let Some(n) = o.sndbuf {
+        setsockopt_int(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            n.min(i32::MAX as u32) as i32,
+        )?;
+    }
+    if let Some(k) = o.keepalive {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, k.idle as i32)?;
+        setsockopt_int(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            k.interval as i32,
+        )?;
+        setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, k.count as i32)?;
+    }
+    if let Some(secs) = o.linger {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: secs.min(i32::MAX as u32) as i32,
+        };
+        syscall!(setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        ))?;
+    }
+    if ipv6 {
+        setsockopt_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            i32::from(o.ipv6_only),
+        )?;
+    }
+    Ok(())
 }
 
 /// The system's `net.core.somaxconn`, the largest useful listen backlog (4096 if unreadable).
@@ -120,9 +223,7 @@ pub fn tcp_listener(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpLis
     if opts.reuseport {
         setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
-    if opts.nodelay {
-        setsockopt_int(raw, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-    }
+    apply_socket_options(raw, &opts.socket, addr.is_ipv6())?;
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = to_sockaddr(&addr, &mut storage);
@@ -348,8 +449,8 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             &ListenOptions {
                 backlog: 1000,
-                nodelay: true,
                 reuseport: false,
+                socket: SocketOptions::default(),
             },
         )
         .unwrap();

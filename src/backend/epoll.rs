@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::backend::idle_sweep_period;
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -46,6 +47,8 @@ struct Slot<P> {
     out_registered: bool,
     /// Waiting on the ready list (read budget ran out with data left).
     queued: bool,
+    /// Last time bytes moved either way (for `--idle-timeout`).
+    last_active: Instant,
 }
 
 struct EpollShard<P> {
@@ -66,6 +69,10 @@ struct EpollShard<P> {
     drain_timeout: Duration,
     next_generation: u32,
     counters: Counters,
+    /// Read once per loop turn, after the wait.
+    now: Instant,
+    idle_timeout: Option<Duration>,
+    next_idle_sweep: Option<Instant>,
 }
 
 fn ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, data: u64) -> std::io::Result<()> {
@@ -140,6 +147,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         drain_timeout: cfg.drain_timeout,
         next_generation: 0,
         counters: Counters::default(),
+        now: Instant::now(),
+        idle_timeout: cfg.idle_timeout,
+        next_idle_sweep: cfg
+            .idle_timeout
+            .map(|t| Instant::now() + idle_sweep_period(t)),
     };
     let _ = ctx.events.send(ShardEvent::Ready);
     let result = shard.run(&ctx);
@@ -162,13 +174,17 @@ impl<P: Protocol + Clone> EpollShard<P> {
             let timeout_ms = if !self.ready.is_empty() {
                 0
             } else {
-                [self.drain_deadline, self.accept_retry_at]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map_or(-1, |d| {
-                        d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1
-                    })
+                [
+                    self.drain_deadline,
+                    self.accept_retry_at,
+                    self.next_idle_sweep,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(-1, |d| {
+                    d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1
+                })
             };
             self.counters.enters += 1;
             self.counters.syscalls += 1;
@@ -183,6 +199,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 Err(e) => return Err(Error::io("epoll_wait", e)),
             };
             self.counters.events += n as u64;
+            self.now = Instant::now();
             for ev in &events[..n] {
                 let (bits, data) = (ev.events, ev.u64);
                 self.dispatch(bits, data);
@@ -275,6 +292,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     }
                     self.counters.recv_cqes += 1;
                     self.counters.bytes_in += n as u64;
+                    slot.last_active = self.now;
                     let was_paused = slot.conn.is_paused();
                     let out = slot.conn.on_recv(&self.scratch[..n], None, &self.limits);
                     self.counters.copied_bytes += out.copied as u64;
@@ -340,6 +358,9 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     let n = n as usize;
                     self.counters.sends += 1;
                     self.counters.bytes_out += n as u64;
+                    if n > 0 {
+                        slot.last_active = self.now;
+                    }
                     if n < len {
                         self.counters.short_sends += 1;
                         slot.writable = false;
@@ -454,12 +475,28 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     writable: true,
                     out_registered: false,
                     queued: false,
+                    last_active: self.now,
                 });
             }
         }
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
+            && now >= at
+        {
+            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
+            let idle_keys: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, s)| now.duration_since(s.last_active) >= idle)
+                .map(|(k, _)| k)
+                .collect();
+            for key in idle_keys {
+                self.counters.idle_closes += 1;
+                self.close(key);
+            }
+        }
         if let Some(at) = self.accept_retry_at
             && now >= at
         {

@@ -21,6 +21,7 @@ use slab::Slab;
 pub use buf_ring::{BufRing, BufRingError};
 pub use setup::{Features, RingConfig, RingMode, build_ring};
 
+use crate::backend::idle_sweep_period;
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -73,6 +74,8 @@ struct Slot<P> {
     send_len: u32,
     /// A receive completed at least once (so arming again counts as a re-arm).
     received: bool,
+    /// Last time bytes moved either way (for `--idle-timeout`).
+    last_active: Instant,
 }
 
 /// Where a listener's multishot accept stands.
@@ -118,6 +121,10 @@ struct UringShard<P> {
     drain_deadline: Option<Instant>,
     counters: Counters,
     kernel_dropped_seen: u32,
+    /// Read once per loop turn, after the wait.
+    now: Instant,
+    idle_timeout: Option<Duration>,
+    next_idle_sweep: Option<Instant>,
 }
 
 /// Runs one io_uring shard until shutdown. Creates the ring and registers everything on the
@@ -205,6 +212,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         drain_deadline: None,
         counters: Counters::default(),
         kernel_dropped_seen: 0,
+        now: Instant::now(),
+        idle_timeout: cfg.idle_timeout,
+        next_idle_sweep: cfg
+            .idle_timeout
+            .map(|t| Instant::now() + idle_sweep_period(t)),
         features,
     };
     let result = shard.run(&mut ring, &ctx);
@@ -247,6 +259,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.flush(&mut sq, &submitter)?;
             let (want, min_wait_us, timeout) = self.wait_policy(last_turn, now);
             self.enter(&submitter, want, timeout, min_wait_us)?;
+            self.now = Instant::now();
             if sq.cq_overflow() {
                 self.counters.cq_overflows += 1;
             }
@@ -283,11 +296,15 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// kernels, when a timeout of `batch_wait_us` expires. After a quiet turn, wait for one
     /// completion, so a lone connection never waits out a batch window.
     fn wait_policy(&self, last_turn: usize, now: Instant) -> (usize, u32, Option<Duration>) {
-        let deadline = [self.drain_deadline, self.accept_retry_at]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now));
+        let deadline = [
+            self.drain_deadline,
+            self.accept_retry_at,
+            self.next_idle_sweep,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now));
         if last_turn < BUSY_TURN || self.batch_wait_us == 0 {
             return (1, 0, deadline);
         }
@@ -376,6 +393,23 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
+            && now >= at
+        {
+            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
+            let idle_keys: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, s)| {
+                    s.phase == Phase::Open && now.duration_since(s.last_active) >= idle
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for key in idle_keys {
+                self.counters.idle_closes += 1;
+                self.begin_close(key);
+            }
+        }
         if let Some(at) = self.accept_retry_at
             && now >= at
         {
@@ -496,6 +530,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             ops: 0,
             send_len: 0,
             received: false,
+            last_active: self.now,
         });
         self.sync(key);
         if self.conns.len() >= self.max_conns {
@@ -507,6 +542,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
         let slot = &mut self.conns[key];
         slot.received = true;
+        slot.last_active = self.now;
         if !cqueue::more(flags) {
             slot.recv = RecvState::Idle;
         }
@@ -574,6 +610,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         self.counters.sends += 1;
         self.counters.bytes_out += res as u64;
+        slot.last_active = self.now;
         if (res as u32) < slot.send_len {
             self.counters.short_sends += 1;
         }
