@@ -241,7 +241,6 @@ impl ServeArgs {
             threads: self.threads,
             pin: self.pin,
             reuseport: self.reuseport,
-            ..ServerConfig::default()
         }
     }
 }
