@@ -40,6 +40,8 @@ pub enum Op {
     Shutdown = 8,
     /// Notification that a zero-copy send's buffer may be reused.
     SendNotif = 9,
+    /// Single-shot accept (used near the connection cap).
+    AcceptOne = 10,
 }
 
 impl Op {
@@ -54,6 +56,7 @@ impl Op {
             7 => Op::CancelAccept,
             8 => Op::Shutdown,
             9 => Op::SendNotif,
+            10 => Op::AcceptOne,
             _ => return None,
         })
     }
@@ -118,7 +121,7 @@ impl Token {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 9] = [
+    const OPS: [Op; 10] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -128,6 +131,7 @@ mod tests {
         Op::CancelAccept,
         Op::Shutdown,
         Op::SendNotif,
+        Op::AcceptOne,
     ];
 
     #[test]

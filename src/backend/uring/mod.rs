@@ -87,11 +87,23 @@ enum AcceptState {
 }
 
 struct Listener {
-    /// Closed once shutdown has ended its accept, so new clients are refused at once.
+    /// Closed once shutdown has ended its accepts, so new clients are refused at once.
     socket: Option<TcpListener>,
-    accept: AcceptState,
+    /// The multishot accept.
+    multishot: AcceptState,
+    /// Single-shot accepts outstanding (near the connection cap).
+    singles: usize,
     armed_once: bool,
 }
+
+impl Listener {
+    fn idle(&self) -> bool {
+        self.multishot == AcceptState::Idle && self.singles == 0
+    }
+}
+
+/// Single-shot accepts kept outstanding per listener near the cap.
+const SINGLES_PER_LISTENER: usize = 16;
 
 /// One shard's state, everything except the ring itself (which the loop borrows split).
 struct UringShard<P> {
@@ -104,6 +116,8 @@ struct UringShard<P> {
     max_conns: usize,
     /// Most buffers that owed data may hold before received bytes are copied out instead.
     buf_budget: usize,
+    /// Room below `max_conns` needed to use a multishot accept (see `update_accepts`).
+    multishot_floor: usize,
     multishot_recv: bool,
     batch_max: u32,
     batch_wait_us: u32,
@@ -182,6 +196,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }
         );
     }
+    let multishot_floor = multishot_floor(cfg, ctx.listeners.len());
     let mut shard = UringShard {
         proto,
         bufs,
@@ -190,7 +205,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             .into_iter()
             .map(|socket| Listener {
                 socket: Some(socket),
-                accept: AcceptState::Idle,
+                multishot: AcceptState::Idle,
+                singles: 0,
                 armed_once: false,
             })
             .collect(),
@@ -199,6 +215,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         },
         max_conns,
         buf_budget,
+        multishot_floor,
         multishot_recv,
         batch_max: cfg.batch_max.max(1),
         batch_wait_us: cfg.batch_wait_us,
@@ -241,9 +258,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.shutdown_fd,
             Token::shard(Op::Shutdown),
         ));
-        for i in 0..self.listeners.len() {
-            self.arm_accept(i);
-        }
+        self.update_accepts();
         self.flush(&mut sq, &submitter)?;
         self.enter(&submitter, 0, None, 0)?;
         let _ = ctx.events.send(ShardEvent::Ready);
@@ -387,9 +402,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn is_finished(&self) -> bool {
-        self.draining
-            && self.conns.is_empty()
-            && self.listeners.iter().all(|l| l.accept == AcceptState::Idle)
+        self.draining && self.conns.is_empty() && self.listeners.iter().all(Listener::idle)
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -414,7 +427,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             && now >= at
         {
             self.accept_retry_at = None;
-            self.arm_accepts();
+            self.update_accepts();
         }
         if let Some(at) = self.drain_deadline
             && now >= at
@@ -481,32 +494,33 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     fn on_shard_cqe(&mut self, tok: Token, res: i32, flags: u32) {
         match tok.op {
-            Op::Accept => {
+            Op::Accept | Op::AcceptOne => {
                 let idx = tok.generation as usize;
                 let Some(l) = self.listeners.get_mut(idx) else {
                     self.counters.stale_cqes += 1;
                     return;
                 };
-                let more = cqueue::more(flags);
-                if !more {
-                    l.accept = AcceptState::Idle;
-                    if self.draining {
-                        l.socket = None;
-                    }
+                let ended = tok.op == Op::AcceptOne || !cqueue::more(flags);
+                if tok.op == Op::AcceptOne {
+                    l.singles = l.singles.saturating_sub(1);
+                } else if ended {
+                    l.multishot = AcceptState::Idle;
+                }
+                if self.draining && l.idle() {
+                    l.socket = None;
                 }
                 if res >= 0 {
                     self.on_accepted(res as u32);
                 } else if res != -libc::ECANCELED {
-                    // -ENFILE: the table was full, the kernel closed that connection. Other
-                    // errors (a peer gone before accept) are transient.
+                    // -ENFILE: the table was full and the kernel closed that connection (the
+                    // sizing below keeps this from happening). Other errors (a peer gone before
+                    // the accept) are transient; either way, back off rather than spin.
                     self.counters.accept_errors += 1;
-                    if !more {
+                    if ended {
                         self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     }
                 }
-                if !more {
-                    self.arm_accepts();
-                }
+                self.update_accepts();
             }
             Op::Shutdown => self.begin_drain(),
             _ => {}
@@ -533,10 +547,6 @@ impl<P: Protocol + Clone> UringShard<P> {
             last_active: self.now,
         });
         self.sync(key);
-        if self.conns.len() >= self.max_conns {
-            // At the cap: stop accepting; new clients wait in the listen backlog.
-            self.pause_accepts();
-        }
     }
 
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
@@ -625,7 +635,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         let bufs = &mut self.bufs;
         slot.conn.release_all(|bid| bufs.release(bid));
         self.counters.closed += 1;
-        self.arm_accepts();
+        self.update_accepts();
     }
 
     // ---- reconciliation --------------------------------------------------------------------
@@ -727,38 +737,61 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     // ---- accept and shutdown ---------------------------------------------------------------
 
-    fn arm_accept(&mut self, idx: usize) {
-        let l = &mut self.listeners[idx];
-        let Some(socket) = &l.socket else {
-            return;
-        };
-        if l.accept != AcceptState::Idle {
+    /// Keeps the right accepts armed for how far the shard is from `max_conns`.
+    ///
+    /// A multishot accept takes every connection waiting in the backlog in one go, before a
+    /// cancellation can stop it, so it may overshoot by up to the backlog. It is armed only
+    /// while that much room is left; closer to the cap, single-shot accepts (one connection
+    /// each, never more than the room left) keep the cap exact and the file table from ever
+    /// filling (a full table makes the kernel reset the client it just accepted). At the cap
+    /// nothing is armed: new clients wait in the backlog until a connection closes.
+    fn update_accepts(&mut self) {
+        if self.draining || self.accept_retry_at.is_some() {
             return;
         }
-        self.pending
-            .push(ops::accept_multi(socket.as_raw_fd(), idx));
-        l.accept = AcceptState::Armed;
-        if l.armed_once {
-            self.counters.accept_rearms += 1;
+        let active = self.conns.len();
+        let room = self.max_conns.saturating_sub(active);
+        let multishot_ok = room >= self.multishot_floor;
+        let mut free = room.saturating_sub(self.listeners.iter().map(|l| l.singles).sum());
+        for (idx, l) in self.listeners.iter_mut().enumerate() {
+            let Some(socket) = &l.socket else {
+                continue;
+            };
+            let fd = socket.as_raw_fd();
+            match (l.multishot, multishot_ok) {
+                (AcceptState::Idle, true) => {
+                    self.pending.push(ops::accept_multi(fd, idx));
+                    l.multishot = AcceptState::Armed;
+                    if l.armed_once {
+                        self.counters.accept_rearms += 1;
+                    }
+                    l.armed_once = true;
+                }
+                (AcceptState::Armed, false) => {
+                    self.pending.push(ops::cancel_accepts(idx, Op::Accept));
+                    l.multishot = AcceptState::Cancelling;
+                }
+                _ => {}
+            }
+            if !multishot_ok {
+                while free > 0 && l.singles < SINGLES_PER_LISTENER {
+                    self.pending.push(ops::accept_one(fd, idx));
+                    l.singles += 1;
+                    free -= 1;
+                }
+            }
         }
-        l.armed_once = true;
     }
 
-    /// Arms every idle accept, unless draining, at the connection cap, or backing off.
-    fn arm_accepts(&mut self) {
-        if self.draining || self.accept_retry_at.is_some() || self.conns.len() >= self.max_conns {
-            return;
-        }
-        for i in 0..self.listeners.len() {
-            self.arm_accept(i);
-        }
-    }
-
-    fn pause_accepts(&mut self) {
-        for (i, l) in self.listeners.iter_mut().enumerate() {
-            if l.accept == AcceptState::Armed {
-                self.pending.push(ops::cancel_accept(i));
-                l.accept = AcceptState::Cancelling;
+    /// Cancels every accept (shutdown).
+    fn cancel_accepts(&mut self) {
+        for (idx, l) in self.listeners.iter_mut().enumerate() {
+            if l.multishot == AcceptState::Armed {
+                self.pending.push(ops::cancel_accepts(idx, Op::Accept));
+                l.multishot = AcceptState::Cancelling;
+            }
+            if l.singles > 0 {
+                self.pending.push(ops::cancel_accepts(idx, Op::AcceptOne));
             }
         }
     }
@@ -769,9 +802,9 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         self.draining = true;
         self.drain_deadline = Some(Instant::now() + self.drain_timeout);
-        self.pause_accepts();
+        self.cancel_accepts();
         for l in &mut self.listeners {
-            if l.accept == AcceptState::Idle {
+            if l.idle() {
                 l.socket = None;
             }
         }
@@ -781,6 +814,13 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.sync(key);
         }
     }
+}
+
+/// Room below the cap a multishot accept needs: it may take the whole backlog of every
+/// listener at once before its cancellation lands, plus arrivals during one loop turn.
+fn multishot_floor(cfg: &ServerConfig, listeners: usize) -> usize {
+    let backlog = cfg.backlog.unwrap_or_else(crate::sys::somaxconn).max(1) as usize;
+    backlog * listeners.max(1) + 64
 }
 
 /// Describes why io_uring is unusable for a server here, or `Ok` with what it offers. Used by

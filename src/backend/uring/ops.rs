@@ -13,20 +13,35 @@ pub fn accept_multi(listener: i32, listener_idx: usize) -> squeue::Entry {
     opcode::AcceptMulti::new(types::Fd(listener))
         .allocate_file_index(true)
         .build()
-        .user_data(accept_token(listener_idx).encode())
+        .user_data(accept_token(listener_idx, Op::Accept).encode())
 }
 
-/// The token of listener `idx`'s accept (the index rides in the generation field).
-pub fn accept_token(idx: usize) -> Token {
+/// The token of listener `idx`'s accepts (the index rides in the generation field); `op` is
+/// [`Op::Accept`] (multishot) or [`Op::AcceptOne`] (single-shot).
+pub fn accept_token(idx: usize, op: Op) -> Token {
     Token {
         generation: idx as u32,
-        ..Token::shard(Op::Accept)
+        ..Token::shard(op)
     }
 }
 
-/// Cancels listener `idx`'s multishot accept.
-pub fn cancel_accept(idx: usize) -> squeue::Entry {
-    opcode::AsyncCancel::new(accept_token(idx).encode())
+/// A single-shot accept on `listener` into a free file-table slot: exactly one connection,
+/// which is how the connection cap is kept exactly near the cap.
+pub fn accept_one(listener: i32, listener_idx: usize) -> squeue::Entry {
+    opcode::Accept::new(
+        types::Fd(listener),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .file_index(Some(types::DestinationSlot::auto_target()))
+    .build()
+    .user_data(accept_token(listener_idx, Op::AcceptOne).encode())
+}
+
+/// Cancels every accept of kind `op` on listener `idx`.
+pub fn cancel_accepts(idx: usize, op: Op) -> squeue::Entry {
+    let target = accept_token(idx, op).encode();
+    opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target).all())
         .build()
         .user_data(Token::shard(Op::CancelAccept).encode())
 }
