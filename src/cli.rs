@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use ringecho::backend::Backend;
-use ringecho::backend::uring::{RingConfig, RingMode};
+use ringecho::backend::uring::{RingConfig, RingMode, SqPoll};
 use ringecho::server::{DEFAULT_ADDR, ServerConfig};
 use ringecho::sys::{Keepalive, SocketOptions};
 
@@ -142,6 +142,25 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_multishot_recv: bool,
 
+    /// Use a kernel thread polling the submission queue (no submit syscalls while it is awake;
+    /// it costs a CPU while busy). It sleeps after IDLE_MS without submissions.
+    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000",
+          require_equals = true)]
+    pub sqpoll: Option<u32>,
+
+    /// Pin the SQPOLL thread to this CPU.
+    #[arg(long, value_name = "CPU", requires = "sqpoll")]
+    pub sqpoll_cpu: Option<u32>,
+
+    /// Do not register the ring fd (each io_uring_enter then looks the fd up).
+    #[arg(long)]
+    pub no_register_ring_fd: bool,
+
+    /// Send with zero-copy send (IORING_OP_SEND_ZC) when a send is at least BYTES long.
+    /// Off by default: over loopback the kernel copies anyway.
+    #[arg(long, value_name = "BYTES", value_parser = parse_positive_u32)]
+    pub zc_threshold: Option<u32>,
+
     /// When busy, wait for up to this many completions per enter.
     #[arg(long, default_value_t = 64, value_parser = parse_positive_u32)]
     pub batch_max: u32,
@@ -222,8 +241,14 @@ impl ServeArgs {
                 sq_entries: self.sq_entries,
                 cq_entries: self.cq_entries,
                 mode: self.ring_mode,
+                sqpoll: self.sqpoll.map(|idle_ms| SqPoll {
+                    idle_ms,
+                    cpu: self.sqpoll_cpu,
+                }),
             },
             multishot_recv: !self.no_multishot_recv,
+            register_ring_fd: !self.no_register_ring_fd,
+            zc_threshold: self.zc_threshold,
             batch_max: self.batch_max,
             batch_wait_us: self.batch_wait_us,
             stats_interval: self.stats_interval.filter(|d| !d.is_zero()),

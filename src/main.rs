@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command, ProbeArgs, ServeArgs};
-use ringecho::backend::uring::{self, RingConfig, RingMode};
+use ringecho::backend::uring::{self, RingConfig};
 use ringecho::protocol::Echo;
 use ringecho::{Error, Server, sys};
 
@@ -44,68 +44,71 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
 }
 
 fn probe(args: &ProbeArgs) -> Result<(), Error> {
-    let cfg = RingConfig {
-        sq_entries: 64,
-        cq_entries: 128,
-        mode: RingMode::Auto,
-    };
     let kernel = sys::kernel_release();
     let disabled = sys::io_uring_disabled();
     let nofile = sys::rlimit(libc::RLIMIT_NOFILE).ok();
     let memlock = sys::rlimit(libc::RLIMIT_MEMLOCK).ok();
-    let features = uring::probe(&cfg);
+    let features = uring::probe(&RingConfig::probe());
+    let rows = match &features {
+        Ok(f) => f.table(&uring::supported_modes()),
+        Err(_) => Vec::new(),
+    };
+    let opt = |v: Option<(u64, u64)>| v.map_or("null".to_string(), |(s, _)| s.to_string());
     if args.json {
-        let f = match &features {
-            Ok(f) => format!(
-                "{{\"mode\":\"{}\",\"nodrop\":{},\"ext_arg\":{},\"min_timeout\":{},\"recv_bundle\":{},\"multishot_accept\":{},\"multishot_recv\":{},\"buf_ring\":{},\"send_zc\":{},\"cancel_fd\":{}}}",
-                f.mode,
-                f.nodrop,
-                f.ext_arg,
-                f.min_timeout,
-                f.recv_bundle,
-                f.multishot_accept,
-                f.multishot_recv,
-                f.buf_ring,
-                f.send_zc,
-                f.cancel_fd
-            ),
-            Err(e) => format!("{{\"error\":{:?}}}", e.to_string()),
-        };
-        println!(
-            "{{\"kernel\":{kernel:?},\"io_uring_disabled\":{},\"rlimit_nofile\":{},\"rlimit_memlock\":{},\"io_uring\":{f}}}",
+        let mut out = format!(
+            "{{\"kernel\":{kernel:?},\"io_uring_disabled\":{},\"rlimit_nofile\":{},\"rlimit_memlock\":{}",
             disabled.map_or("null".into(), |d| d.to_string()),
-            nofile.map_or("null".into(), |(s, _)| s.to_string()),
-            memlock.map_or("null".into(), |(s, _)| s.to_string()),
+            opt(nofile),
+            opt(memlock),
         );
+        match &features {
+            Ok(_) => out.push_str(",\"io_uring\":true,\"error\":null"),
+            Err(e) => out.push_str(&format!(
+                ",\"io_uring\":false,\"error\":{:?}",
+                e.to_string()
+            )),
+        }
+        out.push_str(",\"features\":[");
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{{\"name\":{:?},\"since\":{:?},\"supported\":{},\"default\":{:?},\"flag\":{:?}}}",
+                r.name, r.since, r.supported, r.default, r.flag
+            ));
+        }
+        out.push_str("]}");
+        println!("{out}");
         return Ok(());
     }
-    println!("kernel              {kernel}");
+    println!("kernel             {kernel}");
     println!(
-        "io_uring_disabled   {}",
-        disabled.map_or("n/a".into(), |d| d.to_string())
+        "io_uring_disabled  {}",
+        disabled.map_or("n/a (sysctl absent)".into(), |d| d.to_string())
     );
     if let Some((s, h)) = nofile {
-        println!("RLIMIT_NOFILE       {s} (hard {h})");
+        println!("RLIMIT_NOFILE      {s} (hard {h})");
     }
     if let Some((s, h)) = memlock {
-        println!("RLIMIT_MEMLOCK      {s} (hard {h})");
+        println!("RLIMIT_MEMLOCK     {s} (hard {h})");
     }
     match features {
-        Ok(f) => {
-            let yes = |b: bool| if b { "yes" } else { "no" };
-            println!("ring mode           {}", f.mode);
-            for (name, have) in [
-                ("multishot accept", f.multishot_accept),
-                ("multishot recv", f.multishot_recv),
-                ("buffer ring", f.buf_ring),
-                ("cancel by fd", f.cancel_fd),
-                ("nodrop", f.nodrop),
-                ("ext arg", f.ext_arg),
-                ("min-wait timeout", f.min_timeout),
-                ("recv bundle", f.recv_bundle),
-                ("send_zc", f.send_zc),
-            ] {
-                println!("{name:<19} {}", yes(have));
+        Ok(_) => {
+            println!();
+            println!(
+                "{:<38} {:<6} {:<10} {:<9} flag",
+                "feature", "since", "supported", "default"
+            );
+            for r in rows {
+                println!(
+                    "{:<38} {:<6} {:<10} {:<9} {}",
+                    r.name,
+                    r.since,
+                    if r.supported { "yes" } else { "no" },
+                    r.default,
+                    r.flag
+                );
             }
             Ok(())
         }

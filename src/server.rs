@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub ring: RingConfig,
     /// Use multishot receive when the kernel has it (false forces the single-shot fallback).
     pub multishot_recv: bool,
+    /// Register the ring's own fd (`IORING_REGISTER_RING_FDS`) so each enter skips an fd lookup.
+    pub register_ring_fd: bool,
+    /// Send with `IORING_OP_SEND_ZC` when a send is at least this many bytes (`None`: never).
+    pub zc_threshold: Option<u32>,
     /// Completion batching when busy: wait for up to this many completions...
     pub batch_max: u32,
     /// ...or this many microseconds after the first (0 turns batching off).
@@ -79,8 +83,11 @@ impl Default for ServerConfig {
                 sq_entries: 1024,
                 cq_entries: 4096,
                 mode: RingMode::Auto,
+                sqpoll: None,
             },
             multishot_recv: true,
+            register_ring_fd: true,
+            zc_threshold: None,
             batch_max: 64,
             batch_wait_us: 50,
             stats_interval: None,

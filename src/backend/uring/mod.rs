@@ -19,7 +19,7 @@ use io_uring::{IoUring, Submitter, cqueue, squeue, types};
 use slab::Slab;
 
 pub use buf_ring::{BufRing, BufRingError};
-pub use setup::{Features, RingConfig, RingMode, build_ring};
+pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
 use crate::backend::idle_sweep_period;
 use crate::conn::{Conn, Limits, SendSpan};
@@ -72,6 +72,8 @@ struct Slot<P> {
     ops: u32,
     /// Length of the outstanding send (to detect short sends).
     send_len: u32,
+    /// A zero-copy send's result, held until its buffer-release notification.
+    zc_result: Option<i32>,
     /// A receive completed at least once (so arming again counts as a re-arm).
     received: bool,
     /// Last time bytes moved either way (for `--idle-timeout`).
@@ -119,6 +121,10 @@ struct UringShard<P> {
     /// Room below `max_conns` needed to use a multishot accept (see `update_accepts`).
     multishot_floor: usize,
     multishot_recv: bool,
+    /// The ring has a submission-queue polling thread.
+    sqpoll: bool,
+    /// Sends at least this long go out as zero-copy sends.
+    zc_threshold: Option<u32>,
     batch_max: u32,
     batch_wait_us: u32,
     drain_timeout: Duration,
@@ -168,11 +174,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     })?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let buf_budget = cfg.buf_budget.unwrap_or(cfg.buf_count / 2) as usize;
-    if ctx.index == 0 {
-        // Per shard: each has its own ring, buffer ring and file table.
-        eprintln!(
+    // Printed by shard 0 once the ring fd registration is known (in `run`).
+    let startup_line = (ctx.index == 0).then(|| {
+        format!(
             "ringecho: io_uring shards={} kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B \
-             budget={} files={} max_conns={} recv={} batch={}",
+             budget={} files={} max_conns={} recv={} batch={} zc={}",
             ctx.shards,
             features.kernel,
             features.mode,
@@ -193,9 +199,14 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
                 (0, _) => "off".to_string(),
                 (w, true) => format!("{}/{}us(min-wait)", cfg.batch_max, w),
                 (w, false) => format!("{}/{}us(timeout)", cfg.batch_max, w),
+            },
+            match (cfg.zc_threshold, features.send_zc) {
+                (Some(t), true) => format!(">={t}B"),
+                (Some(_), false) => "unsupported".to_string(),
+                (None, _) => "off".to_string(),
             }
-        );
-    }
+        )
+    });
     let multishot_floor = multishot_floor(cfg, ctx.listeners.len());
     let mut shard = UringShard {
         proto,
@@ -217,6 +228,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         buf_budget,
         multishot_floor,
         multishot_recv,
+        sqpoll: features.mode == RingMode::Sqpoll,
+        zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
         batch_max: cfg.batch_max.max(1),
         batch_wait_us: cfg.batch_wait_us,
         drain_timeout: cfg.drain_timeout,
@@ -236,7 +249,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             .map(|t| Instant::now() + idle_sweep_period(t)),
         features,
     };
-    let result = shard.run(&mut ring, &ctx);
+    let result = shard.run(&mut ring, &ctx, cfg.register_ring_fd, startup_line);
     ctx.stats.publish(&shard.counters);
     if result.is_ok() {
         // Every connection is closed and every accept ended: no receive can pick a buffer.
@@ -252,8 +265,27 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
 }
 
 impl<P: Protocol + Clone> UringShard<P> {
-    fn run(&mut self, ring: &mut IoUring, ctx: &ShardContext) -> Result<(), Error> {
-        let (submitter, mut sq, mut cq) = ring.split();
+    fn run(
+        &mut self,
+        ring: &mut IoUring,
+        ctx: &ShardContext,
+        register_ring_fd: bool,
+        startup_line: Option<String>,
+    ) -> Result<(), Error> {
+        let (mut submitter, mut sq, mut cq) = ring.split();
+        // The registration lives in this one Submitter value: every enter below uses it.
+        let ring_fd = if register_ring_fd && self.features.reg_ring_fd {
+            match submitter.register_ring_fd() {
+                Ok(()) => "registered",
+                Err(_) => "unregistered(failed)",
+            }
+        } else {
+            "unregistered"
+        };
+        if let Some(line) = startup_line {
+            eprintln!("{line} ring_fd={ring_fd}");
+        }
+        ctx.stats.publish(&self.counters);
         self.pending.push(ops::poll_readable(
             self.shutdown_fd,
             Token::shard(Op::Shutdown),
@@ -272,8 +304,23 @@ impl<P: Protocol + Clone> UringShard<P> {
             }
             self.bufs.publish();
             self.flush(&mut sq, &submitter)?;
-            let (want, min_wait_us, timeout) = self.wait_policy(last_turn, now);
-            self.enter(&submitter, want, timeout, min_wait_us)?;
+            if self.sqpoll && {
+                cq.sync();
+                !cq.is_empty()
+            } {
+                // The poller thread submits and completions are already waiting: no syscall,
+                // unless the poller went to sleep and must be woken for what we queued.
+                if sq.need_wakeup() {
+                    self.counters.enters += 1;
+                    self.counters.syscalls += 1;
+                    submitter
+                        .submit()
+                        .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
+                }
+            } else {
+                let (want, min_wait_us, timeout) = self.wait_policy(last_turn, now);
+                self.enter(&submitter, want, timeout, min_wait_us)?;
+            }
             self.now = Instant::now();
             if sq.cq_overflow() {
                 self.counters.cq_overflows += 1;
@@ -389,7 +436,13 @@ impl<P: Protocol + Clone> UringShard<P> {
                 sq.sync();
                 self.counters.enters += 1;
                 self.counters.syscalls += 1;
-                match submitter.submit() {
+                let made_room = if self.sqpoll {
+                    // The poller consumes entries on its own; wait until it has.
+                    submitter.squeue_wait()
+                } else {
+                    submitter.submit()
+                };
+                match made_room {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                     Err(e) => return Err(Error::io("io_uring_enter (submit)", e)),
@@ -474,12 +527,24 @@ impl<P: Protocol + Clone> UringShard<P> {
             }
             return;
         }
-        let final_cqe = !(tok.op == Op::Recv && cqueue::more(flags));
+        // Multishot receives, and zero-copy sends (result, then notification), post more than
+        // one completion; only the last one ends the operation.
+        let final_cqe = !((tok.op == Op::Recv || tok.op == Op::Send) && cqueue::more(flags));
         if final_cqe {
             self.conns[key].ops -= 1;
         }
         match tok.op {
             Op::Recv => self.on_recv(key, res, flags),
+            Op::Send if cqueue::more(flags) => {
+                // A zero-copy send's result; the kernel may still read the buffer until the
+                // notification, so the bytes count as sent only then.
+                self.conns[key].zc_result = Some(res);
+                return;
+            }
+            Op::Send if cqueue::notif(flags) => {
+                let res = self.conns[key].zc_result.take().unwrap_or(-libc::EIO);
+                self.on_send(key, res);
+            }
             Op::Send => self.on_send(key, res),
             Op::Close => {
                 self.on_closed(key);
@@ -543,6 +608,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             phase: Phase::Open,
             ops: 0,
             send_len: 0,
+            zc_result: None,
             received: false,
             last_active: self.now,
         });
@@ -670,7 +736,10 @@ impl<P: Protocol + Clone> UringShard<P> {
             slot.send_len = len;
             slot.ops += 1;
             let tok = Token::conn(key, slot.generation, Op::Send);
-            self.pending.push(ops::send(slot.fd, ptr, len, tok));
+            self.pending.push(match self.zc_threshold {
+                Some(t) if len >= t => ops::send_zc(slot.fd, ptr, len, tok),
+                _ => ops::send(slot.fd, ptr, len, tok),
+            });
         }
         let want = slot.conn.recv_wanted();
         match (slot.recv, want) {

@@ -73,6 +73,16 @@ pub fn send(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
+/// Zero-copy send (6.0): the kernel pins the pages instead of copying. Two completions: the
+/// result (with `IORING_CQE_F_MORE`), then a notification (`IORING_CQE_F_NOTIF`) once the
+/// kernel no longer reads the memory. The caller keeps the memory until the notification.
+pub fn send_zc(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
+    opcode::SendZc::new(types::Fixed(fd), ptr, len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(tok.encode())
+}
+
 /// Cancels the request whose `user_data` is `target` (the connection's receive).
 pub fn cancel(target: Token, tok: Token) -> squeue::Entry {
     opcode::AsyncCancel::new(target.encode())

@@ -27,6 +27,10 @@ pub enum RingMode {
     CoopTaskrun,
     /// No task-running flags: the kernel interrupts the task to post completions.
     Plain,
+    /// `IORING_SETUP_SQPOLL` (chosen with `--sqpoll`, not with `--ring-mode`): a kernel thread
+    /// polls the submission queue, so submitting needs no syscall while it is awake.
+    #[value(skip)]
+    Sqpoll,
 }
 
 impl fmt::Display for RingMode {
@@ -36,8 +40,18 @@ impl fmt::Display for RingMode {
             RingMode::DeferTaskrun => "defer-taskrun",
             RingMode::CoopTaskrun => "coop-taskrun",
             RingMode::Plain => "plain",
+            RingMode::Sqpoll => "sqpoll",
         })
     }
+}
+
+/// Submission-queue polling by a kernel thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqPoll {
+    /// The thread sleeps after this many milliseconds without submissions.
+    pub idle_ms: u32,
+    /// Pin the thread to this CPU (`IORING_SETUP_SQ_AFF`).
+    pub cpu: Option<u32>,
 }
 
 /// Ring geometry and mode requested by the user.
@@ -47,8 +61,22 @@ pub struct RingConfig {
     pub sq_entries: u32,
     /// Completion queue entries (at least `sq_entries`).
     pub cq_entries: u32,
-    /// Task-running mode.
+    /// Task-running mode (ignored with `sqpoll`).
     pub mode: RingMode,
+    /// Use a submission-queue polling thread instead of a task-running mode.
+    pub sqpoll: Option<SqPoll>,
+}
+
+impl RingConfig {
+    /// A small ring for probing.
+    pub fn probe() -> RingConfig {
+        RingConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            mode: RingMode::Auto,
+            sqpoll: None,
+        }
+    }
 }
 
 /// What this kernel and this ring can do, detected once at start-up.
@@ -80,6 +108,10 @@ pub struct Features {
     pub send_zc: bool,
     /// `IORING_OP_ASYNC_CANCEL` matching by fixed fd (5.19).
     pub cancel_fd: bool,
+    /// `IORING_REGISTER_RING_FDS` (5.18): enter by registered index, skipping an fd lookup.
+    pub reg_ring_fd: bool,
+    /// Incrementally consumed provided buffers (`IOU_PBUF_RING_INC`, 6.12).
+    pub buf_ring_inc: bool,
 }
 
 impl Features {
@@ -112,31 +144,21 @@ impl Features {
 /// (`SINGLE_ISSUER`).
 pub fn build_ring(cfg: &RingConfig) -> Result<(IoUring, Features), Error> {
     let kernel = KernelVersion::current();
-    let chain: &[RingMode] = match cfg.mode {
-        RingMode::Auto => &[
+    let chain: &[RingMode] = match (cfg.sqpoll, cfg.mode) {
+        // SQPOLL cannot be combined with COOP_TASKRUN/DEFER_TASKRUN (EINVAL): its own chain.
+        (Some(_), _) => &[RingMode::Sqpoll],
+        (None, RingMode::Auto) => &[
             RingMode::DeferTaskrun,
             RingMode::CoopTaskrun,
             RingMode::Plain,
         ],
-        RingMode::DeferTaskrun => &[RingMode::DeferTaskrun],
-        RingMode::CoopTaskrun => &[RingMode::CoopTaskrun],
-        RingMode::Plain => &[RingMode::Plain],
+        (None, RingMode::DeferTaskrun) => &[RingMode::DeferTaskrun],
+        (None, RingMode::CoopTaskrun) => &[RingMode::CoopTaskrun],
+        (None, RingMode::Plain | RingMode::Sqpoll) => &[RingMode::Plain],
     };
     let mut last_err = None;
     for &mode in chain {
-        let mut b = IoUring::builder();
-        b.setup_cqsize(cfg.cq_entries.max(cfg.sq_entries))
-            .setup_submit_all();
-        match mode {
-            RingMode::DeferTaskrun => {
-                b.setup_single_issuer().setup_defer_taskrun();
-            }
-            RingMode::CoopTaskrun => {
-                b.setup_coop_taskrun().setup_taskrun_flag();
-            }
-            RingMode::Plain | RingMode::Auto => {}
-        }
-        match b.build(cfg.sq_entries) {
+        match try_mode(cfg, mode) {
             Ok(ring) => {
                 let features = detect(&ring, mode, kernel);
                 return Ok((ring, features));
@@ -150,6 +172,46 @@ pub fn build_ring(cfg: &RingConfig) -> Result<(IoUring, Features), Error> {
         last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)),
         kernel,
     ))
+}
+
+fn try_mode(cfg: &RingConfig, mode: RingMode) -> io::Result<IoUring> {
+    let mut b = IoUring::builder();
+    b.setup_cqsize(cfg.cq_entries.max(cfg.sq_entries))
+        .setup_submit_all();
+    match mode {
+        RingMode::DeferTaskrun => {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }
+        RingMode::CoopTaskrun => {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        RingMode::Sqpoll => {
+            let sp = cfg.sqpoll.unwrap_or(SqPoll {
+                idle_ms: 1000,
+                cpu: None,
+            });
+            b.setup_sqpoll(sp.idle_ms);
+            if let Some(cpu) = sp.cpu {
+                b.setup_sqpoll_cpu(cpu);
+            }
+        }
+        RingMode::Plain | RingMode::Auto => {}
+    }
+    b.build(cfg.sq_entries)
+}
+
+/// Which ring modes this kernel and process accept (each tried with a small ring).
+pub fn supported_modes() -> Vec<(RingMode, bool)> {
+    let cfg = RingConfig::probe();
+    [
+        RingMode::DeferTaskrun,
+        RingMode::CoopTaskrun,
+        RingMode::Plain,
+        RingMode::Sqpoll,
+    ]
+    .into_iter()
+    .map(|m| (m, try_mode(&cfg, m).is_ok()))
+    .collect()
 }
 
 fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
@@ -172,6 +234,126 @@ fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
         buf_ring: v519,
         send_zc: op(opcode::SendZc::CODE),
         cancel_fd: op(opcode::AsyncCancel2::CODE) && v519,
+        reg_ring_fd: kernel.at_least(5, 18),
+        buf_ring_inc: kernel.at_least(6, 12),
+    }
+}
+
+/// One row of `ringecho probe`: a feature, when it arrived, and how ringecho uses it.
+#[derive(Clone, Debug)]
+pub struct FeatureRow {
+    /// Short name.
+    pub name: &'static str,
+    /// Kernel version that brought it.
+    pub since: &'static str,
+    /// Available here.
+    pub supported: bool,
+    /// What ringecho does by default: "yes", "no", or "required".
+    pub default: &'static str,
+    /// The flag that changes the default ("" if none).
+    pub flag: &'static str,
+}
+
+impl Features {
+    /// Every feature ringecho knows, for `ringecho probe`. `modes` comes from
+    /// [`supported_modes`].
+    pub fn table(&self, modes: &[(RingMode, bool)]) -> Vec<FeatureRow> {
+        let mode_ok = |m: RingMode| modes.iter().any(|&(x, ok)| x == m && ok);
+        let row = |name, since, supported, default, flag| FeatureRow {
+            name,
+            since,
+            supported,
+            default,
+            flag,
+        };
+        vec![
+            row(
+                "DEFER_TASKRUN + SINGLE_ISSUER",
+                "6.1",
+                mode_ok(RingMode::DeferTaskrun),
+                "yes",
+                "--ring-mode",
+            ),
+            row(
+                "COOP_TASKRUN + TASKRUN_FLAG",
+                "5.19",
+                mode_ok(RingMode::CoopTaskrun),
+                "fallback",
+                "--ring-mode",
+            ),
+            row(
+                "SQPOLL",
+                "5.11",
+                mode_ok(RingMode::Sqpoll),
+                "no",
+                "--sqpoll",
+            ),
+            row(
+                "EXT_ARG (wait timeout)",
+                "5.11",
+                self.ext_arg,
+                "required",
+                "",
+            ),
+            row("NODROP (CQ overflow kept)", "5.5", self.nodrop, "yes", ""),
+            row(
+                "multishot accept + direct descriptors",
+                "5.19",
+                self.multishot_accept,
+                "required",
+                "",
+            ),
+            row(
+                "provided-buffer ring",
+                "5.19",
+                self.buf_ring,
+                "required",
+                "",
+            ),
+            row(
+                "cancel by fixed fd, all",
+                "5.19",
+                self.cancel_fd,
+                "required",
+                "",
+            ),
+            row(
+                "multishot recv",
+                "6.0",
+                self.multishot_recv,
+                "yes",
+                "--no-multishot-recv",
+            ),
+            row(
+                "registered ring fd",
+                "5.18",
+                self.reg_ring_fd,
+                "yes",
+                "--no-register-ring-fd",
+            ),
+            row(
+                "min-wait batching (MIN_TIMEOUT)",
+                "6.12",
+                self.min_timeout,
+                "yes",
+                "--batch-wait-us 0",
+            ),
+            row(
+                "recv bundles",
+                "6.10",
+                self.recv_bundle,
+                "no",
+                "--recv-bundle",
+            ),
+            row(
+                "incremental buffer consumption",
+                "6.12",
+                self.buf_ring_inc,
+                "no",
+                "--buf-incremental",
+            ),
+            row("send_zc", "6.0", self.send_zc, "no", "--zc-threshold"),
+        ]
     }
 }
 
