@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the echo server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show which io_uring features this kernel and process support.
     Probe(ProbeArgs),
 }
