@@ -152,6 +152,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     pub sqpoll_cpu: Option<u32>,
 
+    /// Receive in bundles: one completion may cover several buffers (6.10).
+    #[arg(long)]
+    pub recv_bundle: bool,
+
+    /// Consume provided buffers incrementally (6.12): small messages share a buffer instead of
+    /// each taking a whole one, so --buf-size can be large without wasting memory.
+    #[arg(long)]
+    pub buf_incremental: bool,
+
     /// Do not register the ring fd (each io_uring_enter then looks the fd up).
     #[arg(long)]
     pub no_register_ring_fd: bool,
@@ -249,6 +258,8 @@ impl ServeArgs {
             multishot_recv: !self.no_multishot_recv,
             register_ring_fd: !self.no_register_ring_fd,
             zc_threshold: self.zc_threshold,
+            recv_bundle: self.recv_bundle,
+            buf_incremental: self.buf_incremental,
             batch_max: self.batch_max,
             batch_wait_us: self.batch_wait_us,
             stats_interval: self.stats_interval.filter(|d| !d.is_zero()),

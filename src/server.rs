@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub register_ring_fd: bool,
     /// Send with `IORING_OP_SEND_ZC` when a send is at least this many bytes (`None`: never).
     pub zc_threshold: Option<u32>,
+    /// Receive bundles: one completion for several buffers (6.10).
+    pub recv_bundle: bool,
+    /// Consume provided buffers incrementally (6.12), so small messages share large buffers.
+    pub buf_incremental: bool,
     /// Completion batching when busy: wait for up to this many completions...
     pub batch_max: u32,
     /// ...or this many microseconds after the first (0 turns batching off).
@@ -88,6 +92,8 @@ impl Default for ServerConfig {
             multishot_recv: true,
             register_ring_fd: true,
             zc_threshold: None,
+            recv_bundle: false,
+            buf_incremental: false,
             batch_max: 64,
             batch_wait_us: 50,
             stats_interval: None,
@@ -125,6 +131,11 @@ impl ServerConfig {
         }
         if c.buf_size == 0 {
             return Err(Error::Config("--buf-size must be at least 1".into()));
+        }
+        if c.recv_bundle && c.buf_incremental {
+            return Err(Error::Config(
+                "--recv-bundle and --buf-incremental cannot be combined".into(),
+            ));
         }
         if c.max_pending == 0 {
             return Err(Error::Config("--max-pending must be at least 1".into()));

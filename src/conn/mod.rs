@@ -142,8 +142,9 @@ impl OutQueue {
 pub struct Replies<'a> {
     q: &'a mut OutQueue,
     input: &'a [u8],
-    /// The provided buffer `input` lives in, when echoing from it without a copy is allowed.
-    zero_copy_bid: Option<u16>,
+    /// The provided buffer `input` lives in (id, offset of `input[0]`), when echoing from it
+    /// without a copy is allowed.
+    zero_copy: Option<(u16, u32)>,
     ring_refs: u16,
     copied: usize,
 }
@@ -162,13 +163,13 @@ impl Replies<'_> {
         if bytes.is_empty() {
             return;
         }
-        let Some(bid) = self.zero_copy_bid else {
+        let Some((bid, base)) = self.zero_copy else {
             self.copied += bytes.len();
             self.q.push_heap(bytes);
             return;
         };
         self.q.owed += bytes.len();
-        let (start, end) = (range.start as u32, range.end as u32);
+        let (start, end) = (base + range.start as u32, base + range.end as u32);
         // Contiguous echoes of one buffer share one chunk (and one reference).
         let in_flight_is_back = self.q.sending && self.q.chunks.len() == 1;
         if let Some(Chunk::Ring { bid: b, end: e, .. }) = self.q.chunks.back_mut()
@@ -250,14 +251,14 @@ impl<P: Protocol> Conn<P> {
 
     /// Feeds received bytes to the protocol and queues its replies.
     ///
-    /// `zero_copy_bid` is the provided buffer `data` lives in, if the backend allows replies to
-    /// reference it; `None` makes every echoed byte a copy (epoll, or the shard's budget of
+    /// `zero_copy` is the provided buffer `data` lives in and the offset of `data[0]` there, if
+    /// the backend allows replies to reference it; `None` makes every echoed byte a copy (epoll, or the shard's budget of
     /// buffers held for owed data is spent). Bytes that arrive after the connection decided to
     /// end (they can race a cancellation) are dropped.
     pub fn on_recv(
         &mut self,
         data: &[u8],
-        zero_copy_bid: Option<u16>,
+        zero_copy: Option<(u16, u32)>,
         limits: &Limits,
     ) -> RecvOutcome {
         if self.ending.is_some() || data.is_empty() {
@@ -266,7 +267,7 @@ impl<P: Protocol> Conn<P> {
         let mut out = Replies {
             q: &mut self.q,
             input: data,
-            zero_copy_bid,
+            zero_copy,
             ring_refs: 0,
             copied: 0,
         };
@@ -410,7 +411,7 @@ mod tests {
     #[test]
     fn zero_copy_echo_references_the_buffer_and_releases_it_when_sent() {
         let mut c = Conn::new(Echo);
-        let out = c.on_recv(b"hello", Some(7), &LIM);
+        let out = c.on_recv(b"hello", Some((7, 0)), &LIM);
         assert_eq!(out.ring_refs, 1);
         assert_eq!(out.copied, 0);
         assert_eq!(c.owed(), 5);
@@ -430,9 +431,23 @@ mod tests {
     }
 
     #[test]
+    fn zero_copy_chunks_are_placed_at_the_offset_within_the_buffer() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"abc", Some((2, 100)), &LIM);
+        assert_eq!(
+            c.next_send(),
+            Some(SendSpan::Ring {
+                bid: 2,
+                offset: 100,
+                len: 3
+            })
+        );
+    }
+
+    #[test]
     fn short_send_resubmits_the_rest_from_the_right_offset() {
         let mut c = Conn::new(Echo);
-        c.on_recv(b"abcdef", Some(1), &LIM);
+        c.on_recv(b"abcdef", Some((1, 0)), &LIM);
         c.next_send().unwrap();
         let mut released = vec![];
         c.on_sent(2, &LIM, |b| released.push(b));
@@ -485,8 +500,8 @@ mod tests {
     #[test]
     fn contiguous_echoes_of_one_buffer_share_a_reference_but_separate_buffers_do_not() {
         let mut c = Conn::new(Echo);
-        assert_eq!(c.on_recv(b"x", Some(3), &LIM).ring_refs, 1);
-        assert_eq!(c.on_recv(b"y", Some(4), &LIM).ring_refs, 1);
+        assert_eq!(c.on_recv(b"x", Some((3, 0)), &LIM).ring_refs, 1);
+        assert_eq!(c.on_recv(b"y", Some((4, 0)), &LIM).ring_refs, 1);
         let mut released = vec![];
         c.release_all(|b| released.push(b));
         assert_eq!(released, vec![3, 4]);
@@ -511,7 +526,7 @@ mod tests {
     #[test]
     fn half_close_finishes_only_after_everything_owed_is_sent() {
         let mut c = Conn::new(Echo);
-        c.on_recv(b"bye", Some(0), &LIM);
+        c.on_recv(b"bye", Some((0, 0)), &LIM);
         c.on_eof();
         assert!(!c.recv_wanted());
         assert!(!c.is_done());
@@ -526,7 +541,10 @@ mod tests {
         let mut c = Conn::new(Echo);
         c.begin_shutdown();
         assert!(!c.recv_wanted());
-        assert_eq!(c.on_recv(b"late", Some(1), &LIM), RecvOutcome::default());
+        assert_eq!(
+            c.on_recv(b"late", Some((1, 0)), &LIM),
+            RecvOutcome::default()
+        );
         assert!(c.is_done());
     }
 
@@ -545,9 +563,9 @@ mod tests {
     #[test]
     fn static_replies_and_protocol_close() {
         let mut c = Conn::new(Fixed);
-        let out = c.on_recv(b"a", Some(9), &LIM);
+        let out = c.on_recv(b"a", Some((9, 0)), &LIM);
         assert_eq!(out.ring_refs, 0, "static reply holds no buffer");
-        let out = c.on_recv(b"q", Some(9), &LIM);
+        let out = c.on_recv(b"q", Some((9, 0)), &LIM);
         assert_eq!(out.closed_by_protocol, Some(CloseReason::Requested));
         assert!(!c.recv_wanted());
         assert_eq!(mem(c.next_send().unwrap()), b"ok\n");

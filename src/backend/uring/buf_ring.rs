@@ -21,6 +21,21 @@
 //!   in the ring again
 //! ```
 //!
+//! # Incremental consumption and bundles
+//!
+//! With `IOU_PBUF_RING_INC` (6.12) the kernel consumes a buffer in pieces: each completion
+//! says which buffer and, with `IORING_CQE_F_BUF_MORE`, that the kernel will keep filling the
+//! rest of it. The data of a completion starts where the previous one in that buffer ended, so
+//! the ring tracks a fill offset per buffer; the buffer leaves the ring when a completion for
+//! it comes without `BUF_MORE`. Several connections' data may share one buffer.
+//!
+//! With a bundle receive (`IORING_RECVSEND_BUNDLE`, 6.10) one completion covers several
+//! buffers: the one it names and the ones that followed it in the ring. The ring remembers
+//! which buffer it wrote into each ring slot, so it can tell which those are.
+//!
+//! Either way [`BufRing::on_completion`] turns a completion into [`Segment`]s, each holding one
+//! reference to its buffer.
+//!
 //! # Safety contract
 //!
 //! - The ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the ring is
@@ -48,6 +63,9 @@ struct RawBuf {
     bid: u16,
     resv: u16,
 }
+
+/// `IOU_PBUF_RING_INC`: register for incremental consumption (6.12).
+const IOU_PBUF_RING_INC: u16 = 2;
 
 /// Largest ring the kernel accepts.
 pub const MAX_ENTRIES: u32 = 32768;
@@ -116,6 +134,25 @@ impl Drop for Mapping {
     }
 }
 
+/// A contiguous run of received bytes inside one provided buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Buffer id.
+    pub bid: u16,
+    /// Offset of the first byte in the buffer.
+    pub offset: u32,
+    /// Number of bytes.
+    pub len: u32,
+}
+
+/// A completion named buffers the ring did not think the kernel had: user space and kernel
+/// disagree about ownership, and nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnershipError {
+    /// The buffer id in question.
+    pub bid: u16,
+}
+
 /// A registered ring of provided buffers. See the module docs for the contract.
 pub struct BufRing {
     ring: Mapping,
@@ -123,19 +160,37 @@ pub struct BufRing {
     entries: u16,
     buf_size: u32,
     bgid: u16,
+    incremental: bool,
     /// Local tail: entries written but maybe not yet published.
     tail: u16,
     published_tail: u16,
-    /// References held by user space, per buffer id; 0 means the buffer is in the ring.
+    /// References held by user space, per buffer id.
     refs: Vec<u16>,
+    /// The buffer is out of the ring: the kernel handed all of it over (per buffer id).
+    out: Vec<bool>,
+    /// Bytes the kernel has filled so far (incremental mode), per buffer id.
+    fill: Vec<u32>,
+    /// Which buffer id was last written into each ring slot (for bundles).
+    slot_bid: Vec<u16>,
+    /// The ring position (unmasked) each buffer id was last written at.
+    bid_pos: Vec<u16>,
+    /// Buffers with at least one user-space reference.
     held: usize,
+    /// Buffers out of the ring.
+    out_count: usize,
     registered: bool,
 }
 
 impl BufRing {
     /// Maps a ring of `entries` buffers of `buf_size` bytes each, for buffer group `bgid`.
+    /// With `incremental`, the ring is registered for incremental consumption (6.12).
     /// Every buffer starts out owned by the ring (after [`register`](Self::register)).
-    pub fn new(entries: u32, buf_size: u32, bgid: u16) -> Result<BufRing, BufRingError> {
+    pub fn new(
+        entries: u32,
+        buf_size: u32,
+        bgid: u16,
+        incremental: bool,
+    ) -> Result<BufRing, BufRingError> {
         if entries == 0 || !entries.is_power_of_two() || entries > MAX_ENTRIES {
             return Err(BufRingError::BadCount(entries));
         }
@@ -146,16 +201,23 @@ impl BufRing {
         let ring = Mapping::new(entries as usize * std::mem::size_of::<RawBuf>())
             .map_err(BufRingError::Map)?;
         let bufs = Mapping::new(total).map_err(BufRingError::Map)?;
+        let n = entries as usize;
         let mut br = BufRing {
             ring,
             bufs,
             entries: entries as u16,
             buf_size,
             bgid,
+            incremental,
             tail: 0,
             published_tail: 0,
-            refs: vec![0; entries as usize],
+            refs: vec![0; n],
+            out: vec![true; n],
+            fill: vec![0; n],
+            slot_bid: vec![0; n],
+            bid_pos: vec![0; n],
             held: 0,
+            out_count: n,
             registered: false,
         };
         for bid in 0..entries {
@@ -166,6 +228,11 @@ impl BufRing {
 
     /// Registers the ring with the kernel as buffer group `bgid` and publishes every buffer.
     pub fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        let flags = if self.incremental {
+            IOU_PBUF_RING_INC
+        } else {
+            0
+        };
         // SAFETY: the ring memory is a live mapping of `entries` entries owned by `self`; it stays
         // mapped until `unregister` succeeds, or forever (leaked in `Drop`) if it never does.
         unsafe {
@@ -173,7 +240,7 @@ impl BufRing {
                 self.ring.ptr.as_ptr() as u64,
                 self.entries,
                 self.bgid,
-                0,
+                flags,
             )?;
         }
         self.registered = true;
@@ -205,62 +272,146 @@ impl BufRing {
         self.buf_size
     }
 
-    /// Buffers currently held by user space (not available to the kernel).
+    /// Whether buffers are consumed incrementally.
+    pub fn is_incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// Buffers user space holds references to (owed data, or a completion being handled).
     pub fn held(&self) -> usize {
         self.held
     }
 
     /// Buffers in the ring, ready for the kernel to fill (counting unpublished returns).
     pub fn available(&self) -> usize {
-        self.count() as usize - self.held
+        self.count() as usize - self.out_count
     }
 
-    /// Records that a completion handed buffer `bid` to user space, with one reference.
-    /// Returns false (and changes nothing) if `bid` is out of range or already held, which
-    /// would mean the kernel and ringecho disagree about ownership.
-    pub fn take(&mut self, bid: u16) -> bool {
-        match self.refs.get_mut(bid as usize) {
-            Some(r @ 0) => {
-                *r = 1;
-                self.held += 1;
-                true
-            }
-            _ => false,
+    /// Accounts for a receive completion that put `res` bytes into buffer `bid` (and, for a
+    /// `bundle`, the buffers that followed it in the ring); `flags` are the CQE's. Appends one
+    /// [`Segment`] per buffer to `segs`, each holding one new reference that the caller drops
+    /// with [`release`](Self::release) once it has used (or taken its own references to) the
+    /// bytes.
+    pub fn on_completion(
+        &mut self,
+        bid: u16,
+        res: u32,
+        flags: u32,
+        bundle: bool,
+        segs: &mut Vec<Segment>,
+    ) -> Result<(), OwnershipError> {
+        let b = bid as usize;
+        if b >= self.refs.len() {
+            return Err(OwnershipError { bid });
         }
+        if self.incremental {
+            // The kernel filled `res` bytes after what it filled before; the buffer leaves the
+            // ring only when the kernel says it is done with it (no BUF_MORE).
+            if self.out[b] || self.fill[b].saturating_add(res) > self.buf_size {
+                return Err(OwnershipError { bid });
+            }
+            segs.push(Segment {
+                bid,
+                offset: self.fill[b],
+                len: res,
+            });
+            self.fill[b] += res;
+            if !io_uring::cqueue::buffer_more(flags) {
+                self.out[b] = true;
+                self.out_count += 1;
+            }
+            self.add_ref(bid);
+            return Ok(());
+        }
+        let n = if bundle {
+            (res.div_ceil(self.buf_size)).max(1) as usize
+        } else {
+            1
+        };
+        if n > self.count() as usize {
+            return Err(OwnershipError { bid });
+        }
+        let mask = self.entries.wrapping_sub(1);
+        let start = self.bid_pos[b];
+        let slot_bid = &self.slot_bid;
+        let nth = |k: usize| {
+            if k == 0 {
+                bid
+            } else {
+                slot_bid[(start.wrapping_add(k as u16) & mask) as usize]
+            }
+        };
+        // Check every buffer first, so a disagreement changes nothing.
+        for k in 0..n {
+            let id = nth(k);
+            if self.out[id as usize]
+                || (k > 0 && self.bid_pos[id as usize] != start.wrapping_add(k as u16))
+            {
+                return Err(OwnershipError { bid: id });
+            }
+        }
+        let mut left = res;
+        for k in 0..n {
+            let id = if k == 0 {
+                bid
+            } else {
+                self.slot_bid[(start.wrapping_add(k as u16) & mask) as usize]
+            };
+            let len = left.min(self.buf_size);
+            left -= len;
+            segs.push(Segment {
+                bid: id,
+                offset: 0,
+                len,
+            });
+            self.out[id as usize] = true;
+            self.out_count += 1;
+            self.add_ref(id);
+        }
+        Ok(())
+    }
+
+    fn add_ref(&mut self, bid: u16) {
+        let r = &mut self.refs[bid as usize];
+        if *r == 0 {
+            self.held += 1;
+        }
+        *r += 1;
     }
 
     /// Adds `n` references to a held buffer.
     pub fn add_refs(&mut self, bid: u16, n: u16) {
         let r = &mut self.refs[bid as usize];
-        debug_assert!(*r > 0, "add_refs on a buffer the ring owns");
+        debug_assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r += n;
     }
 
-    /// Drops one reference; the last one puts the buffer back in the ring (published at the
-    /// next [`publish`](Self::publish)).
+    /// Drops one reference. When the last one goes and the kernel is done with the buffer, it
+    /// goes back in the ring (published at the next [`publish`](Self::publish)).
     pub fn release(&mut self, bid: u16) {
-        let r = &mut self.refs[bid as usize];
-        debug_assert!(*r > 0, "release of a buffer the ring owns");
-        if *r == 0 {
+        let b = bid as usize;
+        debug_assert!(self.refs[b] > 0, "release of a buffer nobody holds");
+        if self.refs[b] == 0 {
             return;
         }
-        *r -= 1;
-        if *r == 0 {
+        self.refs[b] -= 1;
+        if self.refs[b] == 0 {
             self.held -= 1;
-            self.push_entry(bid);
+            if self.out[b] {
+                self.push_entry(bid);
+            }
         }
     }
 
-    /// The first `len` bytes of held buffer `bid`.
-    pub fn data(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(
-            self.refs[bid as usize] > 0,
-            "reading a buffer the ring owns"
-        );
-        assert!(len <= self.buf_size as usize);
-        // SAFETY: `bid` is held by user space (checked above), so the kernel does not write it;
-        // the range lies inside the buffer, which lies inside the live `bufs` mapping.
-        unsafe { std::slice::from_raw_parts(self.buf_ptr(bid), len) }
+    /// `len` bytes at `offset` of buffer `bid`, which the caller holds a reference to.
+    pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
+        let b = bid as usize;
+        assert!(self.refs[b] > 0, "reading a buffer nobody holds");
+        assert!(u64::from(offset) + u64::from(len) <= u64::from(self.buf_size));
+        // SAFETY: the caller holds a reference to `bid`, and the range lies in bytes the kernel
+        // has filled and handed over (it writes only past `fill` in incremental mode, nowhere in
+        // a buffer out of the ring); the range is inside the buffer, inside the `bufs` mapping.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(bid).add(offset as usize), len as usize) }
     }
 
     /// Address of byte `offset` of held buffer `bid`, for a send SQE.
@@ -282,10 +433,17 @@ impl BufRing {
         }
     }
 
-    /// Writes an entry for `bid` at the local tail (not yet visible to the kernel).
+    /// Writes a whole-buffer entry for `bid` at the local tail (not yet visible to the kernel).
     fn push_entry(&mut self, bid: u16) {
+        let b = bid as usize;
+        debug_assert!(self.out[b]);
+        self.out[b] = false;
+        self.out_count -= 1;
+        self.fill[b] = 0;
         let mask = self.entries.wrapping_sub(1);
         let idx = (self.tail & mask) as usize;
+        self.slot_bid[idx] = bid;
+        self.bid_pos[b] = self.tail;
         let addr = self.buf_ptr(bid) as u64;
         // SAFETY: idx < entries, inside the ring mapping. The slot is past the published tail,
         // so the kernel does not read it until `publish`. Fields are written one by one so the
@@ -341,48 +499,66 @@ impl Drop for BufRing {
 mod tests {
     use super::*;
 
+    /// `IORING_CQE_F_BUF_MORE`.
+    const F_BUF_MORE: u32 = 1 << 4;
+
     #[test]
     fn rejects_bad_geometry() {
         assert!(matches!(
-            BufRing::new(0, 64, 0),
+            BufRing::new(0, 64, 0, false),
             Err(BufRingError::BadCount(0))
         ));
         assert!(matches!(
-            BufRing::new(3, 64, 0),
+            BufRing::new(3, 64, 0, false),
             Err(BufRingError::BadCount(3))
         ));
         assert!(matches!(
-            BufRing::new(65536, 64, 0),
+            BufRing::new(65536, 64, 0, false),
             Err(BufRingError::BadCount(_))
         ));
         assert!(matches!(
-            BufRing::new(8, 0, 0),
+            BufRing::new(8, 0, 0, false),
             Err(BufRingError::BadSize(0))
         ));
     }
 
     #[test]
-    fn reference_counting_returns_a_buffer_only_after_the_last_release() {
-        let mut br = BufRing::new(32768, 16, 0).unwrap();
-        assert_eq!(br.count(), 32768);
+    fn a_buffer_returns_only_after_the_last_reference() {
+        let mut br = BufRing::new(32768, 16, 0, false).unwrap();
         assert_eq!(br.available(), 32768);
-        assert!(br.take(5));
-        assert!(!br.take(5), "double take is refused");
-        assert!(!br.take(40000), "out of range");
+        let mut segs = vec![];
+        br.on_completion(5, 10, 0, false, &mut segs).unwrap();
+        assert_eq!(
+            segs,
+            vec![Segment {
+                bid: 5,
+                offset: 0,
+                len: 10
+            }]
+        );
+        assert_eq!(
+            br.on_completion(5, 3, 0, false, &mut segs),
+            Err(OwnershipError { bid: 5 })
+        );
+        assert_eq!(
+            br.on_completion(40000, 3, 0, false, &mut segs),
+            Err(OwnershipError { bid: 40000 })
+        );
         br.add_refs(5, 2);
         br.release(5);
         br.release(5);
-        assert_eq!(br.held(), 1);
+        assert_eq!((br.held(), br.available()), (1, 32767));
         br.release(5);
-        assert_eq!(br.held(), 0);
-        assert!(br.take(5), "back in the ring, can be handed out again");
+        assert_eq!((br.held(), br.available()), (0, 32768));
+        segs.clear();
+        br.on_completion(5, 1, 0, false, &mut segs).unwrap();
     }
 
     #[test]
     fn entries_are_written_at_the_tail_with_their_ids() {
-        let mut br = BufRing::new(4, 8, 1).unwrap();
+        let mut br = BufRing::new(4, 8, 1, false).unwrap();
         assert_eq!(br.tail, 4);
-        br.take(2);
+        br.on_completion(2, 8, 0, false, &mut vec![]).unwrap();
         br.release(2);
         assert_eq!(br.tail, 5);
         // SAFETY (test): entry 0 lies inside the ring mapping.
@@ -390,5 +566,68 @@ mod tests {
         assert_eq!(e0.bid, 2, "slot 4 & 3 == 0 now names buffer 2");
         assert_eq!(e0.len, 8);
         assert_eq!(e0.addr, br.buf_ptr(2) as u64);
+    }
+
+    #[test]
+    fn incremental_buffers_hand_out_consecutive_pieces_and_return_when_the_kernel_is_done() {
+        let mut br = BufRing::new(4, 100, 0, true).unwrap();
+        let mut segs = vec![];
+        br.on_completion(0, 30, F_BUF_MORE, false, &mut segs)
+            .unwrap();
+        br.on_completion(0, 50, F_BUF_MORE, false, &mut segs)
+            .unwrap();
+        assert_eq!(
+            segs[1],
+            Segment {
+                bid: 0,
+                offset: 30,
+                len: 50
+            }
+        );
+        br.release(0);
+        br.release(0);
+        assert_eq!(
+            br.available(),
+            4,
+            "the kernel still fills buffer 0: not returned, not out"
+        );
+        br.on_completion(0, 20, 0, false, &mut segs).unwrap();
+        assert_eq!(
+            segs[2],
+            Segment {
+                bid: 0,
+                offset: 80,
+                len: 20
+            }
+        );
+        assert_eq!(br.available(), 3);
+        assert_eq!(
+            br.on_completion(0, 1, 0, false, &mut segs),
+            Err(OwnershipError { bid: 0 }),
+            "a finished buffer cannot be filled further"
+        );
+        br.release(0);
+        assert_eq!(br.available(), 4);
+        assert_eq!(br.fill[0], 0);
+    }
+
+    #[test]
+    fn bundles_cover_the_buffers_that_followed_in_the_ring() {
+        let mut br = BufRing::new(4, 10, 0, false).unwrap();
+        // Recycle buffer 1 so the ring order is 0, 2, 3, 1.
+        br.on_completion(0, 5, 0, false, &mut vec![]).unwrap();
+        br.on_completion(1, 5, 0, false, &mut vec![]).unwrap();
+        br.release(1);
+        br.release(0);
+        // Ring order now (from slot 2): 2, 3, 1, 0.
+        let mut segs = vec![];
+        br.on_completion(2, 25, 0, true, &mut segs).unwrap();
+        let ids: Vec<u16> = segs.iter().map(|s| s.bid).collect();
+        assert_eq!(ids, vec![2, 3, 1]);
+        assert_eq!(segs.iter().map(|s| s.len).sum::<u32>(), 25);
+        assert_eq!(segs[2].len, 5);
+        // A bundle that would run into a buffer already out is refused, changing nothing.
+        assert!(br.on_completion(0, 20, 0, true, &mut vec![]).is_err());
+        assert_eq!(br.available(), 1);
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, Submitter, cqueue, squeue, types};
 use slab::Slab;
 
-pub use buf_ring::{BufRing, BufRingError};
+pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
 use crate::backend::idle_sweep_period;
@@ -123,6 +123,10 @@ struct UringShard<P> {
     multishot_recv: bool,
     /// The ring has a submission-queue polling thread.
     sqpoll: bool,
+    /// Receives are bundles (one completion for several buffers).
+    recv_bundle: bool,
+    /// Scratch list of the buffers one completion covers.
+    segs: Vec<buf_ring::Segment>,
     /// Sends at least this long go out as zero-copy sends.
     zc_threshold: Option<u32>,
     batch_max: u32,
@@ -161,7 +165,9 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     ring.submitter()
         .register_files_sparse(table)
         .map_err(|e| Error::io(format!("cannot register a file table of {table} slots"), e))?;
-    let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID)
+    let incremental = cfg.buf_incremental && features.buf_ring_inc;
+    let recv_bundle = cfg.recv_bundle && features.recv_bundle && !incremental;
+    let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID, incremental)
         .map_err(|e| Error::Config(e.to_string()))?;
     bufs.register(&ring.submitter()).map_err(|e| {
         Error::io(
@@ -178,7 +184,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     let startup_line = (ctx.index == 0).then(|| {
         format!(
             "ringecho: io_uring shards={} kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B \
-             budget={} files={} max_conns={} recv={} batch={} zc={}",
+             budget={} files={} max_conns={} recv={}{}{} batch={} zc={}",
             ctx.shards,
             features.kernel,
             features.mode,
@@ -195,6 +201,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             } else {
                 "single-shot"
             },
+            if recv_bundle { "+bundle" } else { "" },
+            if incremental { "+incremental" } else { "" },
             match (cfg.batch_wait_us, features.min_timeout) {
                 (0, _) => "off".to_string(),
                 (w, true) => format!("{}/{}us(min-wait)", cfg.batch_max, w),
@@ -229,6 +237,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         multishot_floor,
         multishot_recv,
         sqpoll: features.mode == RingMode::Sqpoll,
+        recv_bundle,
+        segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
         batch_max: cfg.batch_max.max(1),
         batch_wait_us: cfg.batch_wait_us,
@@ -520,10 +530,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             // did, the completion must not reach the connection now in this slot. A buffer it
             // carries is ours and goes back to the ring.
             self.counters.stale_cqes += 1;
-            if let Some(bid) = cqueue::buffer_select(flags)
-                && self.bufs.take(bid)
-            {
-                self.bufs.release(bid);
+            if tok.op == Op::Recv {
+                self.discard_buffers(res, flags);
             }
             return;
         }
@@ -615,6 +623,26 @@ impl<P: Protocol + Clone> UringShard<P> {
         self.sync(key);
     }
 
+    /// Takes the buffers a receive completion carries and puts them straight back.
+    fn discard_buffers(&mut self, res: i32, flags: u32) {
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return;
+        };
+        let mut segs = std::mem::take(&mut self.segs);
+        segs.clear();
+        let len = res.max(0) as u32;
+        if self
+            .bufs
+            .on_completion(bid, len, flags, self.recv_bundle, &mut segs)
+            .is_ok()
+        {
+            for seg in &segs {
+                self.bufs.release(seg.bid);
+            }
+        }
+        self.segs = segs;
+    }
+
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
         let slot = &mut self.conns[key];
         slot.received = true;
@@ -622,46 +650,55 @@ impl<P: Protocol + Clone> UringShard<P> {
         if !cqueue::more(flags) {
             slot.recv = RecvState::Idle;
         }
-        let bid = cqueue::buffer_select(flags);
-        if res <= 0
-            && let Some(bid) = bid
-            && self.bufs.take(bid)
-        {
-            // No data, but a buffer was consumed: straight back to the ring.
-            self.bufs.release(bid);
+        if res <= 0 {
+            // No data, but a buffer may have been consumed: straight back to the ring.
+            self.discard_buffers(res, flags);
         }
         match res {
             n if n > 0 => {
-                let Some(bid) = bid.filter(|&b| self.bufs.take(b)) else {
-                    // Data without a buffer we can account for: the kernel and we disagree.
+                let mut segs = std::mem::take(&mut self.segs);
+                segs.clear();
+                let taken = cqueue::buffer_select(flags).map(|bid| {
+                    self.bufs
+                        .on_completion(bid, n as u32, flags, self.recv_bundle, &mut segs)
+                });
+                if !matches!(taken, Some(Ok(()))) {
+                    // Data in buffers we cannot account for: the kernel and we disagree about
+                    // who owns them, so touch nothing and drop the connection.
+                    self.segs = segs;
                     self.counters.conn_errors += 1;
                     return self.begin_close(key);
-                };
-                let n = n as usize;
+                }
                 self.counters.recv_cqes += 1;
                 self.counters.bytes_in += n as u64;
-                let zero_copy = self.bufs.held() <= self.buf_budget;
+                let slot = &mut self.conns[key];
                 let was_paused = slot.conn.is_paused();
-                let out = slot.conn.on_recv(
-                    self.bufs.data(bid, n),
-                    zero_copy.then_some(bid),
-                    &self.limits,
-                );
-                if out.ring_refs > 0 {
-                    self.bufs.add_refs(bid, out.ring_refs);
+                for seg in &segs {
+                    let zero_copy = self.bufs.held() <= self.buf_budget;
+                    let out = slot.conn.on_recv(
+                        self.bufs.data(seg.bid, seg.offset, seg.len),
+                        zero_copy.then_some((seg.bid, seg.offset)),
+                        &self.limits,
+                    );
+                    if out.ring_refs > 0 {
+                        self.bufs.add_refs(seg.bid, out.ring_refs);
+                    }
+                    // The completion's own reference; the connection holds its own now.
+                    self.bufs.release(seg.bid);
+                    self.counters.copied_bytes += out.copied as u64;
+                    if out.closed_by_protocol.is_some() {
+                        self.counters.proto_closes += 1;
+                    }
                 }
-                self.bufs.release(bid);
-                self.counters.copied_bytes += out.copied as u64;
-                if out.closed_by_protocol.is_some() {
-                    self.counters.proto_closes += 1;
-                }
+                self.segs = segs;
                 if !was_paused && slot.conn.is_paused() {
                     self.counters.paused += 1;
                 }
             }
-            0 => slot.conn.on_eof(),
+            0 => slot_eof(&mut self.conns[key]),
             e if e == -libc::ENOBUFS => {
                 self.counters.enobufs += 1;
+                let slot = &mut self.conns[key];
                 if slot.recv == RecvState::Idle && slot.phase == Phase::Open {
                     slot.recv = RecvState::Parked;
                     self.parked.push_back((key, slot.generation));
@@ -745,11 +782,15 @@ impl<P: Protocol + Clone> UringShard<P> {
         match (slot.recv, want) {
             (RecvState::Idle, true) => {
                 let tok = Token::conn(key, slot.generation, Op::Recv);
-                self.pending.push(if self.multishot_recv {
-                    ops::recv_multi(slot.fd, BGID, tok)
-                } else {
-                    ops::recv_single(slot.fd, BGID, self.bufs.buf_size(), tok)
-                });
+                self.pending
+                    .push(match (self.multishot_recv, self.recv_bundle) {
+                        (true, false) => ops::recv_multi(slot.fd, BGID, tok),
+                        (true, true) => ops::recv_multi_bundle(slot.fd, BGID, tok),
+                        (false, false) => {
+                            ops::recv_single(slot.fd, BGID, self.bufs.buf_size(), tok)
+                        }
+                        (false, true) => ops::recv_bundle(slot.fd, BGID, tok),
+                    });
                 slot.recv = RecvState::Armed;
                 slot.ops += 1;
                 if slot.received {
@@ -883,6 +924,10 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.sync(key);
         }
     }
+}
+
+fn slot_eof<P: Protocol>(slot: &mut Slot<P>) {
+    slot.conn.on_eof();
 }
 
 /// Room below the cap a multishot accept needs: it may take the whole backlog of every

@@ -53,6 +53,21 @@ pub fn recv_multi(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
+/// Multishot bundle receive (6.10): each completion may cover several buffers, the one it names
+/// and those that followed it in the ring.
+pub fn recv_multi_bundle(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
+    opcode::RecvMultiBundle::new(types::Fixed(fd), bgid)
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Single-shot bundle receive (6.10).
+pub fn recv_bundle(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
+    opcode::RecvBundle::new(types::Fixed(fd), bgid)
+        .build()
+        .user_data(tok.encode())
+}
+
 /// Single-shot receive with buffer select from group `bgid` (the 5.19 fallback). `len` caps the
 /// receive at one buffer.
 pub fn recv_single(fd: u32, bgid: u16, len: u32, tok: Token) -> squeue::Entry {
