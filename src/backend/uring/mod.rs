@@ -7,6 +7,7 @@
 //! queues the SQEs that close the gap (see `UringShard::sync`).
 
 mod buf_ring;
+mod driver;
 mod ops;
 mod setup;
 
@@ -15,7 +16,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, Submitter, cqueue, squeue, types};
+use io_uring::{IoUring, cqueue, squeue};
 use slab::Slab;
 
 pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
@@ -28,11 +29,10 @@ use crate::protocol::Protocol;
 use crate::server::{ServerConfig, ShardContext, ShardEvent, table_headroom};
 use crate::stats::Counters;
 use crate::token::{GENERATION_MASK, Op, Token};
+use driver::Driver;
 
 /// Buffer group id of the shard's buffer ring.
 const BGID: u16 = 0;
-/// A turn that handled at least this many completions counts as busy (batch the next wait).
-const BUSY_TURN: usize = 8;
 /// After an accept ended on an error, wait this long before re-arming it.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 
@@ -121,8 +121,6 @@ struct UringShard<P> {
     /// Room below `max_conns` needed to use a multishot accept (see `update_accepts`).
     multishot_floor: usize,
     multishot_recv: bool,
-    /// The ring has a submission-queue polling thread.
-    sqpoll: bool,
     /// Receives are bundles (one completion for several buffers).
     recv_bundle: bool,
     /// Scratch list of the buffers one completion covers.
@@ -144,7 +142,6 @@ struct UringShard<P> {
     /// When owed bytes stop being waited for (taken when it fires).
     drain_deadline: Option<Instant>,
     counters: Counters,
-    kernel_dropped_seen: u32,
     /// Read once per loop turn, after the wait.
     now: Instant,
     idle_timeout: Option<Duration>,
@@ -236,7 +233,6 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         buf_budget,
         multishot_floor,
         multishot_recv,
-        sqpoll: features.mode == RingMode::Sqpoll,
         recv_bundle,
         segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
@@ -251,7 +247,6 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         draining: false,
         drain_deadline: None,
         counters: Counters::default(),
-        kernel_dropped_seen: 0,
         now: Instant::now(),
         idle_timeout: cfg.idle_timeout,
         next_idle_sweep: cfg
@@ -301,8 +296,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             Token::shard(Op::Shutdown),
         ));
         self.update_accepts();
-        self.flush(&mut sq, &submitter)?;
-        self.enter(&submitter, 0, None, 0)?;
+        let mut driver = Driver::new(&self.features, self.batch_max, self.batch_wait_us);
+        driver.submit(&submitter, &mut sq, &mut self.pending, &mut self.counters)?;
         let _ = ctx.events.send(ShardEvent::Ready);
 
         let mut last_turn = 0usize;
@@ -313,154 +308,31 @@ impl<P: Protocol + Clone> UringShard<P> {
                 break;
             }
             self.bufs.publish();
-            self.flush(&mut sq, &submitter)?;
-            if self.sqpoll && {
-                cq.sync();
-                !cq.is_empty()
-            } {
-                // The poller thread submits and completions are already waiting: no syscall,
-                // unless the poller went to sleep and must be woken for what we queued.
-                if sq.need_wakeup() {
-                    self.counters.enters += 1;
-                    self.counters.syscalls += 1;
-                    submitter
-                        .submit()
-                        .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
-                }
-            } else {
-                let (want, min_wait_us, timeout) = self.wait_policy(last_turn, now);
-                self.enter(&submitter, want, timeout, min_wait_us)?;
-            }
+            let deadline = [
+                self.drain_deadline,
+                self.accept_retry_at,
+                self.next_idle_sweep,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            driver.turn(
+                &submitter,
+                &mut sq,
+                &mut cq,
+                &mut self.pending,
+                last_turn,
+                deadline,
+                &mut self.counters,
+            )?;
             self.now = Instant::now();
-            if sq.cq_overflow() {
-                self.counters.cq_overflows += 1;
-            }
-            let dropped = cq.overflow();
-            if dropped != self.kernel_dropped_seen {
-                self.counters.cq_dropped +=
-                    u64::from(dropped.wrapping_sub(self.kernel_dropped_seen));
-                self.kernel_dropped_seen = dropped;
-            }
-            let mut handled = 0;
-            cq.sync();
-            while let Some(cqe) = cq.next() {
-                self.dispatch(cqe);
-                handled += 1;
-                if cq.is_empty() {
-                    // Publish the head so the kernel may post into the space we freed.
-                    cq.sync();
-                }
-            }
+            last_turn = driver::reap(&mut cq, |cqe| self.dispatch(cqe));
             self.rearm_parked();
-            last_turn = handled;
-            self.counters.events += handled as u64;
+            self.counters.events += last_turn as u64;
             self.counters.active = self.conns.len() as u64;
             self.counters.bufs_held = self.bufs.held() as u64;
             ctx.stats.publish(&self.counters);
         }
-        Ok(())
-    }
-
-    /// How to wait this turn: `(want, min_wait_us, timeout)`.
-    ///
-    /// After a busy turn, ask for a batch: up to `batch_max` completions, but return once
-    /// `batch_wait_us` passed with at least one (`IORING_FEAT_MIN_TIMEOUT`, 6.12), or, on older
-    /// kernels, when a timeout of `batch_wait_us` expires. After a quiet turn, wait for one
-    /// completion, so a lone connection never waits out a batch window.
-    fn wait_policy(&self, last_turn: usize, now: Instant) -> (usize, u32, Option<Duration>) {
-        let deadline = [
-            self.drain_deadline,
-            self.accept_retry_at,
-            self.next_idle_sweep,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|d| d.saturating_duration_since(now));
-        if last_turn < BUSY_TURN || self.batch_wait_us == 0 {
-            return (1, 0, deadline);
-        }
-        let window = Duration::from_micros(u64::from(self.batch_wait_us));
-        if self.features.min_timeout {
-            // A min-wait needs a timeout beside it, or an idle ring spins through empty enters.
-            let timeout = deadline.unwrap_or(Duration::from_secs(1));
-            (self.batch_max as usize, self.batch_wait_us, Some(timeout))
-        } else {
-            let timeout = deadline.map_or(window, |d| d.min(window));
-            (self.batch_max as usize, 0, Some(timeout))
-        }
-    }
-
-    /// One `io_uring_enter`: submits everything queued and waits as asked.
-    fn enter(
-        &mut self,
-        submitter: &Submitter<'_>,
-        want: usize,
-        timeout: Option<Duration>,
-        min_wait_us: u32,
-    ) -> Result<(), Error> {
-        self.counters.enters += 1;
-        self.counters.syscalls += 1;
-        let ts = timeout.map(types::Timespec::from);
-        let result = match &ts {
-            Some(ts) => {
-                let args = types::SubmitArgs::new()
-                    .timespec(ts)
-                    .min_wait_usec(min_wait_us);
-                submitter.submit_with_args(want, &args)
-            }
-            None => submitter.submit_and_wait(want),
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => match e.raw_os_error() {
-                // Timeouts and signals are ordinary wake-ups; EBUSY means the CQ is full of
-                // completions we have not read yet, which the next turn reads.
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
-                Some(libc::EBADR) => {
-                    // The kernel had to drop completions (no memory for overflow entries).
-                    self.counters.cq_dropped += 1;
-                    Ok(())
-                }
-                _ => Err(Error::io("io_uring_enter", e)),
-            },
-        }
-    }
-
-    /// Moves queued SQEs into the submission ring, submitting early if it fills.
-    fn flush(
-        &mut self,
-        sq: &mut io_uring::SubmissionQueue<'_>,
-        submitter: &Submitter<'_>,
-    ) -> Result<(), Error> {
-        sq.sync();
-        for sqe in self.pending.drain(..) {
-            loop {
-                // SAFETY: every buffer an SQE points at outlives its operation: sends point at
-                // provided buffers held by a reference until the send's CQE, or at a chunk the
-                // connection keeps untouched while in flight (see `conn`'s in-flight invariant);
-                // no other SQE carries a pointer.
-                if unsafe { sq.push(&sqe) }.is_ok() {
-                    break;
-                }
-                sq.sync();
-                self.counters.enters += 1;
-                self.counters.syscalls += 1;
-                let made_room = if self.sqpoll {
-                    // The poller consumes entries on its own; wait until it has.
-                    submitter.squeue_wait()
-                } else {
-                    submitter.submit()
-                };
-                match made_room {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                    Err(e) => return Err(Error::io("io_uring_enter (submit)", e)),
-                }
-                sq.sync();
-            }
-        }
-        sq.sync();
         Ok(())
     }
 

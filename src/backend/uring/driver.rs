@@ -1,0 +1,208 @@
+//! The kernel-facing half of a shard's loop: moving queued SQEs into the submission ring, the
+//! one `io_uring_enter` per turn (how long and for how many completions it waits), reaping
+//! completions, and counting all of it. Shared by the TCP and UDP shards.
+
+use std::time::{Duration, Instant};
+
+use io_uring::{CompletionQueue, SubmissionQueue, Submitter, cqueue, squeue, types};
+
+use super::setup::{Features, RingMode};
+use crate::error::Error;
+use crate::stats::Counters;
+
+/// A turn that handled at least this many completions counts as busy (batch the next wait).
+const BUSY_TURN: usize = 8;
+
+/// Waiting and batching policy, plus what the kernel reported last time.
+pub(crate) struct Driver {
+    sqpoll: bool,
+    min_timeout: bool,
+    batch_max: u32,
+    batch_wait_us: u32,
+    kernel_dropped_seen: u32,
+}
+
+impl Driver {
+    pub fn new(features: &Features, batch_max: u32, batch_wait_us: u32) -> Driver {
+        Driver {
+            sqpoll: features.mode == RingMode::Sqpoll,
+            min_timeout: features.min_timeout,
+            batch_max: batch_max.max(1),
+            batch_wait_us,
+            kernel_dropped_seen: 0,
+        }
+    }
+
+    /// Submits `pending` without waiting (start-up: arms the first operations).
+    pub fn submit(
+        &mut self,
+        submitter: &Submitter<'_>,
+        sq: &mut SubmissionQueue<'_>,
+        pending: &mut Vec<squeue::Entry>,
+        counters: &mut Counters,
+    ) -> Result<(), Error> {
+        self.flush(submitter, sq, pending, counters)?;
+        self.enter(submitter, 0, None, 0, counters)
+    }
+
+    /// One loop turn's kernel work: submit `pending` and wait for completions (until
+    /// `deadline` at the latest). `last_turn` is how many completions the previous turn
+    /// handled. With SQPOLL and completions already waiting, no syscall at all.
+    #[allow(clippy::too_many_arguments)]
+    pub fn turn(
+        &mut self,
+        submitter: &Submitter<'_>,
+        sq: &mut SubmissionQueue<'_>,
+        cq: &mut CompletionQueue<'_>,
+        pending: &mut Vec<squeue::Entry>,
+        last_turn: usize,
+        deadline: Option<Instant>,
+        counters: &mut Counters,
+    ) -> Result<(), Error> {
+        self.flush(submitter, sq, pending, counters)?;
+        if self.sqpoll && {
+            cq.sync();
+            !CompletionQueue::is_empty(cq)
+        } {
+            // The poller thread submits and completions are already waiting: no syscall,
+            // unless the poller went to sleep and must be woken for what we queued.
+            if sq.need_wakeup() {
+                counters.enters += 1;
+                counters.syscalls += 1;
+                submitter
+                    .submit()
+                    .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
+            }
+        } else {
+            let now = Instant::now();
+            let timeout = deadline.map(|d| d.saturating_duration_since(now));
+            let (want, min_wait_us, timeout) = self.wait_policy(last_turn, timeout);
+            self.enter(submitter, want, timeout, min_wait_us, counters)?;
+        }
+        if sq.cq_overflow() {
+            counters.cq_overflows += 1;
+        }
+        let dropped = cq.overflow();
+        if dropped != self.kernel_dropped_seen {
+            counters.cq_dropped += u64::from(dropped.wrapping_sub(self.kernel_dropped_seen));
+            self.kernel_dropped_seen = dropped;
+        }
+        Ok(())
+    }
+
+    /// How to wait this turn: `(want, min_wait_us, timeout)`.
+    ///
+    /// After a busy turn, ask for a batch: up to `batch_max` completions, but return once
+    /// `batch_wait_us` passed with at least one (`IORING_FEAT_MIN_TIMEOUT`, 6.12), or, on older
+    /// kernels, when a timeout of `batch_wait_us` expires. After a quiet turn, wait for one
+    /// completion, so a lone connection never waits out a batch window.
+    fn wait_policy(
+        &self,
+        last_turn: usize,
+        timeout: Option<Duration>,
+    ) -> (usize, u32, Option<Duration>) {
+        if last_turn < BUSY_TURN || self.batch_wait_us == 0 {
+            return (1, 0, timeout);
+        }
+        let window = Duration::from_micros(u64::from(self.batch_wait_us));
+        if self.min_timeout {
+            // A min-wait needs a timeout beside it, or an idle ring spins through empty enters.
+            let timeout = timeout.unwrap_or(Duration::from_secs(1));
+            (self.batch_max as usize, self.batch_wait_us, Some(timeout))
+        } else {
+            let timeout = timeout.map_or(window, |d| d.min(window));
+            (self.batch_max as usize, 0, Some(timeout))
+        }
+    }
+
+    /// One `io_uring_enter`: submits everything queued and waits as asked.
+    fn enter(
+        &mut self,
+        submitter: &Submitter<'_>,
+        want: usize,
+        timeout: Option<Duration>,
+        min_wait_us: u32,
+        counters: &mut Counters,
+    ) -> Result<(), Error> {
+        counters.enters += 1;
+        counters.syscalls += 1;
+        let ts = timeout.map(types::Timespec::from);
+        let result = match &ts {
+            Some(ts) => {
+                let args = types::SubmitArgs::new()
+                    .timespec(ts)
+                    .min_wait_usec(min_wait_us);
+                submitter.submit_with_args(want, &args)
+            }
+            None => submitter.submit_and_wait(want),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // Timeouts and signals are ordinary wake-ups; EBUSY means the CQ is full of
+                // completions we have not read yet, which the next turn reads.
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                Some(libc::EBADR) => {
+                    // The kernel had to drop completions (no memory for overflow entries).
+                    counters.cq_dropped += 1;
+                    Ok(())
+                }
+                _ => Err(Error::io("io_uring_enter", e)),
+            },
+        }
+    }
+
+    /// Moves queued SQEs into the submission ring, submitting early if it fills.
+    fn flush(
+        &mut self,
+        submitter: &Submitter<'_>,
+        sq: &mut SubmissionQueue<'_>,
+        pending: &mut Vec<squeue::Entry>,
+        counters: &mut Counters,
+    ) -> Result<(), Error> {
+        sq.sync();
+        for sqe in pending.drain(..) {
+            loop {
+                // SAFETY: every buffer an SQE points at outlives its operation: sends point at
+                // provided buffers held by a reference until the send's completion, or at memory
+                // the connection (or the UDP shard's per-buffer send slot) keeps untouched while
+                // the operation is in flight; no other SQE carries a pointer.
+                if unsafe { sq.push(&sqe) }.is_ok() {
+                    break;
+                }
+                sq.sync();
+                counters.enters += 1;
+                counters.syscalls += 1;
+                let made_room = if self.sqpoll {
+                    // The poller consumes entries on its own; wait until it has.
+                    submitter.squeue_wait()
+                } else {
+                    submitter.submit()
+                };
+                match made_room {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                    Err(e) => return Err(Error::io("io_uring_enter (submit)", e)),
+                }
+                sq.sync();
+            }
+        }
+        sq.sync();
+        Ok(())
+    }
+}
+
+/// Hands every completion in the queue to `handle`, publishing the head as it goes so the
+/// kernel can post into the freed space; returns how many.
+pub(crate) fn reap(cq: &mut CompletionQueue<'_>, mut handle: impl FnMut(cqueue::Entry)) -> usize {
+    let mut handled = 0;
+    cq.sync();
+    while let Some(cqe) = cq.next() {
+        handle(cqe);
+        handled += 1;
+        if CompletionQueue::is_empty(cq) {
+            cq.sync();
+        }
+    }
+    handled
+}
