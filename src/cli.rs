@@ -105,6 +105,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 
+    /// Echo UDP datagrams instead of TCP streams (each datagram back to its sender; datagrams
+    /// larger than a buffer are counted and dropped).
+    #[arg(long)]
+    pub udp: bool,
+
     /// Most connections held at once [default: 65536, or what RLIMIT_NOFILE allows].
     #[arg(long, value_parser = parse_positive_usize)]
     pub max_conns: Option<usize>,
@@ -241,6 +246,7 @@ impl ServeArgs {
         ServerConfig {
             addrs: self.addrs.clone(),
             backend: self.backend,
+            udp: self.udp,
             max_conns: self.max_conns,
             buf_count: self.buf_count,
             buf_size: self.buf_size,

@@ -1,7 +1,7 @@
 //! The server: binds listeners, runs shards on their own threads, reports stats, shuts down.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub addrs: Vec<SocketAddr>,
     /// Kernel interface.
     pub backend: Backend,
+    /// Echo UDP datagrams instead of TCP streams.
+    pub udp: bool,
     /// Most connections held at once; `None` = 65536 or what `RLIMIT_NOFILE` allows.
     pub max_conns: Option<usize>,
     /// Provided buffers in the ring (power of two, at most 32768).
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
         ServerConfig {
             addrs: vec![DEFAULT_ADDR.parse().expect("valid default address")],
             backend: Backend::Auto,
+            udp: false,
             max_conns: None,
             buf_count: 4096,
             buf_size: 4096,
@@ -215,7 +218,8 @@ impl ShutdownHandle {
 pub(crate) struct ShardContext {
     pub index: usize,
     pub shards: usize,
-    pub listeners: Vec<TcpListener>,
+    /// TCP listeners, or UDP sockets with `udp`.
+    pub listeners: Vec<OwnedFd>,
     pub shutdown_fd: RawFd,
     pub stats: Arc<SharedCounters>,
     pub events: mpsc::Sender<ShardEvent>,
@@ -234,8 +238,8 @@ pub(crate) enum ShardEvent {
 /// A bound, not yet running server.
 pub struct Server {
     cfg: ServerConfig,
-    /// Listeners per shard (one per address each).
-    listeners: Vec<Vec<TcpListener>>,
+    /// Bound sockets per shard (one per address each): TCP listeners, or UDP sockets.
+    listeners: Vec<Vec<OwnedFd>>,
     local_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
 }
@@ -255,7 +259,14 @@ impl Server {
             reuseport,
             socket: cfg.socket.clone(),
         };
-        let mut listeners: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+        let bind = |addr, opts: &sys::ListenOptions| -> std::io::Result<OwnedFd> {
+            if cfg.udp {
+                sys::udp_socket(addr, opts).map(OwnedFd::from)
+            } else {
+                sys::tcp_listener(addr, opts).map(OwnedFd::from)
+            }
+        };
+        let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for &addr in &cfg.addrs {
             let bind_err = |source| Error::Bind { addr, source };
@@ -266,17 +277,16 @@ impl Server {
                     reuseport: false,
                     ..opts.clone()
                 };
-                drop(sys::tcp_listener(addr, &probe).map_err(bind_err)?);
+                drop(bind(addr, &probe).map_err(bind_err)?);
             }
             // Shard 0 binds first; with port 0 the others must join the port it got, since
             // each port-0 bind would get a new port.
-            let first = sys::tcp_listener(addr, &opts).map_err(bind_err)?;
-            let resolved = first
-                .local_addr()
-                .map_err(|e| Error::io("getsockname", e))?;
+            let first = bind(addr, &opts).map_err(bind_err)?;
+            let resolved =
+                sys::local_addr(first.as_raw_fd()).map_err(|e| Error::io("getsockname", e))?;
             listeners[0].push(first);
             for shard in listeners.iter_mut().skip(1) {
-                shard.push(sys::tcp_listener(resolved, &opts).map_err(bind_err)?);
+                shard.push(bind(resolved, &opts).map_err(bind_err)?);
             }
             local_addrs.push(resolved);
         }
@@ -362,9 +372,11 @@ impl Server {
                         Some(Err(e)) => {
                             Err(Error::io(format!("cannot pin shard {index} to CPU"), e))
                         }
-                        _ => match backend {
-                            Backend::Epoll => epoll::run_shard(&cfg, proto, ctx),
-                            _ => uring::run_shard(&cfg, proto, ctx),
+                        _ => match (backend, cfg.udp) {
+                            (Backend::Epoll, false) => epoll::run_shard(&cfg, proto, ctx),
+                            (Backend::Epoll, true) => epoll::run_udp_shard(&cfg, ctx),
+                            (_, false) => uring::run_shard(&cfg, proto, ctx),
+                            (_, true) => uring::udp::run_udp_shard(&cfg, ctx),
                         },
                     };
                     if let Err(e) = result {

@@ -107,6 +107,10 @@ counters! {
     proto_closes,
     /// Connections closed by `--idle-timeout`.
     idle_closes,
+    /// UDP datagrams larger than a buffer (counted and dropped, never echoed short).
+    dgram_truncated,
+    /// UDP datagrams dropped because echoes were backed up.
+    dgram_dropped,
     /// Provided buffers held by user space now (gauge).
     bufs_held,
 }

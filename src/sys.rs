@@ -4,7 +4,7 @@
 //! [`io::Error`], so no call site forgets to check.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
@@ -81,13 +81,16 @@ pub struct ListenOptions {
 }
 
 /// Applies `o` to a socket (a listener, or a client socket in tests and the load generator).
-pub fn apply_socket_options(fd: RawFd, o: &SocketOptions, ipv6: bool) -> io::Result<()> {
-    setsockopt_int(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        i32::from(o.nodelay),
-    )?;
+/// TCP-only options are skipped for a datagram socket (`tcp == false`).
+pub fn apply_socket_options(fd: RawFd, o: &SocketOptions, ipv6: bool, tcp: bool) -> io::Result<()> {
+    if tcp {
+        setsockopt_int(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            i32::from(o.nodelay),
+        )?;
+    }
     if let Some(n) = o.rcvbuf {
         setsockopt_int(
             fd,
@@ -104,7 +107,7 @@ pub fn apply_socket_options(fd: RawFd, o: &SocketOptions, ipv6: bool) -> io::Res
             n.min(i32::MAX as u32) as i32,
         )?;
     }
-    if let Some(k) = o.keepalive {
+    if let Some(k) = o.keepalive.filter(|_| tcp) {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
         setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, k.idle as i32)?;
         setsockopt_int(
@@ -115,7 +118,7 @@ pub fn apply_socket_options(fd: RawFd, o: &SocketOptions, ipv6: bool) -> io::Res
         )?;
         setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, k.count as i32)?;
     }
-    if let Some(secs) = o.linger {
+    if let Some(secs) = o.linger.filter(|_| tcp) {
         let l = libc::linger {
             l_onoff: 1,
             l_linger: secs.min(i32::MAX as u32) as i32,
@@ -205,17 +208,14 @@ fn to_sockaddr(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> libc:
     }
 }
 
-/// Creates, configures, binds and listens a TCP socket (close-on-exec, blocking).
-///
-/// std's `TcpListener::bind` listens with a backlog of 128, which a few hundred clients
-/// connecting at once overflow; this one uses `opts.backlog`.
-pub fn tcp_listener(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
+/// Creates, configures and binds a socket of `kind` (`SOCK_STREAM` or `SOCK_DGRAM`).
+fn bound_socket(addr: SocketAddr, kind: i32, opts: &ListenOptions) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    let fd = syscall!(socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0))?;
+    let fd = syscall!(socket(domain, kind | libc::SOCK_CLOEXEC, 0))?;
     // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd();
@@ -223,7 +223,8 @@ pub fn tcp_listener(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpLis
     if opts.reuseport {
         setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
-    apply_socket_options(raw, &opts.socket, addr.is_ipv6())?;
+    let tcp = kind == libc::SOCK_STREAM;
+    apply_socket_options(raw, &opts.socket, addr.is_ipv6(), tcp)?;
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = to_sockaddr(&addr, &mut storage);
@@ -232,8 +233,64 @@ pub fn tcp_listener(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpLis
         (&storage as *const libc::sockaddr_storage).cast(),
         len
     ))?;
-    syscall!(listen(raw, opts.backlog))?;
+    Ok(fd)
+}
+
+/// Creates, configures, binds and listens a TCP socket (close-on-exec, blocking).
+///
+/// std's `TcpListener::bind` listens with a backlog of 128, which a few hundred clients
+/// connecting at once overflow; this one uses `opts.backlog`.
+pub fn tcp_listener(addr: SocketAddr, opts: &ListenOptions) -> io::Result<TcpListener> {
+    let fd = bound_socket(addr, libc::SOCK_STREAM, opts)?;
+    syscall!(listen(fd.as_raw_fd(), opts.backlog))?;
     Ok(TcpListener::from(fd))
+}
+
+/// Creates, configures and binds a UDP socket (close-on-exec, blocking).
+pub fn udp_socket(addr: SocketAddr, opts: &ListenOptions) -> io::Result<UdpSocket> {
+    bound_socket(addr, libc::SOCK_DGRAM, opts).map(UdpSocket::from)
+}
+
+/// The address a socket is bound to (`getsockname`).
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data; getsockname fills at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    syscall!(getsockname(
+        fd,
+        (&mut storage as *mut libc::sockaddr_storage).cast(),
+        &mut len
+    ))?;
+    from_sockaddr(&storage).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+/// Converts a kernel socket address to a Rust one (IPv4 and IPv6 only).
+pub fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large enough
+            // for and aligned for.
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.

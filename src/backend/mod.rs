@@ -65,3 +65,10 @@ impl fmt::Display for Backend {
 pub(crate) fn idle_sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
+
+/// Bytes a UDP datagram may carry with `--buf-size` = `buf_size`, the same on both backends:
+/// io_uring's multishot `recvmsg` puts a 16-byte header and the 128-byte source address in
+/// the buffer before the payload.
+pub const fn udp_max_payload(buf_size: u32) -> u32 {
+    buf_size.saturating_sub(16 + std::mem::size_of::<libc::sockaddr_storage>() as u32)
+}

@@ -10,6 +10,7 @@ mod buf_ring;
 mod driver;
 mod ops;
 mod setup;
+pub(crate) mod udp;
 
 use std::io;
 use std::net::TcpListener;
@@ -220,7 +221,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         listeners: std::mem::take(&mut ctx.listeners)
             .into_iter()
             .map(|socket| Listener {
-                socket: Some(socket),
+                socket: Some(TcpListener::from(socket)),
                 multishot: AcceptState::Idle,
                 singles: 0,
                 armed_once: false,
