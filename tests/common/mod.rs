@@ -1203,3 +1203,65 @@ pub fn push_until_blocked(s: &mut TcpStream, pat: &Pattern, offset: u64, cap: u6
     }
     sent
 }
+
+/// A blocking client socket with small fixed buffers (`SO_RCVBUF`/`SO_SNDBUF` = `buf`, which
+/// the kernel doubles and no longer autotunes) and a small MSS (`TCP_MAXSEG` = `mss`), all set
+/// before `connect` so the handshake advertises them. On loopback the MSS is otherwise 64 KiB,
+/// and the *server's* send buffer, which grows with cwnd × MSS, swells to `tcp_wmem` max (4 MiB
+/// here) for a peer that never reads: a small MSS keeps a slow reader's cost to the machine small.
+pub fn connect_small(addr: SocketAddr, buf: i32, mss: i32) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("connect_small: IPv4 only")
+    };
+    // SAFETY: socket(2) takes no pointers; the result is checked and owned by the TcpStream.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    for (level, opt, v) in [
+        (libc::SOL_SOCKET, libc::SO_RCVBUF, buf),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF, buf),
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss),
+    ] {
+        setsockopt_int(&stream, level, opt, v);
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect reads a live sockaddr_in of the size passed.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "connect {addr}: {}", io::Error::last_os_error());
+    stream
+}
+
+/// Sets an integer socket option, panicking on failure.
+pub fn setsockopt_int(s: &TcpStream, level: i32, opt: i32, value: i32) {
+    // SAFETY: setsockopt reads one live c_int from the pointer passed, on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({level}, {opt}): {}",
+        io::Error::last_os_error()
+    );
+}
