@@ -353,10 +353,11 @@ fn slow_readers_do_not_starve_active_clients() {
                 let p = pushed.load(Ordering::Relaxed);
                 if p != last.0 {
                     last = (p, Instant::now());
-                } else if c.accepted >= 350 && c.paused >= 300 {
-                    if last.1.elapsed() >= Duration::from_millis(300) {
-                        break;
-                    }
+                } else if c.accepted >= 350
+                    && c.paused >= 300
+                    && last.1.elapsed() >= Duration::from_millis(300)
+                {
+                    break;
                 }
                 assert!(
                     Instant::now() < deadline,
