@@ -176,3 +176,109 @@ fn single_shot_recv_fallback_echoes_and_half_closes() {
         assert!(fin.recv_rearms > 0);
     });
 }
+
+/// 20 connections (every third half-closing) of `bytes` each against a server started with
+/// `args`; returns the final counters after checking every byte and a clean exit.
+fn echo_with(b: common::Backend, args: &[&str], bytes: u64) -> ringecho::stats::Counters {
+    let mut server = b.start(args);
+    let mut rng = Rng::new(bytes);
+    let mut flows: Vec<Flow> = (0..20)
+        .map(|id| {
+            let spec = FlowSpec {
+                total: bytes,
+                window: 64 * 1024,
+                max_write: rng.range(1, 16 * 1024) as usize,
+                fixed_writes: false,
+                half_close: id % 3 == 0,
+            };
+            Flow::connect(server.addr, id, spec).unwrap()
+        })
+        .collect();
+    drive(&mut flows, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    drop(flows);
+    server.wait_stats("20 closed", Duration::from_secs(10), |c| c.closed >= 20);
+    let fin = server.stop(libc::SIGTERM).assert_clean();
+    eprintln!("{args:?}: {fin}");
+    assert_eq!(fin.bytes_out, 20 * bytes, "{args:?}");
+    assert_eq!(fin.bufs_held, 0, "{args:?}");
+    assert_eq!(fin.stale_cqes, 0, "{args:?}");
+    assert_eq!(fin.conn_errors, 0, "{args:?}");
+    fin
+}
+
+/// Settings the default run never exercises: buffers of 1 and 7 bytes and one larger than a
+/// socket read, a zero budget (every echoed byte copied), and `--max-pending 1`, which pauses a
+/// connection after every receive, so the receive is cancelled and re-armed all the time and
+/// completions race each cancellation.
+#[test]
+fn unusual_buffer_and_backpressure_settings_still_echo_exactly() {
+    with_backend("uring", |b| {
+        echo_with(b, &["--buf-count", "64", "--buf-size", "1"], 4 * 1024);
+        echo_with(b, &["--buf-count", "256", "--buf-size", "7"], 32 * 1024);
+        echo_with(
+            b,
+            &["--buf-count", "16", "--buf-size", "200000"],
+            512 * 1024,
+        );
+        let fin = echo_with(b, &["--buf-budget", "0"], 256 * 1024);
+        assert_eq!(
+            fin.copied_bytes, fin.bytes_in,
+            "a zero budget copies every byte"
+        );
+        let fin = echo_with(b, &["--max-pending", "1"], 256 * 1024);
+        assert!(fin.paused > 0 && fin.recv_rearms > 0, "{fin}");
+        echo_with(
+            b,
+            &[
+                "--max-pending",
+                "1",
+                "--buf-count",
+                "8",
+                "--no-multishot-recv",
+            ],
+            128 * 1024,
+        );
+    });
+}
+
+/// The ring set-up fallbacks (what older kernels get) and batching switched off.
+#[test]
+fn every_ring_mode_and_unbatched_waits_echo_exactly() {
+    with_backend("uring", |b| {
+        for mode in ["defer-taskrun", "coop-taskrun", "plain"] {
+            let server = b.start(&["--ring-mode", mode]);
+            let banner = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(5));
+            assert!(banner.contains(&format!("mode={mode}")), "{banner}");
+            drop(server);
+            echo_with(b, &["--ring-mode", mode], 256 * 1024);
+        }
+        echo_with(b, &["--batch-wait-us", "0"], 256 * 1024);
+        echo_with(b, &["--batch-max", "1"], 256 * 1024);
+    });
+}
+
+/// `ringecho` with no subcommand serves; so does a server on IPv6 loopback.
+#[test]
+fn serves_without_a_subcommand_and_on_ipv6() {
+    for_each_backend(|b| {
+        let mut server = common::Server::spawn(b, b.command_without_subcommand(&[]))
+            .unwrap_or_else(|e| panic!("ringecho without a subcommand: {e}"));
+        let mut s = server.connect();
+        assert_eq!(echo_once(&mut s, b"bare").unwrap(), b"bare");
+        drop(s);
+        server.stop(libc::SIGTERM).assert_clean();
+
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("SKIPPED the IPv6 half: no [::1] on this machine");
+            return;
+        }
+        let mut server = b.start(&["--addr", "[::1]:0"]);
+        assert!(server.addr.is_ipv6(), "{}", server.addr);
+        let mut flows = vec![Flow::connect(server.addr, 6, FlowSpec::bulk(300_000)).unwrap()];
+        drive(&mut flows, Duration::from_secs(10)).unwrap();
+        drop(flows);
+        server.wait_stats("closed", Duration::from_secs(5), |c| c.closed >= 1);
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        assert_eq!(fin.bytes_out, 300_000);
+    });
+}

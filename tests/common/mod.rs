@@ -69,12 +69,25 @@ impl Backend {
         }
     }
 
-    /// A `Command` for `ringecho serve` on this backend, port 0, with `args` (not spawned).
+    /// A `Command` for `ringecho serve` on this backend with `args` (not spawned); unless `args`
+    /// say otherwise, on 127.0.0.1 port 0 with a stats line every 0.1 s.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.build(Some("serve"), args)
+    }
+
+    /// Like [`command`](Self::command), without the `serve` subcommand (serving is what
+    /// `ringecho` does with none).
+    pub fn command_without_subcommand(&self, args: &[&str]) -> Command {
+        self.build(None, args)
+    }
+
+    fn build(&self, subcommand: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--addr", "127.0.0.1:0"])
-            .args(self.flags);
+        cmd.args(subcommand);
+        if !args.contains(&"--addr") {
+            cmd.args(["--addr", "127.0.0.1:0"]);
+        }
+        cmd.args(self.flags);
         if !args.contains(&"--stats-interval") {
             cmd.args(["--stats-interval", STATS_INTERVAL]);
         }
@@ -260,7 +273,11 @@ pub struct Server {
 impl Server {
     /// Spawns the server and waits for `listening on ADDR` on its stdout.
     pub fn try_start(backend: Backend, args: &[&str]) -> Result<Server, StartError> {
-        let mut cmd = backend.command(args);
+        Server::spawn(backend, backend.command(args))
+    }
+
+    /// Spawns `cmd` (a server command line for `backend`) and waits for `listening on ADDR`.
+    pub fn spawn(backend: Backend, mut cmd: Command) -> Result<Server, StartError> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
