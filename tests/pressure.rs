@@ -213,6 +213,81 @@ fn max_conns_16_serves_at_most_16_at_once() {
     });
 }
 
+/// `--max-conns 16` and a burst of 200 clients: each is served in turn (served clients leave
+/// at once); none may be reset unserved.
+///
+/// Ignored: fails on the io_uring backend (2 of 200 clients reset, `accept_errors=2`). Past the
+/// cap, the multishot accept keeps taking the backlog until the registered file table (16 + 64
+/// slots) is full; the next connection is already accepted by then, so the kernel closes it and
+/// ends the accept with `-ENFILE`: that client gets ECONNRESET without ever being served. Same
+/// root cause as `max_conns_16_serves_at_most_16_at_once`.
+#[test]
+#[ignore = "bug: past --max-conns the accept fills the file table and the kernel resets a client"]
+fn max_conns_burst_of_200_resets_nobody() {
+    const CLIENTS: usize = 200;
+    for_each_backend(|b| {
+        let mut server = b.start(&["--max-conns", "16"]);
+        let mut clients: Vec<Option<TcpStream>> = (0..CLIENTS)
+            .map(|i| {
+                let mut s = server.connect();
+                s.write_all(&Pattern::new(i as u64).bytes(0, 8)).unwrap();
+                s.set_nonblocking(true).unwrap();
+                Some(s)
+            })
+            .collect();
+        let mut served = 0;
+        let mut reset = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while served + reset.len() < CLIENTS {
+            assert!(
+                Instant::now() < deadline,
+                "{served} served, {reset:?} reset"
+            );
+            let open: Vec<usize> = (0..CLIENTS).filter(|&i| clients[i].is_some()).collect();
+            let mut pfds: Vec<libc::pollfd> = open
+                .iter()
+                .map(|&i| libc::pollfd {
+                    fd: clients[i].as_ref().unwrap().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `pfds` is a live array of `pfds.len()` initialised pollfd structs.
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+            for (p, &i) in pfds.iter().zip(&open) {
+                if p.revents == 0 {
+                    continue;
+                }
+                let mut buf = [0u8; 8];
+                match clients[i].as_mut().unwrap().read(&mut buf) {
+                    Ok(8) => {
+                        Pattern::new(i as u64).check(0, &buf).unwrap();
+                        served += 1;
+                        clients[i] = None; // leave, freeing a slot
+                    }
+                    Ok(n) => {
+                        reset.push(format!("client {i}: {n} bytes then EOF"));
+                        clients[i] = None;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        reset.push(format!("client {i}: {e}"));
+                        clients[i] = None;
+                    }
+                }
+            }
+        }
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        eprintln!("burst of {CLIENTS}: {served} served, reset: {reset:?}; {fin}");
+        assert!(
+            reset.is_empty(),
+            "clients reset instead of waiting: {reset:?}"
+        );
+        assert_eq!(fin.accepted, CLIENTS as u64);
+        assert_eq!(fin.accept_errors, 0);
+    });
+}
+
 /// `--buf-count 8`: receives regularly find the buffer ring empty (`-ENOBUFS` ends a multishot
 /// receive). The connection must wait and be re-armed when buffers come back; no data lost, and
 /// no busy loop while it waits or afterwards.
