@@ -189,8 +189,9 @@ fn max_conns_16_with_40_clients_serves_every_client_eventually() {
 /// timing; the server's own `active` agrees). A multishot accept, once triggered, accepts every
 /// connection queued on the listener in one go inside the kernel (it loops while the accept
 /// queue is non-empty), so the server's `AsyncCancel` of the accept, issued when the first
-/// completions show the cap reached, lands after the whole backlog is already accepted. Near the cap the server must use single-shot
-/// accepts, no more outstanding than free slots (see the test report).
+/// completions show the cap reached, lands after the whole backlog is already accepted. Near
+/// the cap the server must use single-shot accepts, no more outstanding than free slots (see
+/// the test report).
 #[test]
 #[ignore = "bug: a multishot accept takes the whole backlog past --max-conns"]
 fn max_conns_16_serves_at_most_16_at_once() {
@@ -324,7 +325,8 @@ fn empty_buffer_ring_parks_receives_without_losing_data_or_spinning() {
         let cpu_ms = (server.cpu_ticks() - cpu0) * 1000 / hz;
         let idle_ms = t0.elapsed().as_millis();
         eprintln!(
-            "buf-count 8: enobufs={} recv_rearms={}; idle {idle_ms} ms: enters +{}, cpu {cpu_ms} ms",
+            "buf-count 8: enobufs={} recv_rearms={}; idle {idle_ms} ms: enters +{}, cpu \
+             {cpu_ms} ms",
             after.enobufs,
             after.recv_rearms,
             s1.enters - s0.enters
