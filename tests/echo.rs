@@ -269,7 +269,7 @@ fn serves_without_a_subcommand_and_on_ipv6() {
         server.stop(libc::SIGTERM).assert_clean();
 
         if std::net::TcpListener::bind("[::1]:0").is_err() {
-            eprintln!("SKIPPED the IPv6 half: no [::1] on this machine");
+            common::skipped("the IPv6 half: no [::1] on this machine");
             return;
         }
         let mut server = b.start(&["--addr", "[::1]:0"]);

@@ -137,22 +137,28 @@ pub fn for_each_backend(mut body: impl FnMut(Backend)) {
                 eprintln!("[{}] backend {name}", test_name());
                 body(b);
             }
-            Err(why) => eprintln!("SKIPPED [{}] on backend {name}: {why}", test_name()),
+            Err(why) => skipped(&format!("on backend {name}: {why}")),
         }
     }
+}
+
+/// Says (uncaptured, so it shows in a plain `cargo test` run) that a test, or part of one, was
+/// skipped and why.
+pub fn skipped(why: &str) {
+    let _ = writeln!(io::stderr().lock(), "SKIPPED [{}] {why}", test_name());
 }
 
 /// Runs `body` on one named backend only (for behaviour specific to it, such as the io_uring
 /// buffer ring); skipped with a reason if the backend does not exist or cannot run here.
 pub fn with_backend(name: &str, body: impl FnOnce(Backend)) {
     let Some(&(name, flags)) = BACKENDS.iter().find(|(n, _)| *n == name) else {
-        eprintln!("SKIPPED [{}]: no backend {name}", test_name());
+        skipped(&format!("no backend {name}"));
         return;
     };
     let b = Backend { name, flags };
     match b.availability() {
         Ok(()) => body(b),
-        Err(why) => eprintln!("SKIPPED [{}] on backend {name}: {why}", test_name()),
+        Err(why) => skipped(&format!("on backend {name}: {why}")),
     }
 }
 
