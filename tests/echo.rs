@@ -1,0 +1,284 @@
+//! Echo correctness: single connections, many concurrent connections with random sizes,
+//! client half-close, and the single-shot receive fallback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+use common::{Flow, FlowSpec, Pattern, Rng, drive, echo_once, for_each_backend, with_backend};
+
+#[test]
+fn echo_basics() {
+    for_each_backend(|b| {
+        let mut server = b.start(&[]);
+
+        let mut a = server.connect();
+        assert_eq!(echo_once(&mut a, b"hello\n").unwrap(), b"hello\n");
+        // Several messages on one connection come back in order.
+        for i in 0..3u8 {
+            let msg = vec![b'a' + i; 10 + usize::from(i)];
+            assert_eq!(echo_once(&mut a, &msg).unwrap(), msg);
+        }
+        // A message larger than one provided buffer (4 KiB by default).
+        let big = Pattern::new(1).bytes(0, 100_000);
+        assert_eq!(echo_once(&mut a, &big).unwrap(), big);
+        drop(a);
+
+        // A connection that sends nothing: the server sees EOF and closes its side.
+        let mut quiet = server.connect();
+        quiet.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        quiet.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing sent, nothing echoed");
+
+        let c = server.wait_stats("both connections closed", Duration::from_secs(5), |c| {
+            c.closed >= 2
+        });
+        assert_eq!((c.accepted, c.active), (2, 0));
+
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        let sent = 6 + 10 + 11 + 12 + 100_000;
+        assert_eq!(fin.bytes_in, sent);
+        assert_eq!(fin.bytes_out, sent);
+        assert_eq!((fin.accepted, fin.closed, fin.active), (2, 2, 0));
+        assert_eq!(fin.bufs_held, 0, "every provided buffer back in the ring");
+        assert_eq!(fin.stale_cqes, 0);
+        assert_eq!(fin.conn_errors, 0);
+    });
+}
+
+#[test]
+fn two_hundred_concurrent_connections_each_get_their_own_bytes() {
+    for_each_backend(|b| {
+        let mut server = b.start(&[]);
+        let mut rng = Rng::new(200);
+        let mut total = 0;
+        let mut flows: Vec<Flow> = (0..200)
+            .map(|id| {
+                let bytes = rng.range(1, 256 * 1024);
+                total += bytes;
+                let spec = FlowSpec {
+                    total: bytes,
+                    window: 64 * 1024,
+                    max_write: rng.range(1, 16 * 1024) as usize,
+                    fixed_writes: false,
+                    half_close: false,
+                };
+                Flow::connect(server.addr, id, spec).expect("connect")
+            })
+            .collect();
+        drive(&mut flows, Duration::from_secs(30)).unwrap();
+        drop(flows);
+
+        server.wait_stats("200 connections closed", Duration::from_secs(5), |c| {
+            c.closed >= 200
+        });
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        eprintln!("200 connections, {total} bytes each way: {fin}");
+        assert_eq!(fin.accepted, 200);
+        assert_eq!(fin.active, 0);
+        assert_eq!(fin.bytes_in, total);
+        assert_eq!(fin.bytes_out, total);
+        assert_eq!(fin.bufs_held, 0);
+        assert_eq!(fin.stale_cqes, 0);
+        assert_eq!(fin.conn_errors, 0);
+    });
+}
+
+#[test]
+fn half_close_after_one_mib_gets_every_byte_then_eof() {
+    for_each_backend(|b| {
+        let mut server = b.start(&[]);
+        let spec = FlowSpec {
+            half_close: true,
+            ..FlowSpec::bulk(1 << 20)
+        };
+        let mut flows = vec![Flow::connect(server.addr, 7, spec).unwrap()];
+        drive(&mut flows, Duration::from_secs(10)).unwrap();
+        assert!(flows[0].eof && flows[0].received == 1 << 20);
+
+        // A client that sends everything before reading a byte (the whole MiB sits in socket
+        // buffers and the server's back-pressure) still gets it all, then EOF.
+        let mut s = server.connect();
+        let pat = Pattern::new(8);
+        let data = pat.bytes(0, 1 << 20);
+        let writer = {
+            let mut w = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                w.write_all(&data).unwrap();
+                w.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        let (back, err) = common::read_to_end_or_error(&mut s);
+        writer.join().unwrap();
+        assert!(
+            err.is_none(),
+            "read ended with {err:?} after {} bytes",
+            back.len()
+        );
+        assert_eq!(back.len(), 1 << 20);
+        pat.check(0, &back).unwrap();
+
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        assert_eq!((fin.accepted, fin.closed), (2, 2));
+        assert_eq!(fin.bytes_out, 2 << 20);
+        assert_eq!(fin.bufs_held, 0);
+    });
+}
+
+/// `--no-multishot-recv` forces the 5.19 path: one single-shot receive per completion.
+#[test]
+fn single_shot_recv_fallback_echoes_and_half_closes() {
+    with_backend("uring", |b| {
+        let mut server = b.start(&["--no-multishot-recv"]);
+        let banner = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(5));
+        assert!(
+            banner.contains("recv=single-shot"),
+            "start-up line should say single-shot: {banner}"
+        );
+        let mut rng = Rng::new(10);
+        let mut total = 0;
+        let mut flows: Vec<Flow> = (0..20)
+            .map(|id| {
+                let bytes = rng.range(1, 200_000);
+                total += bytes;
+                Flow::connect(server.addr, id, FlowSpec::bulk(bytes)).unwrap()
+            })
+            .collect();
+        let spec = FlowSpec {
+            half_close: true,
+            ..FlowSpec::bulk(1 << 20)
+        };
+        flows.push(Flow::connect(server.addr, 99, spec).unwrap());
+        total += 1 << 20;
+        drive(&mut flows, Duration::from_secs(20)).unwrap();
+        assert!(flows.last().unwrap().eof, "half-closed flow saw EOF");
+        drop(flows);
+
+        server.wait_stats("21 connections closed", Duration::from_secs(5), |c| {
+            c.closed >= 21
+        });
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        eprintln!(
+            "single-shot: recv_cqes={} recv_rearms={} enters={} ({fin})",
+            fin.recv_cqes, fin.recv_rearms, fin.enters
+        );
+        assert_eq!(fin.bytes_out, total);
+        assert_eq!(fin.bufs_held, 0);
+        // Every data completion ends a single-shot receive, which is then armed again (except,
+        // at most, the last one per connection).
+        assert!(
+            fin.recv_rearms + fin.accepted >= fin.recv_cqes,
+            "single-shot receives must be re-armed after each completion: {fin}"
+        );
+        assert!(fin.recv_rearms > 0);
+    });
+}
+
+/// 20 connections (every third half-closing) of `bytes` each against a server started with
+/// `args`; returns the final counters after checking every byte and a clean exit.
+fn echo_with(b: common::Backend, args: &[&str], bytes: u64) -> ringecho::stats::Counters {
+    let mut server = b.start(args);
+    let mut rng = Rng::new(bytes);
+    let mut flows: Vec<Flow> = (0..20)
+        .map(|id| {
+            let spec = FlowSpec {
+                total: bytes,
+                window: 64 * 1024,
+                max_write: rng.range(1, 16 * 1024) as usize,
+                fixed_writes: false,
+                half_close: id % 3 == 0,
+            };
+            Flow::connect(server.addr, id, spec).unwrap()
+        })
+        .collect();
+    drive(&mut flows, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    drop(flows);
+    server.wait_stats("20 closed", Duration::from_secs(10), |c| c.closed >= 20);
+    let fin = server.stop(libc::SIGTERM).assert_clean();
+    eprintln!("{args:?}: {fin}");
+    assert_eq!(fin.bytes_out, 20 * bytes, "{args:?}");
+    assert_eq!(fin.bufs_held, 0, "{args:?}");
+    assert_eq!(fin.stale_cqes, 0, "{args:?}");
+    assert_eq!(fin.conn_errors, 0, "{args:?}");
+    fin
+}
+
+/// Settings the default run never exercises: buffers of 1 and 7 bytes and one larger than a
+/// socket read, a zero budget (every echoed byte copied), and `--max-pending 1`, which pauses a
+/// connection after every receive, so the receive is cancelled and re-armed all the time and
+/// completions race each cancellation.
+#[test]
+fn unusual_buffer_and_backpressure_settings_still_echo_exactly() {
+    with_backend("uring", |b| {
+        echo_with(b, &["--buf-count", "64", "--buf-size", "1"], 4 * 1024);
+        echo_with(b, &["--buf-count", "256", "--buf-size", "7"], 32 * 1024);
+        echo_with(
+            b,
+            &["--buf-count", "16", "--buf-size", "200000"],
+            512 * 1024,
+        );
+        let fin = echo_with(b, &["--buf-budget", "0"], 256 * 1024);
+        assert_eq!(
+            fin.copied_bytes, fin.bytes_in,
+            "a zero budget copies every byte"
+        );
+        let fin = echo_with(b, &["--max-pending", "1"], 256 * 1024);
+        assert!(fin.paused > 0 && fin.recv_rearms > 0, "{fin}");
+        echo_with(
+            b,
+            &[
+                "--max-pending",
+                "1",
+                "--buf-count",
+                "8",
+                "--no-multishot-recv",
+            ],
+            128 * 1024,
+        );
+    });
+}
+
+/// The ring set-up fallbacks (what older kernels get) and batching switched off.
+#[test]
+fn every_ring_mode_and_unbatched_waits_echo_exactly() {
+    with_backend("uring", |b| {
+        for mode in ["defer-taskrun", "coop-taskrun", "plain"] {
+            let server = b.start(&["--ring-mode", mode]);
+            let banner = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(5));
+            assert!(banner.contains(&format!("mode={mode}")), "{banner}");
+            drop(server);
+            echo_with(b, &["--ring-mode", mode], 256 * 1024);
+        }
+        echo_with(b, &["--batch-wait-us", "0"], 256 * 1024);
+        echo_with(b, &["--batch-max", "1"], 256 * 1024);
+    });
+}
+
+/// `ringecho` with no subcommand serves; so does a server on IPv6 loopback.
+#[test]
+fn serves_without_a_subcommand_and_on_ipv6() {
+    for_each_backend(|b| {
+        let mut server = common::Server::spawn(b, b.command_without_subcommand(&[]))
+            .unwrap_or_else(|e| panic!("ringecho without a subcommand: {e}"));
+        let mut s = server.connect();
+        assert_eq!(echo_once(&mut s, b"bare").unwrap(), b"bare");
+        drop(s);
+        server.stop(libc::SIGTERM).assert_clean();
+
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            common::skipped("the IPv6 half: no [::1] on this machine");
+            return;
+        }
+        let mut server = b.start(&["--addr", "[::1]:0"]);
+        assert!(server.addr.is_ipv6(), "{}", server.addr);
+        let mut flows = vec![Flow::connect(server.addr, 6, FlowSpec::bulk(300_000)).unwrap()];
+        drive(&mut flows, Duration::from_secs(10)).unwrap();
+        drop(flows);
+        server.wait_stats("closed", Duration::from_secs(5), |c| c.closed >= 1);
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        assert_eq!(fin.bytes_out, 300_000);
+    });
+}
