@@ -172,6 +172,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
             let now = Instant::now();
             self.on_timers(now);
             if self.draining && self.conns.is_empty() {
+                self.counters.active = 0;
                 return Ok(());
             }
             let timeout_ms = if !self.ready.is_empty() {

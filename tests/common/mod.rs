@@ -43,8 +43,8 @@ const STATS_INTERVAL: &str = "0.1";
 /// Every backend the suite runs against: its name and the flags that select it. Adding a
 /// backend is one line here; every test written with [`for_each_backend`] then runs on it.
 pub const BACKENDS: &[(&str, &[&str])] = &[
-    ("uring", &[]),
-    // ("epoll", &["--backend", "epoll"]),
+    ("uring", &["--backend", "uring"]),
+    ("epoll", &["--backend", "epoll"]),
 ];
 
 /// Exit status the server uses for "this backend cannot run here" (io_uring unavailable).
@@ -70,7 +70,7 @@ impl Backend {
     }
 
     /// A `Command` for `ringecho serve` on this backend with `args` (not spawned); unless `args`
-    /// say otherwise, on 127.0.0.1 port 0 with a stats line every 0.1 s.
+    /// say otherwise, on 127.0.0.1 port 0, one shard, with a stats line every 0.1 s.
     pub fn command(&self, args: &[&str]) -> Command {
         self.build(Some("serve"), args)
     }
@@ -86,6 +86,11 @@ impl Backend {
         cmd.args(subcommand);
         if !args.contains(&"--addr") {
             cmd.args(["--addr", "127.0.0.1:0"]);
+        }
+        // One shard unless a test asks for more: per-shard limits (buffers, budget, connection
+        // cap) then mean what the test says. Multi-shard behaviour has its own tests.
+        if !args.contains(&"--threads") {
+            cmd.args(["--threads", "1"]);
         }
         cmd.args(self.flags);
         if !args.contains(&"--stats-interval") {
