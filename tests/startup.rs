@@ -122,10 +122,49 @@ fn under_seccomp(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     run_to_exit(&mut cmd, Duration::from_secs(10))
 }
 
+/// The default `--backend auto` under the same seccomp filter: one line saying why, then the
+/// epoll backend serves.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn auto_backend_falls_back_to_epoll_when_io_uring_is_blocked() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats-interval", "0.1"]);
+    // SAFETY: as in `under_seccomp`: only two prctl calls on stack data before exec.
+    unsafe {
+        cmd.pre_exec(seccomp::install);
+    }
+    let auto = common::Backend {
+        name: "auto",
+        flags: &[],
+    };
+    let mut server = match common::Server::spawn(auto, cmd) {
+        Ok(s) => s,
+        Err(e) => panic!("auto backend did not start under seccomp: {e}"),
+    };
+    let mut c = server.connect();
+    c.write_all(b"still served").unwrap();
+    let mut buf = [0u8; 12];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still served");
+    drop(c);
+    let stopped = server.stop(libc::SIGTERM);
+    let fin = stopped.assert_clean();
+    assert_eq!(fin.accepted, 1);
+    let log = stopped.stderr.join("\n");
+    assert!(
+        log.contains("EPERM") && log.contains("falling back to epoll"),
+        "says why it fell back:\n{log}"
+    );
+    assert!(log.contains("ringecho: epoll"), "runs epoll:\n{log}");
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn io_uring_blocked_by_seccomp_exits_2_with_one_line() {
-    let (status, stdout, stderr) = under_seccomp(&["serve", "--addr", "127.0.0.1:0"]);
+    let (status, stdout, stderr) =
+        under_seccomp(&["serve", "--backend", "uring", "--addr", "127.0.0.1:0"]);
     eprintln!("server under seccomp: {status}; stderr: {stderr}");
     assert_eq!(
         status.code(),

@@ -57,7 +57,8 @@ pub const EXIT_UNAVAILABLE: i32 = 2;
 pub struct Backend {
     /// Short name (`uring`, `epoll`).
     pub name: &'static str,
-    flags: &'static [&'static str],
+    /// Flags that select it.
+    pub flags: &'static [&'static str],
 }
 
 impl Backend {
