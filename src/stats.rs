@@ -67,8 +67,11 @@ counters! {
     active,
     /// Connections closed.
     closed,
-    /// Bytes received from peers.
+    /// Bytes received from peers and handed to the protocol.
     bytes_in,
+    /// Bytes received from peers after their connection started ending (read and dropped, so
+    /// that closing does not reset the connection).
+    bytes_discarded,
     /// Bytes sent to peers.
     bytes_out,
     /// Receive completions that carried data.
@@ -128,6 +131,16 @@ impl fmt::Display for Counters {
 }
 
 impl Counters {
+    /// Counts what a connection did with `len` received bytes (both backends call this).
+    pub fn record_recv(&mut self, len: usize, out: &crate::conn::RecvOutcome) {
+        self.bytes_in += (len - out.discarded) as u64;
+        self.bytes_discarded += out.discarded as u64;
+        self.copied_bytes += out.copied as u64;
+        if out.closed_by_protocol.is_some() {
+            self.proto_closes += 1;
+        }
+    }
+
     /// Sums several shards' snapshots.
     pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Counters {
         let mut total = Counters::default();

@@ -42,6 +42,8 @@ pub enum Op {
     SendNotif = 9,
     /// Single-shot accept (used near the connection cap).
     AcceptOne = 10,
+    /// Shutdown of the connection's write side (our FIN).
+    ShutdownWrite = 11,
 }
 
 impl Op {
@@ -57,6 +59,7 @@ impl Op {
             8 => Op::Shutdown,
             9 => Op::SendNotif,
             10 => Op::AcceptOne,
+            11 => Op::ShutdownWrite,
             _ => return None,
         })
     }
@@ -121,7 +124,7 @@ impl Token {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 10] = [
+    const OPS: [Op; 11] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -132,6 +135,7 @@ mod tests {
         Op::Shutdown,
         Op::SendNotif,
         Op::AcceptOne,
+        Op::ShutdownWrite,
     ];
 
     #[test]

@@ -130,7 +130,14 @@ fn auto_backend_falls_back_to_epoll_when_io_uring_is_blocked() {
     use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(BIN);
-    cmd.args(["--addr", "127.0.0.1:0", "--threads", "1", "--stats-interval", "0.1"]);
+    cmd.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--stats-interval",
+        "0.1",
+    ]);
     // SAFETY: as in `under_seccomp`: only two prctl calls on stack data before exec.
     unsafe {
         cmd.pre_exec(seccomp::install);

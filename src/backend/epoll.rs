@@ -59,6 +59,9 @@ struct EpollShard<P> {
     limits: Limits,
     max_conns: usize,
     scratch: Vec<u8>,
+    /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
+    /// deadline order, since every one waits `drain_timeout`).
+    lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections with data left after their read budget, served before waiting again.
     ready: std::collections::VecDeque<(usize, u32)>,
     accept_paused: bool,
@@ -142,6 +145,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         max_conns,
         scratch: vec![0; cfg.buf_size as usize],
         ready: Default::default(),
+        lingering: Default::default(),
         accept_paused: false,
         accept_retry_at: None,
         accept_pause_logged: false,
@@ -295,13 +299,16 @@ impl<P: Protocol + Clone> EpollShard<P> {
                         slot.readable = false;
                     }
                     self.counters.recv_cqes += 1;
-                    self.counters.bytes_in += n as u64;
                     slot.last_active = self.now;
                     let was_paused = slot.conn.is_paused();
                     let out = slot.conn.on_recv(&self.scratch[..n], None, &self.limits);
-                    self.counters.copied_bytes += out.copied as u64;
+                    self.counters.record_recv(n, &out);
                     if out.closed_by_protocol.is_some() {
-                        self.counters.proto_closes += 1;
+                        self.lingering.push_back((
+                            key,
+                            slot.generation,
+                            self.now + self.drain_timeout,
+                        ));
                     }
                     if !was_paused && slot.conn.is_paused() {
                         self.counters.paused += 1;
@@ -318,6 +325,12 @@ impl<P: Protocol + Clone> EpollShard<P> {
         let slot = &mut self.conns[key];
         if slot.conn.is_done() {
             return self.close(key);
+        }
+        if slot.conn.wants_fin() {
+            slot.conn.on_fin_sent();
+            self.counters.syscalls += 1;
+            // A failure means the peer is gone; the next read reports it.
+            let _ = syscall!(shutdown(slot.fd.as_raw_fd(), libc::SHUT_WR));
         }
         let want_out = slot.conn.owed() > 0 && !slot.writable;
         if want_out != slot.out_registered {
@@ -486,6 +499,19 @@ impl<P: Protocol + Clone> EpollShard<P> {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        while let Some(&(key, generation, at)) = self.lingering.front()
+            && at <= now
+        {
+            self.lingering.pop_front();
+            // The peer never closed after our FIN: stop waiting for it.
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|s| s.generation == generation)
+            {
+                self.close(key);
+            }
+        }
         if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
             && now >= at
         {

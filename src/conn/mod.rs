@@ -214,6 +214,8 @@ pub struct RecvOutcome {
     pub copied: usize,
     /// The protocol asked to close, and why (reported once).
     pub closed_by_protocol: Option<CloseReason>,
+    /// Bytes dropped unread because the connection is ending.
+    pub discarded: usize,
 }
 
 /// Why a connection is winding down.
@@ -235,6 +237,10 @@ pub struct Conn<P> {
     /// The peer sent FIN: nothing more will arrive.
     peer_eof: bool,
     ending: Option<Ending>,
+    /// Our FIN (a write-side shutdown) has been asked for.
+    fin_sent: bool,
+    /// Shutdown found nothing owed: close without waiting for the peer.
+    close_now: bool,
 }
 
 impl<P: Protocol> Conn<P> {
@@ -246,6 +252,8 @@ impl<P: Protocol> Conn<P> {
             paused: false,
             peer_eof: false,
             ending: None,
+            fin_sent: false,
+            close_now: false,
         }
     }
 
@@ -262,7 +270,10 @@ impl<P: Protocol> Conn<P> {
         limits: &Limits,
     ) -> RecvOutcome {
         if self.ending.is_some() || data.is_empty() {
-            return RecvOutcome::default();
+            return RecvOutcome {
+                discarded: data.len(),
+                ..RecvOutcome::default()
+            };
         }
         let mut out = Replies {
             q: &mut self.q,
@@ -279,6 +290,7 @@ impl<P: Protocol> Conn<P> {
                 Verdict::Continue => None,
                 Verdict::Close(reason) => Some(reason),
             },
+            discarded: 0,
         };
         if let Some(reason) = outcome.closed_by_protocol {
             self.ending = Some(Ending::Protocol(reason));
@@ -292,10 +304,13 @@ impl<P: Protocol> Conn<P> {
         self.peer_eof = true;
     }
 
-    /// The server is shutting down: stop receiving, send what is owed, then close.
+    /// The server is shutting down. A connection that owes nothing closes at once; one that
+    /// owes bytes stops processing input (it still reads and drops it), sends what it owes,
+    /// then FIN, and closes when the peer closes (or the backend's drain deadline passes).
     pub fn begin_shutdown(&mut self) {
         if self.ending.is_none() {
             self.ending = Some(Ending::Shutdown);
+            self.close_now = self.q.chunks.is_empty() && !self.q.sending;
         }
     }
 
@@ -346,16 +361,40 @@ impl<P: Protocol> Conn<P> {
         self.q.sending = false;
     }
 
-    /// Should the backend have a receive armed? False while paused by back-pressure, after the
-    /// peer's FIN, and once the connection is ending.
+    /// Should the backend have a receive armed? Until the peer's FIN, except while paused by
+    /// back-pressure. A connection that is ending keeps receiving, and drops what arrives:
+    /// closing a socket with unread input makes the kernel reset the connection and discard
+    /// whatever it had not yet delivered, so an ending connection reads until the peer's FIN.
     pub fn recv_wanted(&self) -> bool {
-        !self.paused && !self.peer_eof && self.ending.is_none()
+        !self.peer_eof && (self.ending.is_some() || !self.paused)
     }
 
-    /// Has the conversation ended with nothing left to send? Then the backend closes the
-    /// connection gracefully (the peer sees every byte, then FIN).
+    /// Should the backend shut down the write side now (send FIN)? Once an ending connection
+    /// has sent everything it owes, while the peer has not closed: the peer then sees every
+    /// byte, then end of stream, and closes its side, which lets this one close cleanly.
+    pub fn wants_fin(&self) -> bool {
+        self.ending.is_some()
+            && !self.fin_sent
+            && !self.peer_eof
+            && self.q.chunks.is_empty()
+            && !self.q.sending
+    }
+
+    /// The backend has shut down the write side.
+    pub fn on_fin_sent(&mut self) {
+        self.fin_sent = true;
+    }
+
+    /// Is the connection ending (protocol close or shutdown) rather than conversing?
+    pub fn is_ending(&self) -> bool {
+        self.ending.is_some()
+    }
+
+    /// Has the conversation ended with nothing left to send and nothing left to read? Then the
+    /// backend closes the connection (the peer has seen every byte; a close now sends FIN, or
+    /// completes the one already sent). A peer that never closes is the backend's to time out.
     pub fn is_done(&self) -> bool {
-        (self.peer_eof || self.ending.is_some()) && self.q.chunks.is_empty() && !self.q.sending
+        (self.peer_eof || self.close_now) && self.q.chunks.is_empty() && !self.q.sending
     }
 
     /// Whether receiving is paused by back-pressure.
@@ -537,15 +576,30 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_stops_receiving_and_drops_late_data() {
+    fn shutdown_closes_an_idle_connection_at_once() {
         let mut c = Conn::new(Echo);
         c.begin_shutdown();
-        assert!(!c.recv_wanted());
-        assert_eq!(
-            c.on_recv(b"late", Some((1, 0)), &LIM),
-            RecvOutcome::default()
-        );
         assert!(c.is_done());
+    }
+
+    #[test]
+    fn shutdown_reads_and_drops_input_then_sends_fin_and_waits_for_the_peer() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"owed", None, &LIM);
+        c.begin_shutdown();
+        assert!(c.recv_wanted(), "keeps reading so close does not reset");
+        let late = c.on_recv(b"late", Some((1, 0)), &LIM);
+        assert_eq!((late.ring_refs, late.discarded), (0, 4));
+        assert!(!c.wants_fin(), "bytes still owed");
+        assert_eq!(mem(c.next_send().unwrap()), b"owed");
+        c.on_sent(4, &LIM, |_| {});
+        assert!(c.wants_fin());
+        c.on_fin_sent();
+        assert!(!c.wants_fin());
+        assert!(!c.is_done(), "waits for the peer's FIN");
+        c.on_eof();
+        assert!(c.is_done());
+        assert!(!c.recv_wanted());
     }
 
     struct Fixed;
@@ -567,11 +621,13 @@ mod tests {
         assert_eq!(out.ring_refs, 0, "static reply holds no buffer");
         let out = c.on_recv(b"q", Some((9, 0)), &LIM);
         assert_eq!(out.closed_by_protocol, Some(CloseReason::Requested));
-        assert!(!c.recv_wanted());
         assert_eq!(mem(c.next_send().unwrap()), b"ok\n");
         c.on_sent(3, &LIM, |_| {});
         assert_eq!(mem(c.next_send().unwrap()), b"ok\n");
         c.on_sent(3, &LIM, |_| {});
+        assert!(c.wants_fin());
+        c.on_fin_sent();
+        c.on_eof();
         assert!(c.is_done());
     }
 }

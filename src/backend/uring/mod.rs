@@ -134,6 +134,9 @@ struct UringShard<P> {
     shutdown_fd: RawFd,
     /// SQEs decided this turn, submitted by the next enter.
     pending: Vec<squeue::Entry>,
+    /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
+    /// deadline order, since every one waits `drain_timeout`).
+    lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections parked on `-ENOBUFS`, in arrival order.
     parked: std::collections::VecDeque<(usize, u32)>,
     next_generation: u32,
@@ -243,6 +246,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         shutdown_fd: ctx.shutdown_fd,
         pending: Vec::with_capacity(features.sq_entries as usize),
         parked: Default::default(),
+        lingering: Default::default(),
         next_generation: 0,
         accept_retry_at: None,
         draining: false,
@@ -313,6 +317,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 self.drain_deadline,
                 self.accept_retry_at,
                 self.next_idle_sweep,
+                self.lingering.front().map(|l| l.2),
             ]
             .into_iter()
             .flatten()
@@ -342,6 +347,19 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        while let Some(&(key, generation, at)) = self.lingering.front()
+            && at <= now
+        {
+            self.lingering.pop_front();
+            // The peer never closed after our FIN: stop waiting for it.
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|s| s.generation == generation)
+            {
+                self.begin_close(key);
+            }
+        }
         if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
             && now >= at
         {
@@ -543,7 +561,6 @@ impl<P: Protocol + Clone> UringShard<P> {
                     return self.begin_close(key);
                 }
                 self.counters.recv_cqes += 1;
-                self.counters.bytes_in += n as u64;
                 let slot = &mut self.conns[key];
                 let was_paused = slot.conn.is_paused();
                 for seg in &segs {
@@ -558,9 +575,13 @@ impl<P: Protocol + Clone> UringShard<P> {
                     }
                     // The completion's own reference; the connection holds its own now.
                     self.bufs.release(seg.bid);
-                    self.counters.copied_bytes += out.copied as u64;
+                    self.counters.record_recv(seg.len as usize, &out);
                     if out.closed_by_protocol.is_some() {
-                        self.counters.proto_closes += 1;
+                        self.lingering.push_back((
+                            key,
+                            slot.generation,
+                            self.now + self.drain_timeout,
+                        ));
                     }
                 }
                 self.segs = segs;
@@ -681,6 +702,12 @@ impl<P: Protocol + Clone> UringShard<P> {
             }
             (RecvState::Parked, false) => slot.recv = RecvState::Idle,
             _ => {}
+        }
+        if slot.conn.wants_fin() {
+            slot.conn.on_fin_sent();
+            slot.ops += 1;
+            let tok = Token::conn(key, slot.generation, Op::ShutdownWrite);
+            self.pending.push(ops::shutdown_write(slot.fd, tok));
         }
     }
 

@@ -113,6 +113,14 @@ pub fn cancel_all_on(fd: u32, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
+/// Shuts down the write side of direct descriptor `fd`: the peer gets FIN after every byte
+/// already sent (5.11).
+pub fn shutdown_write(fd: u32, tok: Token) -> squeue::Entry {
+    opcode::Shutdown::new(types::Fixed(fd), libc::SHUT_WR)
+        .build()
+        .user_data(tok.encode())
+}
+
 /// Closes direct descriptor `fd`, freeing its file-table slot.
 pub fn close_fixed(fd: u32, tok: Token) -> squeue::Entry {
     opcode::Close::new(types::Fixed(fd))
