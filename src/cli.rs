@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use ringecho::backend::uring::{RingConfig, RingMode};
+use ringecho::loadgen::BenchArgs;
 use ringecho::server::{DEFAULT_ADDR, ServerConfig};
 
 /// An io_uring TCP echo server, with a verifying load generator and a kernel feature probe.
@@ -26,6 +27,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show which io_uring features this kernel and process support.
     Probe(ProbeArgs),
+    /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
+    Bench(BenchArgs),
 }
 
 /// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).
