@@ -14,6 +14,9 @@ pub const MAX_SIZE: u64 = 64 << 20;
 /// Largest `--depth` (each in-flight message keeps an 8-byte start time).
 pub const MAX_DEPTH: u32 = 4096;
 
+const MODES_SHORT: &str = "Closed loop by default (latency from each send); --rate for open loop (latency from each \
+message's intended send time, so stalls are counted in full). --help says more.";
+
 const MODES: &str = "\
 What is measured:
   closed loop (default)  Each connection keeps --depth messages in flight and sends the next one
@@ -56,7 +59,7 @@ impl std::fmt::Display for ClientBackend {
 
 /// Drive a TCP echo server (ringecho or any other) and report throughput, latency and CPU.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = MODES)]
+#[command(after_help = MODES_SHORT, after_long_help = MODES)]
 pub struct BenchArgs {
     /// Echo server to drive (HOST:PORT).
     #[arg(long, default_value = DEFAULT_ADDR, value_parser = parse_addr)]

@@ -557,11 +557,9 @@ impl State<'_> {
                     });
                     self.end(i, now);
                 }
-                Phase::Open if c.shut_wr => {
+                Phase::Open if c.shut_wr && now.saturating_sub(c.since) > LINGER_NS => {
                     // The server need not close after our FIN; we waited long enough.
-                    if now.saturating_sub(c.since) > LINGER_NS {
-                        self.end(i, now);
-                    }
+                    self.end(i, now);
                 }
                 Phase::Open
                     if c.flow.outstanding() > 0

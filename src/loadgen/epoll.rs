@@ -109,8 +109,10 @@ impl EpollTransport {
         check(res as isize)
     }
 
-    /// Reads `i` until it is empty, at end of stream, or failed.
-    fn read_all(&mut self, i: usize, on: &mut dyn FnMut(Event<'_>)) {
+    /// Reads `i` until it is empty, at end of stream, or failed. `hup`: the event already
+    /// reported the peer's FIN, which raises no new edge, so read on to the end of stream even
+    /// after a short read.
+    fn read_all(&mut self, i: usize, hup: bool, on: &mut dyn FnMut(Event<'_>)) {
         let Some(fd) = self.conns[i].fd.as_ref().map(|f| f.as_raw_fd()) else {
             return;
         };
@@ -125,7 +127,7 @@ impl EpollTransport {
                 }
                 Ok(n) => {
                     on(Event::Data(i, &self.scratch[..n]));
-                    if n < SCRATCH {
+                    if n < SCRATCH && !hup {
                         return;
                     }
                 }
@@ -257,7 +259,8 @@ impl Transport for EpollTransport {
             if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0
                 && !c.eof
             {
-                self.read_all(i, on);
+                let hup = bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0;
+                self.read_all(i, hup, on);
             }
         }
         Ok(())

@@ -4,7 +4,7 @@
 //!
 //! # Streams, messages, and when a message is done
 //!
-//! The connection sends one byte stream ([`pattern`](super::pattern)) cut into messages of
+//! The connection sends one byte stream ([`super::pattern`]) cut into messages of
 //! `size` bytes. Message `k` is bytes `k*size .. (k+1)*size`; it is *complete* when
 //! `(k+1)*size` bytes have come back, all equal to the stream. Echo servers may split and merge
 //! messages however they like; only the byte count and the byte values matter.

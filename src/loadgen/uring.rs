@@ -295,12 +295,11 @@ impl UringTransport {
                                 on(Event::Eof(i));
                             }
                         }
-                        e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {
+                        e if e == -libc::ENOBUFS => {
                             // Out of buffers: every buffer goes back this turn, so re-arm.
-                            if e == -libc::ENOBUFS {
-                                self.rearm.push(i);
-                            }
+                            self.rearm.push(i);
                         }
+                        e if e == -libc::ECANCELED => {}
                         _ if !closing => on(Event::Failed(i, err())),
                         _ => {}
                     }
