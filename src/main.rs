@@ -50,11 +50,18 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
 fn bench(args: &BenchArgs) -> ExitCode {
     match ringecho::loadgen::run(args, &mut std::io::stdout().lock()) {
         Ok(outcome) => match outcome.failure {
-            None => ExitCode::SUCCESS,
             Some(line) => {
                 eprintln!("ringecho bench: {line}");
                 ExitCode::from(1)
             }
+            None if outcome.interrupted => {
+                eprintln!(
+                    "ringecho bench: interrupted; the report covers {:.2} s",
+                    outcome.report.window_secs
+                );
+                ExitCode::from(130)
+            }
+            None => ExitCode::SUCCESS,
         },
         Err(e) => {
             eprintln!("ringecho bench: {e}");

@@ -77,7 +77,8 @@ pub fn run(ctx: &WorkerCtx, connect_at: u64) {
             if ctx.aborted() {
                 break;
             }
-            if now >= timeline.t_end {
+            if now >= timeline.t_end || ctx.stop_requested() {
+                rec.end_window(now);
                 flow.stop();
                 ticker = None;
             }

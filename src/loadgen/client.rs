@@ -250,8 +250,9 @@ impl<'a, T: Transport> Client<'a, T> {
             if syscalls_at_warm.is_none() && now >= tl.t_warm {
                 syscalls_at_warm = Some(self.io.syscalls());
             }
-            if stopped_at.is_none() && (now >= tl.t_end || ctx.aborted()) {
+            if stopped_at.is_none() && (now >= tl.t_end || ctx.aborted() || ctx.stop_requested()) {
                 stopped_at = Some(now);
+                self.st.rec.end_window(now);
                 let from = syscalls_at_warm.unwrap_or_else(|| self.io.syscalls());
                 self.st.tally.window_syscalls = self.io.syscalls() - from;
                 if ctx.aborted() {
@@ -327,7 +328,15 @@ impl<'a, T: Transport> Client<'a, T> {
         let mut now = None;
         self.io.wait(timeout, &mut |ev| {
             // Every event of one wait was ready when the wait returned: one clock read for all.
-            let t = *now.get_or_insert_with(|| ctx.now());
+            let t = match now {
+                Some(t) => t,
+                None => {
+                    let t = ctx.now();
+                    // A second boundary may have passed during the wait.
+                    st.rec.tick(t);
+                    *now.insert(t)
+                }
+            };
             st.on_event(ev, t);
         })
     }

@@ -31,6 +31,7 @@ pub mod worker;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,7 +59,12 @@ pub struct Outcome {
     pub report: Report,
     /// Why the run failed (verification, connection errors), if it did.
     pub failure: Option<String>,
+    /// SIGINT/SIGTERM ended the run early (the report covers the shortened window).
+    pub interrupted: bool,
 }
+
+/// How often the coordinator looks for SIGINT/SIGTERM while it waits.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
 fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Error> {
     File::create(path)
@@ -69,8 +75,14 @@ fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Error> {
 /// Runs a benchmark as `args` says, writing the summary (or JSON) to `out`. Errors are what
 /// stops a run from starting or finishing (io_uring unavailable, an output file); a run that
 /// went wrong (wrong bytes, failed connections) is an `Outcome` with a `failure`.
+///
+/// Installs SIGINT/SIGTERM handlers for the process: the first signal ends the measured window
+/// early (connections drain, the report covers what was measured), a second one exits at once.
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
-    sys::ignore_sigpipe().map_err(|e| Error::io("cannot ignore SIGPIPE", e))?;
+    let signals = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
+    // Also ignores SIGPIPE: a server that vanished is an error on one connection.
+    sys::install_shutdown_signals(signals.as_raw_fd())
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
     // Each connection is a descriptor; the soft limit is often 1024.
     let _ = sys::raise_nofile_limit();
     if args.backend == ClientBackend::Uring {
@@ -100,6 +112,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     let base = Instant::now();
     let wall_base = SystemTime::now();
     let abort = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut interrupted = false;
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
     let mut to_workers = Vec::with_capacity(workers);
@@ -116,6 +130,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
             tx: tx.clone(),
             rx: wrx,
             abort: Arc::clone(&abort),
+            stop: Arc::clone(&stop),
         };
         let backend = args.backend;
         let ring_mode = args.ring_mode;
@@ -128,6 +143,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
                 2 << 20
             })
             .spawn(move || {
+                // Scheduled sends and interval boundaries want on-time wake-ups, not 50 µs late.
+                let _ = sys::set_timer_slack_ns(1);
                 if let Err(error) = run_worker(&ctx, backend, ring_mode, connect_gap) {
                     let _ = ctx.tx.send(FromWorker::Failed { worker: w, error });
                     let _ = ctx.tx.send(FromWorker::Finished {
@@ -162,14 +179,19 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         .zip(&co.finished)
         .any(|(e, f)| e.is_none() && !f)
     {
-        match rx.recv() {
+        if sys::eventfd_take(signals.as_raw_fd()) {
+            interrupted = true;
+            break;
+        }
+        match rx.recv_timeout(SIGNAL_POLL) {
             Ok(m) => co.handle(m),
-            Err(_) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     let established: u64 = co.established.iter().flatten().sum();
     let mut timeline = None;
-    if established == 0 || co.error.is_some() {
+    if established == 0 || co.error.is_some() || interrupted {
         abort.store(true, Ordering::Relaxed);
         for t in &to_workers {
             let _ = t.send(ToWorker::Stop);
@@ -232,13 +254,19 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
 
     // Traffic: merge intervals as they come; read the CPU clocks at the window's edges.
     loop {
+        if !interrupted && sys::eventfd_take(signals.as_raw_fd()) {
+            interrupted = true;
+            stop.store(true, Ordering::Relaxed);
+        }
         let now = base.elapsed().as_nanos() as u64;
         let all_done = co.finished.iter().all(|&f| f);
         if started {
             if cpu_from.is_none() && now >= window.0 {
                 cpu_from = Some(cpu::sample(args.server_pid));
             }
-            if cpu_to.is_none() && (now >= window.1 || all_done || abort.load(Ordering::Relaxed)) {
+            if cpu_to.is_none()
+                && (now >= window.1 || all_done || abort.load(Ordering::Relaxed) || interrupted)
+            {
                 cpu_to = Some(cpu::sample(args.server_pid));
                 window.1 = window.1.min(now);
             }
@@ -253,7 +281,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         } else {
             now + 1_000_000_000
         };
-        let wait = Duration::from_nanos(next_edge.saturating_sub(now).max(1_000_000));
+        let wait =
+            Duration::from_nanos(next_edge.saturating_sub(now).max(1_000_000)).min(SIGNAL_POLL);
         match rx.recv_timeout(wait) {
             Ok(m) => co.handle(m),
             Err(RecvTimeoutError::Timeout) => {}
@@ -315,7 +344,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     written
         .and_then(|()| out.flush())
         .map_err(|e| Error::io("cannot write the report", e))?;
-    Ok(Outcome { report, failure })
+    Ok(Outcome {
+        report,
+        failure,
+        interrupted,
+    })
 }
 
 /// Runs one worker thread.

@@ -134,8 +134,11 @@ pub struct WorkerCtx {
     pub tx: Sender<FromWorker>,
     /// From the coordinator.
     pub rx: Receiver<ToWorker>,
-    /// Set by whoever finds a verification failure (or by the coordinator): every worker stops.
+    /// Set by whoever finds a verification failure (or by the coordinator): every worker stops
+    /// and closes its connections at once.
     pub abort: Arc<AtomicBool>,
+    /// Set by the coordinator on SIGINT/SIGTERM: end the measured window now, drain, close.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl WorkerCtx {
@@ -147,6 +150,11 @@ impl WorkerCtx {
     /// Whether the run is being aborted.
     pub fn aborted(&self) -> bool {
         self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Whether the window should end now (interrupted).
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     /// Aborts the run for every worker.
@@ -208,6 +216,21 @@ impl Recorder {
     pub fn tick(&mut self, now: u64) {
         while !self.done && now >= self.next_boundary {
             self.flush(self.next_boundary);
+        }
+    }
+
+    /// Ends the measured window at `now` if it has not ended yet (the run stops early):
+    /// completions during the drain that follows are not recorded.
+    pub fn end_window(&mut self, now: u64) {
+        if let Some((from, to)) = &mut self.window
+            && now < *to
+        {
+            *to = now.max(*from);
+            self.next_boundary = self.next_boundary.min(*to);
+            if self.interval_start >= *to {
+                self.done = true;
+            }
+            self.tick(now);
         }
     }
 
@@ -518,6 +541,34 @@ mod tests {
         let v: Vec<_> = rx.try_iter().collect();
         assert_eq!(v.len(), 1);
         assert!(matches!(&v[0], FromWorker::Interval { end: 200, hist, .. } if hist.len() == 1));
+    }
+
+    #[test]
+    fn ending_the_window_early_stops_recording_and_flushes() {
+        let (tx, rx) = mpsc::channel();
+        let mut r = Recorder::new(0, tx);
+        let s = 1_000_000_000;
+        r.start(&Timeline {
+            t0: 0,
+            t_warm: 0,
+            t_end: 10 * s,
+        });
+        r.tick(s + 1);
+        r.record(s + 1, s);
+        r.end_window(s + 100);
+        r.record(s + 200, s); // drain: not recorded
+        assert_eq!(r.next_boundary(), None);
+        r.finish(2 * s);
+        let got: Vec<(u32, u64, u64)> = rx
+            .try_iter()
+            .map(|m| match m {
+                FromWorker::Interval {
+                    index, end, hist, ..
+                } => (index, end, hist.len()),
+                _ => panic!("unexpected message"),
+            })
+            .collect();
+        assert_eq!(got, vec![(0, s, 0), (1, s + 100, 1)]);
     }
 
     #[test]
