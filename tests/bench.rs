@@ -450,6 +450,41 @@ fn interval_logs_from_two_runs_merge_into_one_histogram() {
     assert_eq!(merged.len() as f64, msgs);
 }
 
+/// Ctrl-C ends the window early: connections drain, the report covers what was measured, and
+/// the exit status says it was interrupted.
+#[test]
+fn sigint_ends_the_run_early_with_a_report() {
+    let f = Fixture::start(Behaviour::Echo);
+    let backend = backends("sigint_ends_the_run_early_with_a_report")[0];
+    let child = spawn_bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        backend,
+        "--conns",
+        "2",
+        "--duration",
+        "60",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    f.wait_for_traffic();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let run = collect(child);
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+    let j = parse_flat_json(&run.stdout).unwrap();
+    assert!(j["window_s"].num() < 30.0);
+    assert_eq!(j["errors"].num(), 0.0);
+    assert_eq!(
+        j["msgs_sent"].num(),
+        j["msgs_received"].num(),
+        "drained before closing"
+    );
+}
+
 #[test]
 fn base64_helper_decodes() {
     assert_eq!(base64_decode("SGVsbG8="), b"Hello");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -89,28 +89,56 @@ pub enum Behaviour {
     Stall { after: Duration, stall: Duration },
 }
 
+/// When the first byte arrived on any connection; waiters are woken then.
+#[derive(Default)]
+struct FirstByte {
+    at: Mutex<Option<Instant>>,
+    cv: Condvar,
+}
+
+impl FirstByte {
+    fn mark(&self) -> Instant {
+        let mut at = self.at.lock().unwrap();
+        if at.is_none() {
+            *at = Some(Instant::now());
+            self.cv.notify_all();
+        }
+        at.unwrap()
+    }
+}
+
 /// A thread-per-connection echo server with a configurable fault. Lives until the test ends.
 pub struct Fixture {
     pub addr: SocketAddr,
+    first_byte: Arc<FirstByte>,
 }
 
 impl Fixture {
     pub fn start(b: Behaviour) -> Fixture {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
         let addr = l.local_addr().unwrap();
-        let first_byte: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let first_byte: Arc<FirstByte> = Arc::default();
+        let fb = Arc::clone(&first_byte);
         thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { continue };
-                let first_byte = Arc::clone(&first_byte);
-                thread::spawn(move || serve(s, b, &first_byte));
+                let fb = Arc::clone(&fb);
+                thread::spawn(move || serve(s, b, &fb));
             }
         });
-        Fixture { addr }
+        Fixture { addr, first_byte }
+    }
+
+    /// Blocks until some client has sent this server a byte.
+    pub fn wait_for_traffic(&self) {
+        let mut at = self.first_byte.at.lock().unwrap();
+        while at.is_none() {
+            at = self.first_byte.cv.wait(at).unwrap();
+        }
     }
 }
 
-fn serve(mut s: TcpStream, b: Behaviour, first_byte: &Mutex<Option<Instant>>) {
+fn serve(mut s: TcpStream, b: Behaviour, first_byte: &FirstByte) {
     let _ = s.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
@@ -119,6 +147,7 @@ fn serve(mut s: TcpStream, b: Behaviour, first_byte: &Mutex<Option<Instant>>) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        let start = first_byte.mark();
         let chunk = &mut buf[..n];
         match b {
             Behaviour::Echo => {}
@@ -143,7 +172,6 @@ fn serve(mut s: TcpStream, b: Behaviour, first_byte: &Mutex<Option<Instant>>) {
             }
             Behaviour::Silent => continue,
             Behaviour::Stall { after, stall } => {
-                let start = *first_byte.lock().unwrap().get_or_insert_with(Instant::now);
                 let now = Instant::now();
                 let (from, to) = (start + after, start + after + stall);
                 if now >= from && now < to {
@@ -164,6 +192,28 @@ pub struct Run {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Starts `ringecho bench` with `args`, output piped.
+pub fn spawn_bench(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringecho bench")
+}
+
+/// Collects a finished bench.
+pub fn collect(child: Child) -> Run {
+    let out = child.wait_with_output().expect("wait for ringecho bench");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Runs `ringecho bench` with `args`.
