@@ -168,7 +168,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         total: new_hist(),
         tally: Tally::default(),
         error: None,
-        progress: io::stderr().is_terminal() && !args.json,
+        progress: io::stderr().is_terminal(),
         printed_progress: false,
     };
 
