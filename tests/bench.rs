@@ -245,6 +245,35 @@ fn a_server_that_closes_early_fails_the_run_as_a_short_read() {
 }
 
 #[test]
+fn a_server_that_resets_is_counted_as_resets() {
+    let f = Fixture::start(Behaviour::ResetAfter(2048));
+    for backend in backends("a_server_that_resets_is_counted_as_resets") {
+        let run = bench(&[
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("reset by the server"),
+            "{backend}: {}",
+            run.stderr
+        );
+        let j = parse_flat_json(&run.stdout).unwrap();
+        assert_eq!(j["resets"].num(), 2.0, "{backend}: {}", run.stdout);
+        assert_eq!(j["errors"].num(), 2.0, "{backend}: {}", run.stdout);
+    }
+}
+
+#[test]
 fn a_server_that_never_answers_times_out() {
     let f = Fixture::start(Behaviour::Silent);
     let backend = backends("a_server_that_never_answers_times_out")[0];

@@ -82,6 +82,8 @@ pub enum Behaviour {
     FlipAt(u64),
     /// Echo this many bytes, then half-close (FIN) and swallow the rest.
     CloseAfter(u64),
+    /// Echo this many bytes, then reset the connection (RST: `SO_LINGER` 0, close).
+    ResetAfter(u64),
     /// Accept and read, never answer.
     Silent,
     /// Echo, but every connection stalls during one window: from `after` past the first byte
@@ -169,6 +171,26 @@ fn serve(mut s: TcpStream, b: Behaviour, first_byte: &FirstByte) {
                     return;
                 }
                 continue;
+            }
+            Behaviour::ResetAfter(limit) => {
+                if offset + n as u64 >= limit {
+                    use std::os::fd::AsRawFd;
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: setsockopt on our own open socket with a live, correctly sized value.
+                    unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&linger as *const libc::linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    };
+                    return; // dropping the stream closes it: with linger 0, an RST
+                }
             }
             Behaviour::Silent => continue,
             Behaviour::Stall { after, stall } => {
