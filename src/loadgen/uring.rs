@@ -14,8 +14,9 @@
 //! - Receives fill provided buffers owned by the [`BufRing`]. Each one is handed back as soon as
 //!   its bytes are checked, within the same turn. The ring is unregistered (and its memory
 //!   freed) only when no receive is outstanding; otherwise it is leaked (see [`BufRing`]).
-//! - The connect address is copied by the kernel when the connect SQE is prepared; it is kept
-//!   in the transport anyway, which outlives the ring's use.
+//! - The connect address is copied into the kernel when the connect SQE is prepared (6.x; older
+//!   kernels copy it when the connect is first issued, inside the submitting `io_uring_enter`).
+//!   It lives in the transport anyway, whose fields drop after the ring.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -202,9 +203,10 @@ impl UringTransport {
         sq.sync();
         for sqe in self.pending.drain(..) {
             // SAFETY: the only pointers SQEs carry are send buffers in the 'static stream
-            // table and the connect address, which the kernel copies at submission and which
-            // lives in `self.addr` anyway; receives use provided buffers owned by `self.bufs`,
-            // which stays registered (or is leaked) while any receive is outstanding.
+            // table and the connect address in `self.addr`, which the kernel copies during
+            // submission and which outlives the ring anyway (field order); receives use
+            // provided buffers owned by `self.bufs`, which stays registered (or is leaked)
+            // while any receive is outstanding.
             while unsafe { sq.push(&sqe) }.is_err() {
                 sq.sync();
                 self.syscalls += 1;
