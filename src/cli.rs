@@ -7,6 +7,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use ringecho::backend::Backend;
 use ringecho::backend::uring::{RingConfig, RingMode, SqPoll};
+use ringecho::loadgen::BenchArgs;
 use ringecho::server::{DEFAULT_ADDR, ServerConfig};
 use ringecho::sys::{Keepalive, SocketOptions};
 
@@ -28,6 +29,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Show which io_uring features this kernel and process support.
     Probe(ProbeArgs),
+    /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
+    Bench(BenchArgs),
 }
 
 /// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).

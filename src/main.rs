@@ -9,6 +9,7 @@ use clap::Parser;
 
 use cli::{Cli, Command, ProbeArgs, ServeArgs};
 use ringecho::backend::uring::{self, RingConfig};
+use ringecho::loadgen::BenchArgs;
 use ringecho::protocol::Echo;
 use ringecho::{Error, Server, sys};
 
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
         None => serve(&cli.serve),
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Probe(args)) => probe(&args),
+        Some(Command::Bench(args)) => return bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,6 +43,31 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
     };
     server.run(Echo, on_ready, &mut std::io::stderr())?;
     Ok(())
+}
+
+/// Runs the load generator: exit 0 for a clean run, 1 for a run that went wrong (the line
+/// says what), or the error's own status when it could not run.
+fn bench(args: &BenchArgs) -> ExitCode {
+    match ringecho::loadgen::run(args, &mut std::io::stdout().lock()) {
+        Ok(outcome) => match outcome.failure {
+            Some(line) => {
+                eprintln!("ringecho bench: {line}");
+                ExitCode::from(1)
+            }
+            None if outcome.interrupted => {
+                eprintln!(
+                    "ringecho bench: interrupted; the report covers {:.2} s",
+                    outcome.report.window_secs
+                );
+                ExitCode::from(130)
+            }
+            None => ExitCode::SUCCESS,
+        },
+        Err(e) => {
+            eprintln!("ringecho bench: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
 }
 
 fn probe(args: &ProbeArgs) -> Result<(), Error> {

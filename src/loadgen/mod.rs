@@ -1,1 +1,515 @@
-//! `ringecho bench`: a verifying load generator (work in progress).
+//! `ringecho bench`: a load generator for TCP echo servers that checks every byte and reports
+//! latency honestly.
+//!
+//! # Tour
+//!
+//! - [`args`]: the flags (`--help` text lives there, including what each mode measures).
+//! - [`pattern`]: the bytes each connection sends, and the cheap check of what comes back.
+//! - [`flow`]: one connection's conversation (no syscalls): what to send, what must come back,
+//!   when each message started and finished. Every transport drives the same `Flow`.
+//! - [`client`]: one worker thread's loop over a [`client::Transport`]: paced connects,
+//!   reconciliation after each wait, timeouts, stop, drain, close.
+//! - [`uring`] and [`epoll`]: the two transports; [`blocking`]: the one-thread-per-connection
+//!   baseline used for comparison.
+//! - [`worker`]: what workers report (per-second latency histograms, tallies) and the open-loop
+//!   schedule.
+//! - This module: the coordinator. It starts the workers, waits until all are connected, gives
+//!   them one common timeline, merges their per-second histograms as they arrive (progress
+//!   line, `--hlog`), samples CPU clocks at the window's edges, and writes the report.
+
+pub mod args;
+pub mod blocking;
+pub mod client;
+pub mod cpu;
+pub mod epoll;
+pub mod flow;
+pub mod pattern;
+pub mod report;
+pub mod uring;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+
+pub use args::{BenchArgs, ClientBackend};
+pub use report::{JSON_FIELDS, Report};
+
+use client::Client;
+use cpu::{CpuSample, CpuUse};
+use worker::{FromWorker, Tally, Timeline, ToWorker, WorkerCtx, WorkerPlan, new_hist};
+
+use crate::error::Error;
+use crate::sys;
+
+/// How a run ended: the report, and the line to exit 1 with if it failed.
+pub struct Outcome {
+    /// Everything measured.
+    pub report: Report,
+    /// Why the run failed (verification, connection errors), if it did.
+    pub failure: Option<String>,
+    /// SIGINT/SIGTERM ended the run early (the report covers the shortened window).
+    pub interrupted: bool,
+}
+
+/// How often the coordinator looks for SIGINT/SIGTERM while it waits.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Error> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| Error::io(format!("cannot create {what} file {}", path.display()), e))
+}
+
+/// Runs a benchmark as `args` says, writing the summary (or JSON) to `out`. Errors are what
+/// stops a run from starting or finishing (io_uring unavailable, an output file); a run that
+/// went wrong (wrong bytes, failed connections) is an `Outcome` with a `failure`.
+///
+/// Installs SIGINT/SIGTERM handlers for the process: the first signal ends the measured window
+/// early (connections drain, the report covers what was measured), a second one exits at once.
+pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
+    let signals = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
+    // Also ignores SIGPIPE: a server that vanished is an error on one connection.
+    sys::install_shutdown_signals(signals.as_raw_fd())
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+    // Each connection is a descriptor; the soft limit is often 1024.
+    let _ = sys::raise_nofile_limit();
+    if args.backend == ClientBackend::Uring {
+        uring::probe(args.ring_mode)?;
+    }
+    // Output files are opened first: a typo in a path should not cost a whole run.
+    let mut hgrm_file = args
+        .hgrm
+        .as_deref()
+        .map(|p| create(p, "--hgrm"))
+        .transpose()?;
+    let mut hlog_file = args
+        .hlog
+        .as_deref()
+        .map(|p| create(p, "--hlog"))
+        .transpose()?;
+
+    let workers = args.worker_count();
+    let plan = Arc::new(WorkerPlan {
+        addr: args.addr,
+        size: args.size,
+        depth: args.depth,
+        verify: !args.no_verify,
+        timeout: args.timeout,
+        connect_rate: args.connect_rate / workers as f64,
+    });
+    let base = Instant::now();
+    let wall_base = SystemTime::now();
+    let abort = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut interrupted = false;
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(workers);
+    let mut to_workers = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (wtx, wrx) = mpsc::channel();
+        to_workers.push(wtx);
+        let n = args.conns as usize;
+        let conns = (n * w / workers) as u64..(n * (w + 1) / workers) as u64;
+        let ctx = WorkerCtx {
+            index: w,
+            conns,
+            plan: Arc::clone(&plan),
+            base,
+            tx: tx.clone(),
+            rx: wrx,
+            abort: Arc::clone(&abort),
+            stop: Arc::clone(&stop),
+        };
+        let backend = args.backend;
+        let ring_mode = args.ring_mode;
+        let connect_gap = 1e9 / args.connect_rate;
+        let h = thread::Builder::new()
+            .name(format!("bench-{w}"))
+            .stack_size(if backend == ClientBackend::Threads {
+                256 << 10
+            } else {
+                2 << 20
+            })
+            .spawn(move || {
+                // Scheduled sends and interval boundaries want on-time wake-ups, not 50 µs late.
+                let _ = sys::set_timer_slack_ns(1);
+                if let Err(error) = run_worker(&ctx, backend, ring_mode, connect_gap) {
+                    let _ = ctx.tx.send(FromWorker::Failed { worker: w, error });
+                    let _ = ctx.tx.send(FromWorker::Finished {
+                        worker: w,
+                        tally: Box::default(),
+                    });
+                }
+            })
+            .map_err(|e| Error::io("cannot start a client thread", e))?;
+        handles.push(h);
+    }
+    drop(tx);
+
+    let mut co = Coordinator {
+        workers,
+        established: vec![None; workers],
+        finished: vec![false; workers],
+        next_interval: vec![0; workers],
+        intervals: BTreeMap::new(),
+        next_final: 0,
+        total: new_hist(),
+        tally: Tally::default(),
+        error: None,
+        progress: io::stderr().is_terminal(),
+        printed_progress: false,
+    };
+
+    // Connect phase: every worker reports once it has connected (or failed) everything.
+    while co
+        .established
+        .iter()
+        .zip(&co.finished)
+        .any(|(e, f)| e.is_none() && !f)
+    {
+        if sys::eventfd_take(signals.as_raw_fd()) {
+            interrupted = true;
+            break;
+        }
+        match rx.recv_timeout(SIGNAL_POLL) {
+            Ok(m) => co.handle(m),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let established: u64 = co.established.iter().flatten().sum();
+    let mut timeline = None;
+    if established == 0 || co.error.is_some() || interrupted {
+        abort.store(true, Ordering::Relaxed);
+        for t in &to_workers {
+            let _ = t.send(ToWorker::Stop);
+        }
+    } else {
+        let t0 = base.elapsed().as_nanos() as u64;
+        let t_warm = t0 + args.warmup.as_nanos() as u64;
+        let tl = Timeline {
+            t0,
+            t_warm,
+            t_end: t_warm + args.duration.as_nanos() as u64,
+        };
+        timeline = Some(tl);
+        for (w, t) in to_workers.iter().enumerate() {
+            let mine = co.established[w].unwrap_or(0);
+            let _ = t.send(ToWorker::Go {
+                timeline: tl,
+                rate: args.rate.map(|r| r * mine as f64 / established as f64),
+                phase: w as f64 / workers as f64,
+            });
+        }
+    }
+    drop(to_workers);
+
+    let started = timeline.is_some();
+    let mut hlog_ser = V2DeflateSerializer::new();
+    let mut hlog = None;
+    let mut cpu_from: Option<CpuSample> = None;
+    let mut cpu_to: Option<CpuSample> = None;
+    let mut window = (0u64, 0u64);
+    if let Some(tl) = timeline {
+        let t_warm = tl.t_warm;
+        window = (tl.t_warm, tl.t_end);
+        if let Some(f) = hlog_file.as_mut() {
+            let start = wall_base + Duration::from_nanos(t_warm);
+            let log = IntervalLogWriterBuilder::new()
+                .add_comment(&format!(
+                    "[Logged with ringecho bench {}: {} conns x {} B, depth {}, {}]",
+                    env!("CARGO_PKG_VERSION"),
+                    args.conns,
+                    args.size,
+                    args.depth,
+                    match args.rate {
+                        Some(r) => format!("open loop {r} msgs/s"),
+                        None => "closed loop".into(),
+                    }
+                ))
+                .add_comment("[Histogram log format version 1.3]")
+                .with_start_time(start)
+                .with_base_time(start)
+                .with_max_value_divisor(1e6)
+                .begin_log_with(f, &mut hlog_ser)
+                .map_err(|e| Error::io("cannot write --hlog file", e))?;
+            hlog = Some(log);
+        }
+        if args.warmup.is_zero() {
+            cpu_from = Some(cpu::sample(args.server_pid));
+        }
+    }
+
+    // Traffic: merge intervals as they come; read the CPU clocks at the window's edges.
+    loop {
+        if !interrupted && sys::eventfd_take(signals.as_raw_fd()) {
+            interrupted = true;
+            stop.store(true, Ordering::Relaxed);
+        }
+        let now = base.elapsed().as_nanos() as u64;
+        let all_done = co.finished.iter().all(|&f| f);
+        if started {
+            if cpu_from.is_none() && now >= window.0 {
+                cpu_from = Some(cpu::sample(args.server_pid));
+            }
+            if cpu_to.is_none()
+                && (now >= window.1 || all_done || abort.load(Ordering::Relaxed) || interrupted)
+            {
+                cpu_to = Some(cpu::sample(args.server_pid));
+                window.1 = window.1.min(now);
+            }
+        }
+        if all_done {
+            break;
+        }
+        let next_edge = if cpu_from.is_none() {
+            window.0
+        } else if cpu_to.is_none() {
+            window.1
+        } else {
+            now + 1_000_000_000
+        };
+        let wait =
+            Duration::from_nanos(next_edge.saturating_sub(now).max(1_000_000)).min(SIGNAL_POLL);
+        match rx.recv_timeout(wait) {
+            Ok(m) => co.handle(m),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        co.finalize(hlog.as_mut(), window.0, base);
+    }
+    for h in handles {
+        if h.join().is_err() {
+            co.error
+                .get_or_insert(Error::Config("a client thread panicked".into()));
+        }
+    }
+    co.finalize_all(hlog.as_mut(), window.0, base);
+    if co.printed_progress {
+        eprintln!();
+    }
+    drop(hlog);
+    if let Some(e) = co.error {
+        return Err(e);
+    }
+
+    let cpu_use = match (cpu_from, cpu_to) {
+        (Some(a), Some(b)) => CpuUse::between(&a, &b),
+        _ => CpuUse::default(),
+    };
+    let tally = co.tally;
+    let failure = failure_line(&tally, args);
+    let report = Report {
+        args: args.clone(),
+        threads: workers,
+        kernel: sys::kernel_release(),
+        hist: co.total,
+        window_secs: if started {
+            window.1.saturating_sub(window.0) as f64 / 1e9
+        } else {
+            0.0
+        },
+        tally,
+        cpu: cpu_use,
+        failure: failure.clone(),
+    };
+    if let Some(f) = hgrm_file.as_mut() {
+        report::write_hgrm(&report.hist, f)
+            .and_then(|()| f.flush())
+            .map_err(|e| Error::io("cannot write --hgrm file", e))?;
+    }
+    if let Some(f) = hlog_file.as_mut() {
+        f.flush()
+            .map_err(|e| Error::io("cannot write --hlog file", e))?;
+    }
+    let written = if args.json {
+        writeln!(out, "{}", report.json())
+    } else if report.tally.established > 0 {
+        write!(out, "{}", report.summary())
+    } else {
+        Ok(())
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("cannot write the report", e))?;
+    Ok(Outcome {
+        report,
+        failure,
+        interrupted,
+    })
+}
+
+/// Runs one worker thread.
+fn run_worker(
+    ctx: &WorkerCtx,
+    backend: ClientBackend,
+    ring_mode: crate::backend::uring::RingMode,
+    connect_gap_ns: f64,
+) -> Result<(), Error> {
+    let n = (ctx.conns.end - ctx.conns.start) as usize;
+    match backend {
+        ClientBackend::Uring => {
+            let t = uring::UringTransport::new(&ctx.plan, n, ring_mode)?;
+            // The transport is dropped here, on the thread that created its ring.
+            drop(Client::new(ctx, t).run()?);
+        }
+        ClientBackend::Epoll => {
+            let t = epoll::EpollTransport::new(&ctx.plan, n)?;
+            drop(Client::new(ctx, t).run()?);
+        }
+        ClientBackend::Threads => {
+            let at = (ctx.index as f64 * connect_gap_ns) as u64;
+            blocking::run(ctx, at);
+        }
+    }
+    Ok(())
+}
+
+/// The line a failed run exits with, if it failed.
+fn failure_line(t: &Tally, args: &BenchArgs) -> Option<String> {
+    if t.established == 0 {
+        return Some(
+            t.first_connect_error
+                .clone()
+                .unwrap_or_else(|| format!("no connection to {} could be established", args.addr)),
+        );
+    }
+    if let Some(v) = &t.first_verify_error {
+        return Some(v.clone());
+    }
+    let n = t.errors();
+    if n == 0 {
+        return None;
+    }
+    let first = t
+        .first_error
+        .as_ref()
+        .or(t.first_connect_error.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    Some(format!(
+        "{n} connection failure{} (first: {first})",
+        if n == 1 { "" } else { "s" }
+    ))
+}
+
+type HlogWriter<'a, 'b> = hdrhistogram::serialization::interval_log::IntervalLogWriter<
+    'a,
+    'b,
+    BufWriter<File>,
+    V2DeflateSerializer,
+>;
+
+/// The coordinator's bookkeeping.
+struct Coordinator {
+    workers: usize,
+    /// Connections each worker established (`None` until it reports).
+    established: Vec<Option<u64>>,
+    finished: Vec<bool>,
+    /// The next interval each worker will report.
+    next_interval: Vec<u32>,
+    /// Intervals being merged: start, end, histogram.
+    intervals: BTreeMap<u32, (u64, u64, Histogram<u64>)>,
+    next_final: u32,
+    total: Histogram<u64>,
+    tally: Tally,
+    error: Option<Error>,
+    progress: bool,
+    printed_progress: bool,
+}
+
+impl Coordinator {
+    fn handle(&mut self, m: FromWorker) {
+        match m {
+            FromWorker::Connected {
+                worker,
+                established,
+            } => self.established[worker] = Some(established),
+            FromWorker::Interval {
+                worker,
+                index,
+                start,
+                end,
+                hist,
+            } => {
+                self.next_interval[worker] = index + 1;
+                let e = self
+                    .intervals
+                    .entry(index)
+                    .or_insert_with(|| (start, end, new_hist()));
+                e.1 = e.1.max(end);
+                // Same bounds on both sides: adding cannot fail.
+                let _ = e.2.add(&*hist);
+            }
+            FromWorker::Finished { worker, tally } => {
+                self.finished[worker] = true;
+                self.tally.add(&tally);
+            }
+            FromWorker::Failed { error, .. } => {
+                self.error.get_or_insert(error);
+            }
+        }
+    }
+
+    /// Completes every interval that all workers have reported (or finished before).
+    fn finalize(&mut self, mut hlog: Option<&mut HlogWriter<'_, '_>>, t_warm: u64, base: Instant) {
+        loop {
+            let idx = self.next_final;
+            let ready = (0..self.workers).all(|w| self.finished[w] || self.next_interval[w] > idx);
+            if !ready {
+                return;
+            }
+            let Some((start, end, hist)) = self.intervals.remove(&idx) else {
+                return;
+            };
+            self.next_final += 1;
+            let _ = self.total.add(&hist);
+            if let Some(log) = hlog.as_deref_mut() {
+                let _ = log.write_histogram(
+                    &hist,
+                    Duration::from_nanos(start.saturating_sub(t_warm)),
+                    Duration::from_nanos(end.saturating_sub(start)),
+                    None,
+                );
+            }
+            if self.progress {
+                let secs = (end - start) as f64 / 1e9;
+                let rate = if secs > 0.0 {
+                    hist.len() as f64 / secs
+                } else {
+                    0.0
+                };
+                let p99 = self.total.value_at_quantile(0.99) as f64 / 1000.0;
+                let elapsed = base.elapsed().as_secs_f64();
+                eprint!(
+                    "\r\x1b[K[{elapsed:6.1}s] {:>10.0} msgs/s  p99 so far {p99:.1} µs",
+                    rate
+                );
+                self.printed_progress = true;
+            }
+        }
+    }
+
+    fn finalize_all(&mut self, hlog: Option<&mut HlogWriter<'_, '_>>, t_warm: u64, base: Instant) {
+        // Every worker finished: whatever is left is complete.
+        self.finished.iter_mut().for_each(|f| *f = true);
+        let mut hlog = hlog;
+        while !self.intervals.is_empty() {
+            let first = *self.intervals.keys().next().expect("not empty");
+            self.next_final = first;
+            self.finalize(hlog.as_deref_mut(), t_warm, base);
+        }
+    }
+}

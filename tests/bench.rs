@@ -1,0 +1,522 @@
+//! `ringecho bench` end to end, over real loopback sockets: against a ringecho server, against
+//! deliberately broken echo servers, open loop against a stalling one, and its output formats.
+
+mod bench_support;
+
+use bench_support::*;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use ringecho::loadgen::pattern;
+
+/// The JSON fields the README documents. A field missing here is a broken promise.
+const DOCUMENTED_FIELDS: &[&str] = &[
+    "version",
+    "kernel",
+    "addr",
+    "backend",
+    "mode",
+    "conns",
+    "size",
+    "depth",
+    "threads",
+    "duration_s",
+    "warmup_s",
+    "rate",
+    "verify",
+    "window_s",
+    "msgs",
+    "msgs_per_sec",
+    "mb_per_sec",
+    "latency_from",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "p999_us",
+    "max_us",
+    "mean_us",
+    "msgs_sent",
+    "msgs_received",
+    "conns_established",
+    "errors",
+    "connect_failures",
+    "refused",
+    "connect_timeouts",
+    "resets",
+    "short_reads",
+    "timeouts",
+    "verify_errors",
+    "other_errors",
+    "client_cpu_us_per_msg",
+    "client_cpu_util",
+    "machine_cpu_us_per_msg",
+    "server_cpu_us_per_msg",
+    "syscalls_per_msg",
+    "error",
+];
+
+#[test]
+fn against_ringecho_counts_match_and_every_output_parses() {
+    // The ringecho server itself needs io_uring.
+    if !uring_or_skip("against_ringecho_counts_match_and_every_output_parses") {
+        return;
+    }
+    let server = RingechoServer::start();
+    let addr = server.addr.to_string();
+    let pid = server.pid().to_string();
+    for backend in ["uring", "epoll"] {
+        let hgrm = temp_path(&format!("ringecho-{backend}.hgrm"));
+        let run = bench(&[
+            "--addr",
+            &addr,
+            "--backend",
+            backend,
+            "--conns",
+            "8",
+            "--depth",
+            "4",
+            "--size",
+            "300",
+            "--threads",
+            "2",
+            "--duration",
+            "0.6",
+            "--warmup",
+            "0.2",
+            "--json",
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+            "--server-pid",
+            &pid,
+        ]);
+        assert_eq!(run.code, Some(0), "{backend}: {}", run.stderr);
+        assert!(
+            run.stderr.is_empty(),
+            "{backend}: stderr is not a terminal, so no progress line: {:?}",
+            run.stderr
+        );
+        let j = parse_flat_json(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
+        for f in DOCUMENTED_FIELDS {
+            assert!(
+                j.contains_key(*f),
+                "{backend}: JSON lacks {f}: {}",
+                run.stdout
+            );
+        }
+        assert_eq!(j.len(), DOCUMENTED_FIELDS.len(), "undocumented JSON fields");
+        let sent = j["msgs_sent"].num();
+        assert!(sent > 0.0, "{backend}: nothing sent");
+        assert_eq!(
+            sent,
+            j["msgs_received"].num(),
+            "{backend}: sent != received"
+        );
+        assert_eq!(j["errors"].num(), 0.0);
+        assert_eq!(j["conns_established"].num(), 8.0);
+        assert_eq!(j["error"], Json::Null);
+        assert_eq!(j["backend"], Json::Str(backend.into()));
+        assert_eq!(j["mode"], Json::Str("closed".into()));
+        let msgs = j["msgs"].num();
+        assert!(
+            msgs > 0.0 && msgs <= sent,
+            "{backend}: window msgs {msgs} of {sent}"
+        );
+        assert!(j["p50_us"].num() > 0.0 && j["p50_us"].num() <= j["max_us"].num());
+        assert!(j["client_cpu_us_per_msg"].num() > 0.0);
+        assert!(matches!(j["server_cpu_us_per_msg"], Json::Num(_)));
+
+        let text = std::fs::read_to_string(&hgrm).unwrap();
+        let h = parse_hgrm(&text).unwrap_or_else(|e| panic!("{backend}: {e}\n{text}"));
+        assert_eq!(h.total as f64, msgs, "hgrm counts the measured messages");
+        let last = h.rows.last().expect("rows");
+        assert_eq!((last.1, last.2), (1.0, h.total));
+        let _ = std::fs::remove_file(&hgrm);
+    }
+}
+
+#[test]
+fn human_summary_names_every_figure() {
+    let f = Fixture::start(Behaviour::Echo);
+    let run = bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        "epoll",
+        "--conns",
+        "3",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for word in [
+        "msgs/s",
+        "MB/s",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "errors",
+        "connect failures",
+        "cpu/msg",
+        "client",
+        "machine",
+    ] {
+        assert!(
+            run.stdout.contains(word),
+            "summary lacks {word:?}:\n{}",
+            run.stdout
+        );
+    }
+}
+
+/// The bench names the connection, the offset, and both bytes.
+#[test]
+fn a_server_that_flips_a_byte_fails_the_run_naming_it() {
+    let f = Fixture::start(Behaviour::FlipAt(1024 + 7));
+    for backend in backends("a_server_that_flips_a_byte_fails_the_run_naming_it") {
+        let run = bench(&[
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--size",
+            "100",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}: {}", run.stderr);
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("verification failed"))
+            .unwrap_or_else(|| panic!("{backend}: no verification line in {:?}", run.stderr));
+        assert!(line.contains("offset 1031 (message 10, byte 31)"), "{line}");
+        let conn: u64 = line
+            .split("connection ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no connection number in {line}"));
+        let want = pattern::byte_at(pattern::stream_base(conn), 1031);
+        assert!(
+            line.contains(&format!("expected 0x{want:02x}, got 0x{:02x}", want ^ 0xff)),
+            "{line}"
+        );
+        // The run stopped at the fault instead of running its full two seconds.
+        assert!(run.stdout.contains("verification 1") || run.stdout.contains("verification 2"));
+    }
+}
+
+#[test]
+fn a_server_that_closes_early_fails_the_run_as_a_short_read() {
+    let f = Fixture::start(Behaviour::CloseAfter(4096));
+    for backend in backends("a_server_that_closes_early_fails_the_run_as_a_short_read") {
+        let run = bench(&[
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("closed by the server"),
+            "{backend}: {}",
+            run.stderr
+        );
+        let j = parse_flat_json(&run.stdout).unwrap();
+        assert_eq!(j["short_reads"].num(), 2.0, "{backend}: {}", run.stdout);
+        // Whatever did come back was checked and counted.
+        assert!(j["msgs_received"].num() >= 2.0 * 4096.0 / 128.0 - 2.0);
+    }
+}
+
+#[test]
+fn a_server_that_resets_is_counted_as_resets() {
+    let f = Fixture::start(Behaviour::ResetAfter(2048));
+    for backend in backends("a_server_that_resets_is_counted_as_resets") {
+        let run = bench(&[
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("reset by the server"),
+            "{backend}: {}",
+            run.stderr
+        );
+        let j = parse_flat_json(&run.stdout).unwrap();
+        assert_eq!(j["resets"].num(), 2.0, "{backend}: {}", run.stdout);
+        assert_eq!(j["errors"].num(), 2.0, "{backend}: {}", run.stdout);
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let f = Fixture::start(Behaviour::Silent);
+    let backend = backends("a_server_that_never_answers_times_out")[0];
+    let run = bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        backend,
+        "--conns",
+        "2",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--timeout",
+        "0.3",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("no echo for 0.3s"), "{}", run.stderr);
+    let j = parse_flat_json(&run.stdout).unwrap();
+    assert_eq!(j["timeouts"].num(), 2.0);
+    assert_eq!(j["msgs"].num(), 0.0);
+}
+
+#[test]
+fn nobody_listening_exits_nonzero_with_the_reason() {
+    let addr = dead_port();
+    for backend in backends("nobody_listening_exits_nonzero_with_the_reason") {
+        let run = bench(&[
+            "--addr",
+            &addr.to_string(),
+            "--backend",
+            backend,
+            "--duration",
+            "1",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}");
+        assert_eq!(
+            run.stderr.trim(),
+            format!("ringecho bench: connection refused: is a server listening on {addr}?")
+        );
+        assert!(
+            run.stdout.is_empty(),
+            "no summary for a run that never started"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_are_refused_before_anything_runs() {
+    for args in [
+        &["--conns", "0"][..],
+        &["--size", "0"],
+        &["--depth", "0"],
+        &["--addr", "not-an-address"],
+        &["--rate", "0"],
+        &["--duration", "0"],
+    ] {
+        let run = bench(args);
+        assert_eq!(run.code, Some(2), "{args:?}");
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid value"),
+            "{args:?}: {first}"
+        );
+    }
+}
+
+/// Open loop charges a stall to every message that should have been sent during it; closed
+/// loop, measuring from actual sends, sees only the few messages in flight.
+#[test]
+fn open_loop_p99_shows_a_stall_that_closed_loop_hides() {
+    let backend = backends("open_loop_p99_shows_a_stall_that_closed_loop_hides")[0];
+    let stall = Behaviour::Stall {
+        after: std::time::Duration::from_millis(300),
+        stall: std::time::Duration::from_millis(200),
+    };
+    let run = |extra: &[&str]| {
+        let f = Fixture::start(stall);
+        let addr = f.addr.to_string();
+        let mut args = vec![
+            "--addr",
+            &addr,
+            "--backend",
+            backend,
+            "--conns",
+            "4",
+            "--threads",
+            "1",
+            "--duration",
+            "1.2",
+            "--warmup",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = bench(&args);
+        assert_eq!(r.code, Some(0), "{extra:?}: {}", r.stderr);
+        parse_flat_json(&r.stdout).unwrap()
+    };
+    let open = run(&["--rate", "2000"]);
+    assert_eq!(open["latency_from"], Json::Str("intended".into()));
+    // About 400 of 2400 messages were due during the 200 ms stall, waiting up to 200 ms.
+    let p99 = open["p99_us"].num();
+    assert!(p99 >= 100_000.0, "open-loop p99 {p99} µs hides the stall");
+    let msgs = open["msgs"].num();
+    assert!(
+        (1800.0..=2600.0).contains(&msgs),
+        "open loop kept its schedule: {msgs} msgs"
+    );
+
+    let closed = run(&[]);
+    assert!(
+        closed["max_us"].num() >= 150_000.0,
+        "closed loop saw the stall once"
+    );
+    assert!(
+        closed["p99_us"].num() < p99 / 2.0,
+        "closed-loop p99 {} vs open {p99}",
+        closed["p99_us"].num()
+    );
+}
+
+fn read_hlog(path: &std::path::Path) -> (Histogram<u64>, usize) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut total: Histogram<u64> = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+    let mut d = Deserializer::new();
+    let mut intervals = 0;
+    for entry in IntervalLogIterator::new(&bytes) {
+        if let LogEntry::Interval(i) = entry.expect("parsable interval log") {
+            let raw = base64_decode(i.encoded_histogram());
+            let h: Histogram<u64> = d.deserialize(&mut raw.as_slice()).expect("histogram");
+            total.add(&h).unwrap();
+            intervals += 1;
+        }
+    }
+    (total, intervals)
+}
+
+/// Standard base64 (the interval log's histogram encoding).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    let b: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    for chunk in b.chunks(4) {
+        let mut n = 0u32;
+        for (k, &c) in chunk.iter().enumerate() {
+            n |= u32::from(val(c)) << (18 - 6 * k);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn interval_logs_from_two_runs_merge_into_one_histogram() {
+    let f = Fixture::start(Behaviour::Echo);
+    let addr = f.addr.to_string();
+    let backend = backends("interval_logs_from_two_runs_merge_into_one_histogram")[0];
+    let mut msgs = 0.0;
+    let mut merged: Histogram<u64> = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+    for k in 0..2 {
+        let log = temp_path(&format!("run{k}.hlog"));
+        let run = bench(&[
+            "--addr",
+            &addr,
+            "--backend",
+            backend,
+            "--conns",
+            "3",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.1",
+            "--json",
+            "--hlog",
+            log.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let j = parse_flat_json(&run.stdout).unwrap();
+        msgs += j["msgs"].num();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("#[StartTime: "), "{text}");
+        let (h, intervals) = read_hlog(&log);
+        assert_eq!(intervals, 2, "1.5 s makes a full and a half interval");
+        assert_eq!(
+            h.len() as f64,
+            j["msgs"].num(),
+            "the log holds every measured message"
+        );
+        merged.add(&h).unwrap();
+        let _ = std::fs::remove_file(&log);
+    }
+    assert!(msgs > 0.0);
+    assert_eq!(merged.len() as f64, msgs);
+}
+
+/// Ctrl-C ends the window early: connections drain, the report covers what was measured, and
+/// the exit status says it was interrupted.
+#[test]
+fn sigint_ends_the_run_early_with_a_report() {
+    let f = Fixture::start(Behaviour::Echo);
+    let backend = backends("sigint_ends_the_run_early_with_a_report")[0];
+    let child = spawn_bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        backend,
+        "--conns",
+        "2",
+        "--duration",
+        "60",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    f.wait_for_traffic();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let run = collect(child);
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+    let j = parse_flat_json(&run.stdout).unwrap();
+    assert!(j["window_s"].num() < 30.0);
+    assert_eq!(j["errors"].num(), 0.0);
+    assert_eq!(
+        j["msgs_sent"].num(),
+        j["msgs_received"].num(),
+        "drained before closing"
+    );
+}
+
+#[test]
+fn base64_helper_decodes() {
+    assert_eq!(base64_decode("SGVsbG8="), b"Hello");
+    assert_eq!(base64_decode("SGk="), b"Hi");
+    assert_eq!(base64_decode("SGV5"), b"Hey");
+}

@@ -1,0 +1,468 @@
+//! Helpers for the `ringecho bench` tests: a real ringecho server, deliberately broken echo
+//! servers, running the bench binary, and small parsers for its outputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringecho");
+
+/// Whether the io_uring client can run here; says why not (and the caller skips) otherwise.
+pub fn uring_or_skip(test: &str) -> bool {
+    match ringecho::loadgen::uring::probe(ringecho::backend::uring::RingMode::Auto) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("{test}: skipped: io_uring unavailable here: {e}");
+            false
+        }
+    }
+}
+
+/// Client backends to exercise: epoll always, io_uring when the kernel allows it.
+pub fn backends(test: &str) -> Vec<&'static str> {
+    let mut v = vec!["epoll"];
+    if uring_or_skip(test) {
+        v.insert(0, "uring");
+    }
+    v
+}
+
+/// A `ringecho` server process on a free port, killed on drop.
+pub struct RingechoServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl RingechoServer {
+    /// Starts one and waits for its `listening on ADDR` line.
+    pub fn start() -> RingechoServer {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ringecho");
+        let out = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        RingechoServer { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RingechoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a fixture server does with each connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// Echo faithfully.
+    Echo,
+    /// Echo, but flip every bit of the byte at this stream offset.
+    FlipAt(u64),
+    /// Echo this many bytes, then half-close (FIN) and swallow the rest.
+    CloseAfter(u64),
+    /// Echo this many bytes, then reset the connection (RST: `SO_LINGER` 0, close).
+    ResetAfter(u64),
+    /// Accept and read, never answer.
+    Silent,
+    /// Echo, but every connection stalls during one window: from `after` past the first byte
+    /// any connection received, for `stall`.
+    Stall { after: Duration, stall: Duration },
+}
+
+/// When the first byte arrived on any connection; waiters are woken then.
+#[derive(Default)]
+struct FirstByte {
+    at: Mutex<Option<Instant>>,
+    cv: Condvar,
+}
+
+impl FirstByte {
+    fn mark(&self) -> Instant {
+        let mut at = self.at.lock().unwrap();
+        if at.is_none() {
+            *at = Some(Instant::now());
+            self.cv.notify_all();
+        }
+        at.unwrap()
+    }
+}
+
+/// A thread-per-connection echo server with a configurable fault. Lives until the test ends.
+pub struct Fixture {
+    pub addr: SocketAddr,
+    first_byte: Arc<FirstByte>,
+}
+
+impl Fixture {
+    pub fn start(b: Behaviour) -> Fixture {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind fixture");
+        let addr = l.local_addr().unwrap();
+        let first_byte: Arc<FirstByte> = Arc::default();
+        let fb = Arc::clone(&first_byte);
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let fb = Arc::clone(&fb);
+                thread::spawn(move || serve(s, b, &fb));
+            }
+        });
+        Fixture { addr, first_byte }
+    }
+
+    /// Blocks until some client has sent this server a byte.
+    pub fn wait_for_traffic(&self) {
+        let mut at = self.first_byte.at.lock().unwrap();
+        while at.is_none() {
+            at = self.first_byte.cv.wait(at).unwrap();
+        }
+    }
+}
+
+fn serve(mut s: TcpStream, b: Behaviour, first_byte: &FirstByte) {
+    let _ = s.set_nodelay(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let start = first_byte.mark();
+        let chunk = &mut buf[..n];
+        match b {
+            Behaviour::Echo => {}
+            Behaviour::FlipAt(at) => {
+                if (offset..offset + n as u64).contains(&at) {
+                    chunk[(at - offset) as usize] ^= 0xff;
+                }
+            }
+            Behaviour::CloseAfter(limit) => {
+                let keep = limit.saturating_sub(offset).min(n as u64) as usize;
+                if keep > 0 && s.write_all(&chunk[..keep]).is_err() {
+                    return;
+                }
+                offset += n as u64;
+                if offset >= limit {
+                    // FIN, not RST: keep reading (and dropping) until the client closes.
+                    let _ = s.shutdown(Shutdown::Write);
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                    return;
+                }
+                continue;
+            }
+            Behaviour::ResetAfter(limit) => {
+                if offset + n as u64 >= limit {
+                    use std::os::fd::AsRawFd;
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: setsockopt on our own open socket with a live, correctly sized value.
+                    unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&linger as *const libc::linger).cast(),
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    };
+                    return; // dropping the stream closes it: with linger 0, an RST
+                }
+            }
+            Behaviour::Silent => continue,
+            Behaviour::Stall { after, stall } => {
+                let now = Instant::now();
+                let (from, to) = (start + after, start + after + stall);
+                if now >= from && now < to {
+                    // The fault under test: this server stops answering for a while.
+                    thread::sleep(to - now);
+                }
+            }
+        }
+        offset += n as u64;
+        if s.write_all(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// A finished bench run.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Starts `ringecho bench` with `args`, output piped.
+pub fn spawn_bench(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringecho bench")
+}
+
+/// Collects a finished bench.
+pub fn collect(child: Child) -> Run {
+    let out = child.wait_with_output().expect("wait for ringecho bench");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `ringecho bench` with `args`.
+pub fn bench(args: &[&str]) -> Run {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringecho bench");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A JSON scalar.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+}
+
+impl Json {
+    pub fn num(&self) -> f64 {
+        match self {
+            Json::Num(v) => *v,
+            other => panic!("not a number: {other:?}"),
+        }
+    }
+}
+
+/// Parses one flat JSON object (scalar values only, which is what bench prints); `Err` says
+/// where it stopped making sense.
+pub fn parse_flat_json(s: &str) -> Result<BTreeMap<String, Json>, String> {
+    let mut p = JsonParser {
+        b: s.trim().as_bytes(),
+        i: 0,
+    };
+    let mut map = BTreeMap::new();
+    p.expect(b'{')?;
+    if p.peek() == Some(b'}') {
+        p.i += 1;
+    } else {
+        loop {
+            let k = p.string()?;
+            p.expect(b':')?;
+            let v = p.value()?;
+            if map.insert(k.clone(), v).is_some() {
+                return Err(format!("duplicate key {k}"));
+            }
+            match p.next() {
+                Some(b',') => continue,
+                Some(b'}') => break,
+                other => return Err(format!("expected , or }} at {}, got {other:?}", p.i)),
+            }
+        }
+    }
+    if p.i != p.b.len() {
+        return Err(format!("trailing bytes at {}", p.i));
+    }
+    Ok(map)
+}
+
+struct JsonParser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek();
+        self.i += 1;
+        c
+    }
+    fn expect(&mut self, c: u8) -> Result<(), String> {
+        match self.next() {
+            Some(x) if x == c => Ok(()),
+            other => Err(format!(
+                "expected {:?} at {}, got {other:?}",
+                c as char,
+                self.i - 1
+            )),
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let mut out = String::new();
+        loop {
+            match self.next().ok_or("unterminated string")? {
+                b'"' => return Ok(out),
+                b'\\' => match self.next().ok_or("bad escape")? {
+                    b'"' => out.push('"'),
+                    b'\\' => out.push('\\'),
+                    b'/' => out.push('/'),
+                    b'n' => out.push('\n'),
+                    b'r' => out.push('\r'),
+                    b't' => out.push('\t'),
+                    b'u' => {
+                        let hex =
+                            std::str::from_utf8(self.b.get(self.i..self.i + 4).ok_or("short \\u")?)
+                                .map_err(|e| e.to_string())?;
+                        let v = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+                        out.push(char::from_u32(v).ok_or("bad \\u")?);
+                        self.i += 4;
+                    }
+                    c => return Err(format!("bad escape \\{}", c as char)),
+                },
+                c if c < 0x20 => return Err("control character in string".into()),
+                _ => {
+                    // Copy one whole UTF-8 character.
+                    let start = self.i - 1;
+                    let len = match self.b[start] {
+                        b if b < 0x80 => 1,
+                        b if b >= 0xf0 => 4,
+                        b if b >= 0xe0 => 3,
+                        _ => 2,
+                    };
+                    let ch = std::str::from_utf8(&self.b[start..start + len])
+                        .map_err(|e| e.to_string())?;
+                    out.push_str(ch);
+                    self.i = start + len;
+                }
+            }
+        }
+    }
+    fn value(&mut self) -> Result<Json, String> {
+        match self.peek() {
+            Some(b'"') => self.string().map(Json::Str),
+            Some(b't') => self.word("true", Json::Bool(true)),
+            Some(b'f') => self.word("false", Json::Bool(false)),
+            Some(b'n') => self.word("null", Json::Null),
+            _ => {
+                let start = self.i;
+                while matches!(
+                    self.peek(),
+                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                ) {
+                    self.i += 1;
+                }
+                let t = std::str::from_utf8(&self.b[start..self.i]).unwrap();
+                t.parse::<f64>()
+                    .map(Json::Num)
+                    .map_err(|_| format!("bad number {t:?} at {start}"))
+            }
+        }
+    }
+    fn word(&mut self, w: &str, v: Json) -> Result<Json, String> {
+        if self.b[self.i..].starts_with(w.as_bytes()) {
+            self.i += w.len();
+            Ok(v)
+        } else {
+            Err(format!("bad literal at {}", self.i))
+        }
+    }
+}
+
+/// The parts of an HdrHistogram percentile-distribution text that matter: its rows
+/// (value, percentile, total count) and the footer's total count.
+pub struct Hgrm {
+    pub rows: Vec<(f64, f64, u64)>,
+    pub total: u64,
+}
+
+/// Parses HdrHistogram's `outputPercentileDistribution` text; `Err` names the bad line.
+pub fn parse_hgrm(text: &str) -> Result<Hgrm, String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty")?.split_whitespace().collect();
+    if header != ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"] {
+        return Err(format!("bad header {header:?}"));
+    }
+    if lines.next() != Some("") {
+        return Err("no blank line after the header".into());
+    }
+    let mut rows = Vec::new();
+    let mut total = None;
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("#[") {
+            if let Some(t) = rest.split("Total count    =").nth(1) {
+                total = Some(
+                    t.trim_end_matches(']')
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bad total in {line:?}"))?,
+                );
+            }
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() != 3 && cols.len() != 4 {
+            return Err(format!("bad row {line:?}"));
+        }
+        let value: f64 = cols[0]
+            .parse()
+            .map_err(|_| format!("bad value in {line:?}"))?;
+        let pct: f64 = cols[1]
+            .parse()
+            .map_err(|_| format!("bad percentile in {line:?}"))?;
+        let count: u64 = cols[2]
+            .parse()
+            .map_err(|_| format!("bad count in {line:?}"))?;
+        if let Some(&(v, p, c)) = rows.last()
+            && (value < v || pct < p || count < c)
+        {
+            return Err(format!("row goes backwards: {line:?}"));
+        }
+        rows.push((value, pct, count));
+    }
+    Ok(Hgrm {
+        rows,
+        total: total.ok_or("no total count footer")?,
+    })
+}
+
+/// A unique temporary path for this test process.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ringecho-bench-{}-{name}", std::process::id()))
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
