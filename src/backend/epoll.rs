@@ -278,8 +278,8 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     let was_paused = slot.conn.is_paused();
                     let out = slot.conn.on_recv(&self.scratch[..n], None, &self.limits);
                     self.counters.copied_bytes += out.copied as u64;
-                    if out.closed_by_protocol.is_some() {
-                        self.counters.proto_closes += 1;
+                    if let Some(reason) = out.closed_by_protocol {
+                        self.counters.count_proto_close(reason);
                     }
                     if !was_paused && slot.conn.is_paused() {
                         self.counters.paused += 1;

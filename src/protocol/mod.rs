@@ -27,6 +27,8 @@ pub enum CloseReason {
     Malformed,
     /// The input announced or needed more than the configured limit.
     TooLarge,
+    /// The input asked for something the protocol does not implement.
+    Unsupported,
 }
 
 /// A request/response protocol, one value per connection.
