@@ -398,6 +398,11 @@ impl<P: Protocol> Conn<P> {
         self.paused
     }
 
+    /// The protocol state, for inspection (tests assert its memory stays bounded).
+    pub fn protocol(&self) -> &P {
+        &self.proto
+    }
+
     /// Bytes owed to the peer.
     pub fn owed(&self) -> usize {
         self.q.owed
