@@ -6,10 +6,12 @@
 
 mod echo;
 mod framed;
+mod http;
 
 pub use crate::conn::Replies;
 pub use echo::Echo;
 pub use framed::{DEFAULT_MAX_FRAME, Framed};
+pub use http::{DEFAULT_HTTP_BODY, Http, MAX_HEAD};
 
 /// What the connection should do after a protocol has seen some input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
