@@ -87,7 +87,9 @@ counters! {
     accept_rearms,
     /// Times a connection's receive was paused by back-pressure.
     paused,
-    /// Bytes copied to a connection's own buffer because the ring-buffer budget was spent.
+    /// Bytes copied to a connection's own buffer: echoed bytes that could not be sent from
+    /// their provided buffer (epoll, or the ring-buffer budget was spent), and replies a
+    /// protocol wrote by copy (HTTP responses up to 4 KiB, framed header bytes held over).
     copied_bytes,
     /// `io_uring_enter` calls (io_uring) or `epoll_wait` calls (epoll).
     enters,
