@@ -138,7 +138,12 @@ pub struct ServeArgs {
     pub max_frame: u32,
 
     /// Body length of `--protocol http`'s response, in bytes (`Hello, world\n` repeated).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_HTTP_BODY, value_parser = parse_http_body)]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_HTTP_BODY,
+        value_parser = parse_http_body
+    )]
     pub http_body: usize,
 
     /// Per-connection back-pressure: stop receiving at this many owed bytes, resume below half.
