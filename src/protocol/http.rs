@@ -676,7 +676,10 @@ mod tests {
 
     #[test]
     fn transfer_encoding_gets_501_and_a_close() {
-        let w = run(&[b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]);
+        let w = run(&[
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        5\r\nhello\r\n0\r\n\r\n",
+        ]);
         assert_eq!(w.sent, NOT_IMPLEMENTED);
         assert_eq!(w.closed, Some(CloseReason::Unsupported));
     }
