@@ -3,11 +3,12 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use ringecho::backend::Backend;
 use ringecho::backend::uring::{RingConfig, RingMode, SqPoll};
 use ringecho::loadgen::BenchArgs;
+use ringecho::protocol::{DEFAULT_HTTP_BODY, DEFAULT_MAX_FRAME};
 use ringecho::server::{DEFAULT_ADDR, ServerConfig};
 use ringecho::sys::{Keepalive, SocketOptions};
 
@@ -87,6 +88,30 @@ fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
     }
 }
 
+/// Largest `--http-body`: each of the three prebuilt responses holds a copy.
+const MAX_HTTP_BODY: usize = 64 << 20;
+
+fn parse_http_body(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_HTTP_BODY => Ok(n),
+        Ok(_) => Err(format!("at most {MAX_HTTP_BODY} bytes")),
+        Err(_) => Err(format!("'{s}' is not a number of bytes")),
+    }
+}
+
+/// What the server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolKind {
+    /// Every received byte goes back.
+    Echo,
+    /// Frames of a 4-byte big-endian length and a body, echoed as they arrive; an announced
+    /// length over --max-frame closes the connection.
+    Framed,
+    /// A fixed `200 OK` to every HTTP/1.1 request (keep-alive, pipelining); 400 to malformed
+    /// requests, 431 to heads over 8 KiB, 501 to chunked bodies, each followed by a close.
+    Http,
+}
+
 /// Parses seconds, fractions allowed (`0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
@@ -129,6 +154,23 @@ pub struct ServeArgs {
     /// connection's own memory instead [default: half of --buf-count].
     #[arg(long)]
     pub buf_budget: Option<u32>,
+
+    /// What to answer.
+    #[arg(long, value_enum, default_value_t = ProtocolKind::Echo)]
+    pub protocol: ProtocolKind,
+
+    /// Longest frame body accepted by `--protocol framed`, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: u32,
+
+    /// Body length of `--protocol http`'s response, in bytes (`Hello, world\n` repeated).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_HTTP_BODY,
+        value_parser = parse_http_body
+    )]
+    pub http_body: usize,
 
     /// Per-connection back-pressure: stop receiving at this many owed bytes, resume below half.
     #[arg(long, default_value_t = 64 * 1024, value_parser = parse_positive_usize)]
@@ -239,6 +281,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub idle_timeout: Option<Duration>,
 
+    /// After the protocol closes a connection (HTTP `Connection: close`, 400, ...), keep
+    /// reading and dropping its input for up to SECS while the reply drains and the peer
+    /// closes, so the reply is not lost to a reset.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub lingering_close: Duration,
+
     /// Listen backlog [default: net.core.somaxconn].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: Option<i32>,
@@ -273,6 +321,7 @@ impl ServeArgs {
             batch_wait_us: self.batch_wait_us,
             stats_interval: self.stats_interval.filter(|d| !d.is_zero()),
             drain_timeout: self.drain_timeout,
+            lingering_close: self.lingering_close,
             backlog: self.backlog,
             socket: SocketOptions {
                 nodelay: self.nodelay,

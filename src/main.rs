@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ProbeArgs, ServeArgs};
+use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
 use ringecho::backend::uring::{self, RingConfig};
 use ringecho::loadgen::BenchArgs;
-use ringecho::protocol::Echo;
+use ringecho::protocol::{Echo, Framed, Http};
 use ringecho::{Error, Server, sys};
 
 fn main() -> ExitCode {
@@ -41,7 +41,12 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
         }
         let _ = out.flush();
     };
-    server.run(Echo, on_ready, &mut std::io::stderr())?;
+    let stats_out = &mut std::io::stderr();
+    match args.protocol {
+        ProtocolKind::Echo => server.run(Echo, on_ready, stats_out)?,
+        ProtocolKind::Framed => server.run(Framed::new(args.max_frame), on_ready, stats_out)?,
+        ProtocolKind::Http => server.run(Http::new(args.http_body), on_ready, stats_out)?,
+    };
     Ok(())
 }
 

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub stats_interval: Option<Duration>,
     /// On shutdown, how long owed bytes may drain before connections are closed regardless.
     pub drain_timeout: Duration,
+    /// After a protocol closes a connection, how long it keeps reading (and dropping) input
+    /// while its reply drains and the peer closes; closing with unread input would reset the
+    /// connection and lose the reply.
+    pub lingering_close: Duration,
     /// Listen backlog; `None` = the system's `somaxconn`.
     pub backlog: Option<i32>,
     /// Options for accepted sockets (set on the listener, inherited by each connection).
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             batch_wait_us: 50,
             stats_interval: None,
             drain_timeout: Duration::from_secs(5),
+            lingering_close: Duration::from_secs(5),
             backlog: None,
             socket: sys::SocketOptions::default(),
             idle_timeout: None,

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::protocol::CloseReason;
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// A snapshot of every server counter. Gauges (`active`, `bufs_held`) are current
@@ -88,7 +90,9 @@ counters! {
     accept_rearms,
     /// Times a connection's receive was paused by back-pressure.
     paused,
-    /// Bytes copied to a connection's own buffer because the ring-buffer budget was spent.
+    /// Bytes copied to a connection's own buffer: echoed bytes that could not be sent from
+    /// their provided buffer (epoll, or the ring-buffer budget was spent), and replies a
+    /// protocol wrote by copy (HTTP responses up to 4 KiB, framed header bytes held over).
     copied_bytes,
     /// `io_uring_enter` calls (io_uring) or `epoll_wait` calls (epoll).
     enters,
@@ -106,7 +110,7 @@ counters! {
     accept_errors,
     /// Connections closed by an error (reset, broken pipe, ...).
     conn_errors,
-    /// Connections closed at a protocol's request.
+    /// Connections closed at a protocol's request (the sum of the four below).
     proto_closes,
     /// Connections closed by `--idle-timeout`.
     idle_closes,
@@ -114,6 +118,15 @@ counters! {
     dgram_truncated,
     /// UDP datagrams dropped because echoes were backed up.
     dgram_dropped,
+    /// ...because the peer asked in-band (HTTP `Connection: close`, HTTP/1.0).
+    proto_requested,
+    /// ...because the input broke the grammar (HTTP `400`).
+    proto_malformed,
+    /// ...because the input exceeded a limit (framed: a length over `--max-frame`, the
+    /// issue's `frame_too_large`; HTTP: a head over 8 KiB, `431`).
+    proto_too_large,
+    /// ...because the input asked for what is not implemented (HTTP chunked bodies, `501`).
+    proto_unsupported,
     /// Provided buffers held by user space now (gauge).
     bufs_held,
 }
@@ -136,8 +149,19 @@ impl Counters {
         self.bytes_in += (len - out.discarded) as u64;
         self.bytes_discarded += out.discarded as u64;
         self.copied_bytes += out.copied as u64;
-        if out.closed_by_protocol.is_some() {
-            self.proto_closes += 1;
+        if let Some(reason) = out.closed_by_protocol {
+            self.count_proto_close(reason);
+        }
+    }
+
+    /// Counts a connection closed at its protocol's request, under its reason.
+    pub fn count_proto_close(&mut self, reason: CloseReason) {
+        self.proto_closes += 1;
+        match reason {
+            CloseReason::Requested => self.proto_requested += 1,
+            CloseReason::Malformed => self.proto_malformed += 1,
+            CloseReason::TooLarge => self.proto_too_large += 1,
+            CloseReason::Unsupported => self.proto_unsupported += 1,
         }
     }
 
@@ -176,6 +200,19 @@ mod tests {
         }
         assert_eq!(Counters::parse(&c.to_string()), c);
         assert!(!c.set("nonsense", 1));
+    }
+
+    #[test]
+    fn protocol_closes_are_counted_in_total_and_by_reason() {
+        let mut c = Counters::default();
+        c.count_proto_close(CloseReason::TooLarge);
+        c.count_proto_close(CloseReason::TooLarge);
+        c.count_proto_close(CloseReason::Malformed);
+        assert_eq!(
+            (c.proto_closes, c.proto_too_large, c.proto_malformed),
+            (3, 2, 1)
+        );
+        assert_eq!((c.proto_requested, c.proto_unsupported), (0, 0));
     }
 
     #[test]

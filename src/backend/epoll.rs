@@ -2,7 +2,7 @@
 //! completions.
 //!
 //! Edge-triggered epoll. Each readiness event marks a connection readable or writable; then
-//! [`EpollShard::drive`] does the I/O the connection wants until the socket would block: writes
+//! `EpollShard::drive` does the I/O the connection wants until the socket would block: writes
 //! owed bytes, reads while the connection wants to receive (a read shorter than the buffer
 //! means the socket is drained, so no extra read is spent on `EAGAIN`), closes when done.
 //! `EPOLLOUT` is registered only while bytes are owed and the socket is full.
@@ -60,7 +60,7 @@ struct EpollShard<P> {
     max_conns: usize,
     scratch: Vec<u8>,
     /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
-    /// deadline order, since every one waits `drain_timeout`).
+    /// deadline order, since every one waits `lingering_close`).
     lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections with data left after their read budget, served before waiting again.
     ready: std::collections::VecDeque<(usize, u32)>,
@@ -70,6 +70,7 @@ struct EpollShard<P> {
     draining: bool,
     drain_deadline: Option<Instant>,
     drain_timeout: Duration,
+    lingering_close: Duration,
     next_generation: u32,
     counters: Counters,
     /// Read once per loop turn, after the wait.
@@ -152,6 +153,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         draining: false,
         drain_deadline: None,
         drain_timeout: cfg.drain_timeout,
+        lingering_close: cfg.lingering_close,
         next_generation: 0,
         counters: Counters::default(),
         now: Instant::now(),
@@ -307,7 +309,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                         self.lingering.push_back((
                             key,
                             slot.generation,
-                            self.now + self.drain_timeout,
+                            self.now + self.lingering_close,
                         ));
                     }
                     if !was_paused && slot.conn.is_paused() {

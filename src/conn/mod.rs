@@ -15,6 +15,8 @@
 //!   `release_all` hand released buffer ids back to the caller).
 //! - [`Chunk::Heap`] bytes live in a `Vec` the connection owns.
 //! - [`Chunk::Static`] bytes are `'static`.
+//! - [`Chunk::Shared`] bytes live in an immutable `Arc<[u8]>` shared with other connections (a
+//!   fixed reply built once at start-up); the chunk's clone of the `Arc` keeps them alive.
 //!
 //! # The in-flight invariant
 //!
@@ -26,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::protocol::{CloseReason, Protocol, Verdict};
 
@@ -63,6 +66,16 @@ pub enum Chunk {
         /// First byte still owed.
         start: usize,
     },
+    /// Bytes `bytes[start..end]` of a reply shared between connections (fixed replies built at
+    /// start-up, such as an HTTP response with a configured body).
+    Shared {
+        /// The bytes; never mutated, so their address is stable while this clone lives.
+        bytes: Arc<[u8]>,
+        /// First byte still owed.
+        start: usize,
+        /// One past the last byte.
+        end: usize,
+    },
 }
 
 impl Chunk {
@@ -71,6 +84,7 @@ impl Chunk {
             Chunk::Ring { start, end, .. } => (end - start) as usize,
             Chunk::Heap { buf, start } => buf.len() - start,
             Chunk::Static { bytes, start } => bytes.len() - start,
+            Chunk::Shared { start, end, .. } => end - start,
         }
     }
 
@@ -78,7 +92,9 @@ impl Chunk {
         debug_assert!(n <= self.remaining());
         match self {
             Chunk::Ring { start, .. } => *start += n as u32,
-            Chunk::Heap { start, .. } | Chunk::Static { start, .. } => *start += n,
+            Chunk::Heap { start, .. }
+            | Chunk::Static { start, .. }
+            | Chunk::Shared { start, .. } => *start += n,
         }
     }
 }
@@ -197,6 +213,25 @@ impl Replies<'_> {
         }
         self.q.owed += bytes.len();
         self.q.chunks.push_back(Chunk::Static { bytes, start: 0 });
+    }
+
+    /// Sends `bytes[range]` without copying them: the reply holds a clone of the `Arc` until
+    /// it is sent. Suits a large fixed reply shared by every connection; a small one is better
+    /// [`write`](Self::write)n, because copies coalesce into one send.
+    ///
+    /// # Panics
+    ///
+    /// If `range` is not within `bytes`, like slice indexing.
+    pub fn write_shared(&mut self, bytes: &Arc<[u8]>, range: Range<usize>) {
+        if bytes[range.clone()].is_empty() {
+            return;
+        }
+        self.q.owed += range.len();
+        self.q.chunks.push_back(Chunk::Shared {
+            bytes: Arc::clone(bytes),
+            start: range.start,
+            end: range.end,
+        });
     }
 
     /// Bytes queued on this connection and not yet sent, including what this call queued.
@@ -330,6 +365,7 @@ impl<P: Protocol> Conn<P> {
             },
             Chunk::Heap { buf, start } => SendSpan::Mem(&buf[*start..]),
             Chunk::Static { bytes, start } => SendSpan::Mem(&bytes[*start..]),
+            Chunk::Shared { bytes, start, end } => SendSpan::Mem(&bytes[*start..*end]),
         })
     }
 
@@ -400,6 +436,11 @@ impl<P: Protocol> Conn<P> {
     /// Whether receiving is paused by back-pressure.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// The protocol state, for inspection (tests assert its memory stays bounded).
+    pub fn protocol(&self) -> &P {
+        &self.proto
     }
 
     /// Bytes owed to the peer.
@@ -600,6 +641,37 @@ mod tests {
         c.on_eof();
         assert!(c.is_done());
         assert!(!c.recv_wanted());
+    }
+
+    struct SharedReply(Arc<[u8]>);
+    impl Protocol for SharedReply {
+        fn on_data(&mut self, _input: &[u8], out: &mut Replies<'_>) -> Verdict {
+            out.write_shared(&self.0, 1..4);
+            out.write_shared(&self.0, 2..2);
+            Verdict::Continue
+        }
+    }
+
+    #[test]
+    fn shared_replies_keep_their_bytes_alive_until_sent_and_skip_empty_ranges() {
+        let reply: Arc<[u8]> = Arc::from(&b"xabcx"[..]);
+        let mut c = Conn::new(SharedReply(Arc::clone(&reply)));
+        let out = c.on_recv(b"?", Some((2, 0)), &LIM);
+        assert_eq!((out.ring_refs, out.copied), (0, 0));
+        assert_eq!(c.owed(), 3);
+        assert_eq!(
+            Arc::strong_count(&reply),
+            3,
+            "the protocol's and the chunk's clones"
+        );
+        assert_eq!(mem(c.next_send().unwrap()), b"abc");
+        c.on_sent(1, &LIM, |_| unreachable!());
+        assert_eq!(mem(c.next_send().unwrap()), b"bc");
+        c.on_sent(2, &LIM, |_| unreachable!());
+        assert_eq!(Arc::strong_count(&reply), 2);
+        c.on_recv(b"?", None, &LIM);
+        c.release_all(|_| unreachable!());
+        assert_eq!((c.owed(), Arc::strong_count(&reply)), (0, 2));
     }
 
     struct Fixed;

@@ -5,9 +5,13 @@
 //! both backends and can be unit-tested with plain byte slices.
 
 mod echo;
+mod framed;
+mod http;
 
 pub use crate::conn::Replies;
 pub use echo::Echo;
+pub use framed::{DEFAULT_MAX_FRAME, Framed};
+pub use http::{DEFAULT_HTTP_BODY, Http, MAX_HEAD};
 
 /// What the connection should do after a protocol has seen some input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub enum CloseReason {
     Malformed,
     /// The input announced or needed more than the configured limit.
     TooLarge,
+    /// The input asked for something the protocol does not implement.
+    Unsupported,
 }
 
 /// A request/response protocol, one value per connection.
@@ -38,4 +44,158 @@ pub enum CloseReason {
 pub trait Protocol: Send + 'static {
     /// Consumes `input` and writes replies to `out`.
     fn on_data(&mut self, input: &[u8], out: &mut Replies<'_>) -> Verdict;
+}
+
+/// What protocol tests share: a deterministic PRNG and a harness that runs a protocol through a
+/// real [`Conn`](crate::conn::Conn) the way a backend does.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::collections::HashMap;
+
+    use super::{CloseReason, Protocol};
+    use crate::conn::{Conn, Limits, SendSpan};
+
+    /// SplitMix64: tiny, deterministic, good enough to pick splits and garbage. A failing seed
+    /// reproduces the failing case exactly.
+    pub struct Rng(u64);
+
+    impl Rng {
+        pub fn new(seed: u64) -> Rng {
+            Rng(seed)
+        }
+
+        pub fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform-ish in `0..n` (`n > 0`).
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next_u64() % n as u64) as usize
+        }
+
+        /// True with probability `1/n`.
+        pub fn one_in(&mut self, n: usize) -> bool {
+            self.below(n) == 0
+        }
+
+        pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next_u64() as u8).collect()
+        }
+
+        /// Cuts `len` bytes into random pieces: many tiny ones, some large.
+        pub fn splits(&mut self, len: usize) -> Vec<std::ops::Range<usize>> {
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < len {
+                let max = match self.below(4) {
+                    0 => 1,
+                    1 => 8,
+                    2 => 64,
+                    _ => 4096,
+                };
+                let n = (1 + self.below(max)).min(len - at);
+                out.push(at..at + n);
+                at += n;
+            }
+            out
+        }
+    }
+
+    /// A protocol behind a real `Conn`: input goes in through `on_recv` (as zero-copy provided
+    /// buffers or as copies), and every byte the connection would send is collected in `sent`.
+    pub struct Wire<P> {
+        pub conn: Conn<P>,
+        /// Provided buffers still referenced by owed chunks: id → (bytes, references).
+        bufs: HashMap<u16, (Vec<u8>, u16)>,
+        next_bid: u16,
+        pub sent: Vec<u8>,
+        /// The first close the protocol asked for.
+        pub closed: Option<CloseReason>,
+    }
+
+    const LIMITS: Limits = Limits {
+        max_pending: 64 * 1024,
+    };
+
+    impl<P: Protocol> Wire<P> {
+        pub fn new(proto: P) -> Wire<P> {
+            Wire {
+                conn: Conn::new(proto),
+                bufs: HashMap::new(),
+                next_bid: 0,
+                sent: Vec::new(),
+                closed: None,
+            }
+        }
+
+        /// Delivers one receive. `zero_copy` passes a buffer id, as io_uring does.
+        pub fn feed(&mut self, data: &[u8], zero_copy: bool) {
+            let bid = self.next_bid;
+            self.next_bid = self.next_bid.wrapping_add(1);
+            let out = self
+                .conn
+                .on_recv(data, zero_copy.then_some((bid, 0)), &LIMITS);
+            if out.ring_refs > 0 {
+                assert!(!self.bufs.contains_key(&bid), "buffer id reused while held");
+                self.bufs.insert(bid, (data.to_vec(), out.ring_refs));
+            }
+            if let Some(r) = out.closed_by_protocol {
+                assert!(self.closed.is_none(), "close reported twice");
+                self.closed = Some(r);
+            }
+        }
+
+        /// Sends what is owed, in short sends when `rng` is given.
+        pub fn drain(&mut self, mut rng: Option<&mut Rng>) {
+            loop {
+                let bytes = match self.conn.next_send() {
+                    None => break,
+                    Some(SendSpan::Mem(b)) => b.to_vec(),
+                    Some(SendSpan::Ring { bid, offset, len }) => {
+                        let (buf, _) = &self.bufs[&bid];
+                        buf[offset as usize..(offset + len) as usize].to_vec()
+                    }
+                };
+                let n = match rng.as_deref_mut() {
+                    Some(r) => {
+                        if r.one_in(3) {
+                            1 + r.below(bytes.len())
+                        } else {
+                            bytes.len()
+                        }
+                    }
+                    None => bytes.len(),
+                };
+                self.sent.extend_from_slice(&bytes[..n]);
+                let bufs = &mut self.bufs;
+                self.conn.on_sent(n, &LIMITS, |bid| {
+                    let refs = &mut bufs.get_mut(&bid).expect("released a buffer not held").1;
+                    *refs -= 1;
+                    if *refs == 0 {
+                        bufs.remove(&bid);
+                    }
+                });
+            }
+            if self.conn.owed() == 0 {
+                assert!(self.bufs.is_empty(), "buffer references leaked");
+            }
+        }
+
+        /// Feeds `stream` in the given pieces (zero-copy or not at random), draining at random
+        /// points, then drains everything.
+        pub fn run(&mut self, stream: &[u8], pieces: &[std::ops::Range<usize>], rng: &mut Rng) {
+            for r in pieces {
+                let zc = rng.one_in(2);
+                self.feed(&stream[r.clone()], zc);
+                if rng.one_in(2) {
+                    self.drain(Some(rng));
+                }
+            }
+            self.drain(Some(rng));
+        }
+    }
 }

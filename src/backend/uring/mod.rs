@@ -131,11 +131,12 @@ struct UringShard<P> {
     batch_max: u32,
     batch_wait_us: u32,
     drain_timeout: Duration,
+    lingering_close: Duration,
     shutdown_fd: RawFd,
     /// SQEs decided this turn, submitted by the next enter.
     pending: Vec<squeue::Entry>,
     /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
-    /// deadline order, since every one waits `drain_timeout`).
+    /// deadline order, since every one waits `lingering_close`).
     lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections parked on `-ENOBUFS`, in arrival order.
     parked: std::collections::VecDeque<(usize, u32)>,
@@ -243,6 +244,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         batch_max: cfg.batch_max.max(1),
         batch_wait_us: cfg.batch_wait_us,
         drain_timeout: cfg.drain_timeout,
+        lingering_close: cfg.lingering_close,
         shutdown_fd: ctx.shutdown_fd,
         pending: Vec::with_capacity(features.sq_entries as usize),
         parked: Default::default(),
@@ -580,7 +582,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                         self.lingering.push_back((
                             key,
                             slot.generation,
-                            self.now + self.drain_timeout,
+                            self.now + self.lingering_close,
                         ));
                     }
                 }
