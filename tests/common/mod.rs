@@ -429,6 +429,25 @@ impl Server {
         }
     }
 
+    /// The counters of the most recent `stats:` line, without waiting (`None` before the first).
+    pub fn latest_stats(&self) -> Option<Counters> {
+        let st = lock(&self.log.state);
+        st.lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("stats:"))
+            .map(|l| Counters::parse(l))
+    }
+
+    /// How many stderr lines contain `needle` so far.
+    pub fn count_stderr(&self, needle: &str) -> usize {
+        lock(&self.log.state)
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// The counters of the next `stats:` line.
     pub fn next_stats(&self) -> Counters {
         self.wait_stats("the next stats line", Duration::from_secs(5), |_| true)
