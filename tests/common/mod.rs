@@ -1313,3 +1313,17 @@ pub fn setsockopt_int(s: &TcpStream, level: i32, opt: i32, value: i32) {
         io::Error::last_os_error()
     );
 }
+
+/// `RLIMIT_NOFILE` of process `pid` as (soft, hard), from `/proc/PID/limits`.
+pub fn rlimit_nofile_of(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
