@@ -33,3 +33,20 @@ SOAK_BACKENDS ?= uring epoll
 soak:
 	SOAK_DURATION=$(DURATION) SOAK_BACKENDS="$(SOAK_BACKENDS)" SOAK_DIR=$(CURDIR)/target/soak \
 		$(CARGO) test --release --test soak -- --ignored --nocapture --test-threads 1
+
+# `make torture [TORTURE_SCALE=N]`: long, large and privileged scenarios on both backends
+# (resets mid-send, tiny SO_SNDBUF, 1 B/s readers, 10,000-connection slowloris, connect storms,
+# a tiny CQ, UDP floods, packet loss, rate limits and delay in a private netns).
+torture:
+	CARGO=$(CARGO) scripts/torture.sh
+
+# `make miri`: the pure modules (conn, protocol, token, stats) under Miri: the property tests of
+# tests/props.rs (fewer cases under Miri) and the modules' unit tests. The in-crate randomised
+# protocol tests (`random_*`, and the exhaustive 8 KiB head test) take hours under Miri and are
+# skipped there; tests/props.rs covers the same properties with fewer cases.
+MIRI_TOOLCHAIN ?= nightly
+miri:
+	rustup component add --toolchain $(MIRI_TOOLCHAIN) miri rust-src
+	$(CARGO) +$(MIRI_TOOLCHAIN) miri test --test props
+	$(CARGO) +$(MIRI_TOOLCHAIN) miri test --lib -- conn:: protocol:: token:: stats:: \
+		--skip random_ --skip heads_up_to_8_kib
