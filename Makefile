@@ -50,3 +50,13 @@ miri:
 	$(CARGO) +$(MIRI_TOOLCHAIN) miri test --test props
 	$(CARGO) +$(MIRI_TOOLCHAIN) miri test --lib -- conn:: protocol:: token:: stats:: \
 		--skip random_ --skip heads_up_to_8_kib
+
+# `make fuzz [FUZZ_SECS=60]`: coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the HTTP and
+# framed protocols and the connection state machine, FUZZ_SECS seconds per target (fuzz/).
+FUZZ_SECS ?= 60
+FUZZ_TOOLCHAIN ?= nightly
+fuzz:
+	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	for t in http framed conn; do \
+		$(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
