@@ -258,28 +258,37 @@ fn trickle_reader(b: Backend, every: Duration, dur: Duration) {
     let mut got = 0u64;
     let mut one = [0u8; 1];
     let t0 = Instant::now();
-    let cpu_ms = std::thread::scope(|sc| {
+    // Once the bystanders are done, the trickle is all the server has to do: its CPU and loop
+    // turns from then on show whether it waits for the reader or polls it.
+    let mut alone: Option<(Instant, u64, u64)> = None;
+    std::thread::scope(|sc| {
         let h = sc.spawn(|| drive(&mut flows, Duration::from_secs(60)));
-        let (cpu_ms, ()) = server_cpu_ms(&server, || {
-            let mut next = Instant::now();
-            while t0.elapsed() < dur {
-                next += every;
-                // Pacing the reader is the scenario itself, not synchronisation.
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                match s.read(&mut one) {
-                    Ok(1) => {
-                        pat.check(got, &one).unwrap();
-                        got += 1;
-                    }
-                    Ok(_) => panic!("EOF while owed bytes"),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("trickle read: {e}"),
+        let mut next = Instant::now();
+        while t0.elapsed() < dur {
+            next += every;
+            // Pacing the reader is the scenario itself, not synchronisation.
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            match s.read(&mut one) {
+                Ok(1) => {
+                    pat.check(got, &one).unwrap();
+                    got += 1;
                 }
+                Ok(_) => panic!("EOF while owed bytes"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("trickle read: {e}"),
             }
-        });
+            if alone.is_none() && h.is_finished() {
+                let c = server.next_stats();
+                alone = Some((Instant::now(), server.cpu_ticks(), c.enters));
+            }
+        }
         h.join().unwrap().expect("bystanders unharmed");
-        cpu_ms
     });
+    let (since, cpu0, enters0) = alone.expect("the bystanders finished before the trickle did");
+    let alone_for = since.elapsed();
+    let cpu_ms = (server.cpu_ticks() - cpu0) * 1000 / clock_ticks_per_sec();
+    let enters = server.next_stats().enters - enters0;
+    let reads = (alone_for.as_secs_f64() / every.as_secs_f64()).ceil() as u64;
     let trickled = got;
     // Now read everything that is still owed, all checked.
     s.set_nonblocking(false).unwrap();
@@ -296,8 +305,9 @@ fn trickle_reader(b: Backend, every: Duration, dur: Duration) {
     let fin = server.stop(libc::SIGTERM).assert_clean();
     eprintln!(
         "[{}] trickle reader: owed up to {pushed} B (server paused={} bytes_in-out={}), read 1 B \
-         every {every:?} for {dur:?} ({trickled} B) beside 8 x 512 KiB bystanders (server CPU \
-         {cpu_ms} ms), then the rest: all {pushed} B intact",
+         every {every:?} for {dur:?} ({trickled} B) beside 8 x 512 KiB bystanders; trickle \
+         alone for {alone_for:.1?}: server CPU {cpu_ms} ms, {enters} loop turns for {reads} \
+         reads; then the rest: all {pushed} B intact",
         b.name,
         stuck.paused,
         stuck.bytes_in - stuck.bytes_out
