@@ -30,7 +30,7 @@ pub enum Op {
     Send = 3,
     /// Cancellation of the connection's receive (back-pressure pause).
     CancelRecv = 4,
-    /// Cancellation of every operation on the connection's descriptor (closing).
+    /// Cancellation of a connection's receive or send when closing it.
     CancelAll = 5,
     /// Close of the connection's direct descriptor.
     Close = 6,

@@ -98,17 +98,9 @@ pub fn send_zc(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
-/// Cancels the request whose `user_data` is `target` (the connection's receive).
+/// Cancels the request whose `user_data` is `target` (a connection's receive or send).
 pub fn cancel(target: Token, tok: Token) -> squeue::Entry {
     opcode::AsyncCancel::new(target.encode())
-        .build()
-        .user_data(tok.encode())
-}
-
-/// Cancels every request on direct descriptor `fd` (5.19), so a following close really releases
-/// the socket.
-pub fn cancel_all_on(fd: u32, tok: Token) -> squeue::Entry {
-    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(fd)).all())
         .build()
         .user_data(tok.encode())
 }
