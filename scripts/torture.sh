@@ -26,7 +26,7 @@ log=target/torture.log
 export TORTURE_SCALE="${TORTURE_SCALE:-1}"
 echo "torture: kernel $(uname -r), $(nproc) CPUs, TORTURE_SCALE=$TORTURE_SCALE" | tee "$log"
 status=0
-${CARGO:-cargo} test --release --test hostile --test limits --test udp_abuse --test netfaults \
+${CARGO:-cargo} test --release --no-fail-fast --test hostile --test limits --test udp_abuse --test netfaults \
   -- --ignored --test-threads 1 --nocapture 2>&1 | tee -a "$log" || status=$?
 echo
 echo "torture: figures"

@@ -13,7 +13,9 @@
 //!   each sends its pattern (random write sizes, a bound on bytes in flight) and checks every
 //!   byte that comes back.
 //! - [`in_fresh_netns`] runs a test in its own network namespace, so `/proc/net/sockstat`
-//!   counts only that test's sockets on a machine other people use.
+//!   counts only that test's sockets on a machine other people use (and traffic shaping or
+//!   packet loss set up there touches nothing else).
+//! - [`round_trips`] and [`pct`] measure request/response latency on held connections.
 //!
 //! Nothing here sleeps to synchronise: waits are for a line, a counter in a stats line, or a
 //! socket event, each with a deadline.
