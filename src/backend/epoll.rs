@@ -68,6 +68,8 @@ struct EpollShard<P> {
     accept_retry_at: Option<Instant>,
     accept_pause_logged: bool,
     draining: bool,
+    /// The shutdown eventfd fired in this batch of events; the drain starts after the batch.
+    drain_requested: bool,
     drain_deadline: Option<Instant>,
     drain_timeout: Duration,
     lingering_close: Duration,
@@ -151,6 +153,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         accept_retry_at: None,
         accept_pause_logged: false,
         draining: false,
+        drain_requested: false,
         drain_deadline: None,
         drain_timeout: cfg.drain_timeout,
         lingering_close: cfg.lingering_close,
@@ -214,6 +217,11 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 let (bits, data) = (ev.events, ev.u64);
                 self.dispatch(bits, data);
             }
+            // Only now: starting the drain closes idle connections, and events later in the
+            // batch for those would find their slots gone.
+            if std::mem::take(&mut self.drain_requested) {
+                self.begin_drain();
+            }
             let queued: Vec<(usize, u32)> = self.ready.drain(..).collect();
             for (key, generation) in queued {
                 if let Some(s) = self.conns.get_mut(key)
@@ -235,7 +243,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
         if tok.slot == Token::SHARD {
             match tok.op {
                 Op::Accept => self.accept_all(),
-                Op::Shutdown => self.begin_drain(),
+                Op::Shutdown => self.drain_requested = true,
                 _ => {}
             }
             return;
