@@ -161,6 +161,8 @@ fn torture_resets_during_large_sends() {
         resets_during_large_sends(b, 200 * torture_scale(), &[]);
         if b.name == "uring" {
             resets_during_large_sends(b, 200 * torture_scale(), &["--buf-budget", "0"]);
+            // The 5.19 path: single-shot receives.
+            resets_during_large_sends(b, 200 * torture_scale(), &["--no-multishot-recv"]);
         }
     });
 }
