@@ -527,3 +527,37 @@ fn torture_tiny_completion_queue() {
         }
     });
 }
+
+/// Asking for more connections than `RLIMIT_NOFILE` allows is refused at start with one line
+/// that names the limit and the remedy (not a crash, not a silent smaller cap).
+#[test]
+fn max_conns_beyond_the_nofile_limit_is_a_clear_error() {
+    for_each_backend(|b| {
+        let mut cmd = b.command(&["--max-conns", "1000"]);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let (status, _, stderr) = common::run_to_exit(&mut cmd, Duration::from_secs(10));
+        eprintln!(
+            "[{}] --max-conns 1000 under RLIMIT_NOFILE 256: {status}: {stderr}",
+            b.name
+        );
+        assert!(!status.success());
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("RLIMIT_NOFILE") && stderr.contains("remedy"),
+            "names the limit and the remedy: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"));
+    });
+}
