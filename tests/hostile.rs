@@ -403,10 +403,14 @@ fn wait_closed(
 /// gives back the memory.
 fn slowloris(b: Backend, n: usize, idle: Duration) {
     let _g = exclusive();
-    assert!(
-        raise_nofile_limit() > n as u64 + 200,
-        "RLIMIT_NOFILE too low for {n}"
-    );
+    let nofile = raise_nofile_limit();
+    if nofile < n as u64 + 200 {
+        common::skipped(&format!(
+            "slowloris with {n} connections needs RLIMIT_NOFILE >= {}, the hard limit is {nofile}",
+            n + 200
+        ));
+        return;
+    }
     in_fresh_netns(|isolated| {
         let idle_s = format!("{}", idle.as_secs_f64());
         let mut server = b.start(&["--idle-timeout", &idle_s]);
