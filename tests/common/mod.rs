@@ -272,8 +272,10 @@ impl Stopped {
 /// A running `ringecho serve`. Dropping it kills the process.
 pub struct Server {
     child: Child,
-    /// The resolved listening address.
+    /// The resolved listening address (the first one).
     pub addr: SocketAddr,
+    /// Every resolved listening address, in `--addr` order.
+    pub addrs: Vec<SocketAddr>,
     /// The backend it runs.
     pub backend: Backend,
     log: Arc<Log>,
@@ -293,6 +295,8 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // One `listening on` line per address.
+        let want_addrs = cmd.get_args().filter(|a| *a == "--addr").count().max(1);
         let mut child = cmd.spawn().map_err(StartError::Spawn)?;
         let log = Arc::new(Log::default());
         let stderr = child.stderr.take().expect("piped stderr");
@@ -321,6 +325,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: "0.0.0.0:0".parse().expect("literal"),
+            addrs: Vec::new(),
             backend,
             log,
             stderr_reader: Some(stderr_reader),
@@ -333,8 +338,13 @@ impl Server {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("listening on ") {
-                        server.addr = a.trim().parse().expect("listening on <addr>");
-                        return Ok(server);
+                        server
+                            .addrs
+                            .push(a.trim().parse().expect("listening on <addr>"));
+                        if server.addrs.len() == want_addrs {
+                            server.addr = server.addrs[0];
+                            return Ok(server);
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
