@@ -36,8 +36,9 @@
 pub mod epoll;
 pub mod uring;
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which kernel interface serves the connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,9 +61,118 @@ impl fmt::Display for Backend {
     }
 }
 
+/// The deadlines a TCP shard keeps, the same on both backends: idle connections, connections
+/// lingering after a protocol close, the accept back-off and the shutdown drain. The wait for
+/// events never runs past [`next`](Timers::next), and [`expire`](Timers::expire) says what is
+/// due.
+pub(crate) struct Timers {
+    idle_timeout: Option<Duration>,
+    next_idle_sweep: Option<Instant>,
+    lingering_close: Duration,
+    /// Connections a protocol closed, waiting for the peer's FIN until their deadline. Every
+    /// one waits the same time, so the queue is in deadline order.
+    lingering: VecDeque<(usize, u32, Instant)>,
+    /// Re-arm accepts at this instant (after an accept error).
+    pub accept_retry_at: Option<Instant>,
+    /// Close whatever is still open at this instant (shutdown).
+    pub drain_deadline: Option<Instant>,
+}
+
+/// What [`Timers::expire`] found due.
+#[derive(Debug, Default)]
+pub(crate) struct Expired {
+    /// Connections to close now (lingering too long, idle too long, or the drain is over).
+    pub close: Vec<usize>,
+    /// How many of them were closed for being idle.
+    pub idle: u64,
+    /// The accept back-off is over.
+    pub accept_retry: bool,
+}
+
+impl Timers {
+    pub fn new(idle_timeout: Option<Duration>, lingering_close: Duration, now: Instant) -> Timers {
+        Timers {
+            idle_timeout,
+            next_idle_sweep: idle_timeout.map(|t| now + idle_sweep_period(t)),
+            lingering_close,
+            lingering: VecDeque::new(),
+            accept_retry_at: None,
+            drain_deadline: None,
+        }
+    }
+
+    /// Connection `key` (generation `generation`) was closed by its protocol at `now`: it may
+    /// linger until `now + lingering_close`.
+    pub fn linger(&mut self, key: usize, generation: u32, now: Instant) {
+        self.lingering
+            .push_back((key, generation, now + self.lingering_close));
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next(&self) -> Option<Instant> {
+        [
+            self.drain_deadline,
+            self.accept_retry_at,
+            self.next_idle_sweep,
+            self.lingering.front().map(|l| l.2),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Everything due at `now`. `live(key, generation)` says whether a connection still
+    /// exists; `open` lists the open connections as (key, last time bytes moved).
+    pub fn expire<I: Iterator<Item = (usize, Instant)>>(
+        &mut self,
+        now: Instant,
+        live: impl Fn(usize, u32) -> bool,
+        open: impl Fn() -> I,
+    ) -> Expired {
+        let mut due = Expired::default();
+        while let Some(&(key, generation, at)) = self.lingering.front()
+            && at <= now
+        {
+            self.lingering.pop_front();
+            // The peer never closed after our FIN: stop waiting for it.
+            if live(key, generation) {
+                due.close.push(key);
+            }
+        }
+        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
+            && now >= at
+        {
+            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
+            let before = due.close.len();
+            due.close.extend(
+                open()
+                    .filter(|&(_, last)| now.duration_since(last) >= idle)
+                    .map(|(k, _)| k),
+            );
+            due.idle = (due.close.len() - before) as u64;
+        }
+        if let Some(at) = self.accept_retry_at
+            && now >= at
+        {
+            self.accept_retry_at = None;
+            due.accept_retry = true;
+        }
+        if let Some(at) = self.drain_deadline
+            && now >= at
+        {
+            // Drain time is up: close whatever is still open, owed bytes or not.
+            self.drain_deadline = None;
+            due.close.extend(open().map(|(k, _)| k));
+        }
+        due.close.sort_unstable();
+        due.close.dedup();
+        due
+    }
+}
+
 /// How often idle connections are looked for: often enough that one is closed within a quarter
 /// of the timeout of going idle, never more than 100 times a second.
-pub(crate) fn idle_sweep_period(idle: Duration) -> Duration {
+fn idle_sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 

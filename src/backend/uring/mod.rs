@@ -23,7 +23,7 @@ use slab::Slab;
 pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
-use crate::backend::idle_sweep_period;
+use crate::backend::Timers;
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -131,26 +131,19 @@ struct UringShard<P> {
     batch_max: u32,
     batch_wait_us: u32,
     drain_timeout: Duration,
-    lingering_close: Duration,
     shutdown_fd: RawFd,
     /// SQEs decided this turn, submitted by the next enter.
     pending: Vec<squeue::Entry>,
-    /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
-    /// deadline order, since every one waits `lingering_close`).
-    lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections parked on `-ENOBUFS`, in arrival order.
     parked: std::collections::VecDeque<(usize, u32)>,
     next_generation: u32,
-    accept_retry_at: Option<Instant>,
     /// Shutdown has started.
     draining: bool,
-    /// When owed bytes stop being waited for (taken when it fires).
-    drain_deadline: Option<Instant>,
+    /// Idle, lingering, accept back-off and drain deadlines.
+    timers: Timers,
     counters: Counters,
     /// Read once per loop turn, after the wait.
     now: Instant,
-    idle_timeout: Option<Duration>,
-    next_idle_sweep: Option<Instant>,
 }
 
 /// Runs one io_uring shard until shutdown. Creates the ring and registers everything on the
@@ -244,21 +237,14 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         batch_max: cfg.batch_max.max(1),
         batch_wait_us: cfg.batch_wait_us,
         drain_timeout: cfg.drain_timeout,
-        lingering_close: cfg.lingering_close,
         shutdown_fd: ctx.shutdown_fd,
         pending: Vec::with_capacity(features.sq_entries as usize),
         parked: Default::default(),
-        lingering: Default::default(),
         next_generation: 0,
-        accept_retry_at: None,
         draining: false,
-        drain_deadline: None,
+        timers: Timers::new(cfg.idle_timeout, cfg.lingering_close, Instant::now()),
         counters: Counters::default(),
         now: Instant::now(),
-        idle_timeout: cfg.idle_timeout,
-        next_idle_sweep: cfg
-            .idle_timeout
-            .map(|t| Instant::now() + idle_sweep_period(t)),
         features,
     };
     let result = shard.run(&mut ring, &ctx, cfg.register_ring_fd, startup_line);
@@ -315,15 +301,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 break;
             }
             self.bufs.publish();
-            let deadline = [
-                self.drain_deadline,
-                self.accept_retry_at,
-                self.next_idle_sweep,
-                self.lingering.front().map(|l| l.2),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = self.timers.next();
             driver.turn(
                 &submitter,
                 &mut sq,
@@ -349,56 +327,23 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some(&(key, generation, at)) = self.lingering.front()
-            && at <= now
-        {
-            self.lingering.pop_front();
-            // The peer never closed after our FIN: stop waiting for it.
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.generation == generation)
-            {
-                self.begin_close(key);
-            }
+        let conns = &self.conns;
+        let due = self.timers.expire(
+            now,
+            |key, generation| conns.get(key).is_some_and(|s| s.generation == generation),
+            || {
+                conns
+                    .iter()
+                    .filter(|(_, s)| s.phase == Phase::Open)
+                    .map(|(k, s)| (k, s.last_active))
+            },
+        );
+        self.counters.idle_closes += due.idle;
+        for key in due.close {
+            self.begin_close(key);
         }
-        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
-            && now >= at
-        {
-            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
-            let idle_keys: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, s)| {
-                    s.phase == Phase::Open && now.duration_since(s.last_active) >= idle
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for key in idle_keys {
-                self.counters.idle_closes += 1;
-                self.begin_close(key);
-            }
-        }
-        if let Some(at) = self.accept_retry_at
-            && now >= at
-        {
-            self.accept_retry_at = None;
+        if due.accept_retry {
             self.update_accepts();
-        }
-        if let Some(at) = self.drain_deadline
-            && now >= at
-        {
-            self.drain_deadline = None;
-            // Drain time is up: close whatever is still open, owed bytes or not.
-            let open: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, s)| s.phase == Phase::Open)
-                .map(|(k, _)| k)
-                .collect();
-            for key in open {
-                self.begin_close(key);
-            }
         }
     }
 
@@ -483,7 +428,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     // the accept) are transient; either way, back off rather than spin.
                     self.counters.accept_errors += 1;
                     if ended {
-                        self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                        self.timers.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     }
                 }
                 self.update_accepts();
@@ -579,11 +524,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     self.bufs.release(seg.bid);
                     self.counters.record_recv(seg.len as usize, &out);
                     if out.closed_by_protocol.is_some() {
-                        self.lingering.push_back((
-                            key,
-                            slot.generation,
-                            self.now + self.lingering_close,
-                        ));
+                        self.timers.linger(key, slot.generation, self.now);
                     }
                 }
                 self.segs = segs;
@@ -758,7 +699,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// filling (a full table makes the kernel reset the client it just accepted). At the cap
     /// nothing is armed: new clients wait in the backlog until a connection closes.
     fn update_accepts(&mut self) {
-        if self.draining || self.accept_retry_at.is_some() {
+        if self.draining || self.timers.accept_retry_at.is_some() {
             return;
         }
         let active = self.conns.len();
@@ -813,7 +754,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             return;
         }
         self.draining = true;
-        self.drain_deadline = Some(Instant::now() + self.drain_timeout);
+        self.timers.drain_deadline = Some(Instant::now() + self.drain_timeout);
         self.cancel_accepts();
         for l in &mut self.listeners {
             if l.idle() {
