@@ -72,6 +72,7 @@ pub const MAX_ENTRIES: u32 = 32768;
 
 /// Why a buffer ring could not be built.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum BufRingError {
     /// `entries` is zero, not a power of two, or above 32768.
     BadCount(u32),
@@ -79,6 +80,10 @@ pub enum BufRingError {
     BadSize(u32),
     /// `mmap` failed.
     Map(io::Error),
+    /// `IORING_REGISTER_PBUF_RING` failed: `EINVAL` before 5.19 (or for flags the kernel does
+    /// not know), `EEXIST` if the ring already has a buffer group with this id, `ENOMEM` when
+    /// `RLIMIT_MEMLOCK` is too small on older kernels.
+    Register(io::Error),
 }
 
 impl std::fmt::Display for BufRingError {
@@ -90,11 +95,19 @@ impl std::fmt::Display for BufRingError {
             ),
             BufRingError::BadSize(n) => write!(f, "buffer size {n} is not usable"),
             BufRingError::Map(e) => write!(f, "cannot map buffer ring memory: {e}"),
+            BufRingError::Register(e) => write!(f, "cannot register the buffer ring: {e}"),
         }
     }
 }
 
-impl std::error::Error for BufRingError {}
+impl std::error::Error for BufRingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BufRingError::Map(e) | BufRingError::Register(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// An anonymous private mapping, unmapped on drop.
 struct Mapping {
@@ -153,7 +166,9 @@ pub struct OwnershipError {
     pub bid: u16,
 }
 
-/// A registered ring of provided buffers. See the module docs for the contract.
+/// A registered ring of provided buffers: the memory, the entries shared with the kernel, and
+/// who holds each buffer. Made by [`BufRing::registered`]; see the
+/// [module docs](crate::backend::uring::buf_ring) for how a buffer travels and the contract.
 pub struct BufRing {
     ring: Mapping,
     bufs: Mapping,
@@ -179,13 +194,62 @@ pub struct BufRing {
     /// Buffers out of the ring.
     out_count: usize,
     registered: bool,
+    /// Registered once already: a second registration would restart the kernel's head at 0
+    /// against our tail and hand out entries for buffers user space holds, so it is refused.
+    ever_registered: bool,
 }
 
 impl BufRing {
+    /// Maps `entries` buffers of `buf_size` bytes each and a ring naming all of them, and
+    /// registers the ring with the kernel as buffer group `bgid` (`IORING_REGISTER_PBUF_RING`,
+    /// 5.19). With `incremental` the kernel may fill each buffer in several pieces
+    /// (`IOU_PBUF_RING_INC`, 6.12). Every buffer starts out in the ring, for the kernel to pick.
+    ///
+    /// Call it on the thread that submits to the ring (`IORING_SETUP_SINGLE_ISSUER` refuses
+    /// others with `EEXIST`).
+    ///
+    /// # Safety
+    ///
+    /// From here on the kernel writes into this memory whenever a receive selects a buffer,
+    /// and only the completions tell user space which buffer it wrote. So, for as long as
+    /// the ring stays registered:
+    ///
+    /// - Pass [`on_completion`](Self::on_completion) only what completions of this ring say:
+    ///   the buffer id, result and flags of a receive that selected from group `bgid`, once
+    ///   per completion, with `bundle` set exactly for bundle receives. A made-up buffer id
+    ///   would mark a buffer as handed over while the kernel may still fill it, and
+    ///   [`data`](Self::data) would read memory the kernel is writing.
+    /// - Call [`unregister`](Self::unregister) with this same ring's submitter, and only once
+    ///   no receive that selects from group `bgid` is outstanding (each one has posted its
+    ///   final completion, the one without `IORING_CQE_F_MORE`). Unregistering is what lets
+    ///   `Drop` unmap the memory. If that moment never comes, do not unregister: a `BufRing`
+    ///   dropped while registered leaks its memory rather than free memory the kernel could
+    ///   still write, and so does one whose ring was dropped first.
+    ///
+    /// # Errors
+    ///
+    /// [`BufRingError::BadCount`] and [`BufRingError::BadSize`] for a bad geometry,
+    /// [`BufRingError::Map`] if the memory cannot be mapped, [`BufRingError::Register`] if the
+    /// kernel refuses the registration.
+    pub unsafe fn registered(
+        submitter: &Submitter<'_>,
+        entries: u32,
+        buf_size: u32,
+        bgid: u16,
+        incremental: bool,
+    ) -> Result<BufRing, BufRingError> {
+        let mut br = BufRing::new(entries, buf_size, bgid, incremental)?;
+        br.register(submitter).map_err(BufRingError::Register)?;
+        Ok(br)
+    }
+
     /// Maps a ring of `entries` buffers of `buf_size` bytes each, for buffer group `bgid`.
     /// With `incremental`, the ring is registered for incremental consumption (6.12).
     /// Every buffer starts out owned by the ring (after [`register`](Self::register)).
-    pub fn new(
+    ///
+    /// With `register`, the two halves of [`registered`](Self::registered), for the server
+    /// and the load generator, which keep its contract.
+    pub(crate) fn new(
         entries: u32,
         buf_size: u32,
         bgid: u16,
@@ -219,6 +283,7 @@ impl BufRing {
             held: 0,
             out_count: n,
             registered: false,
+            ever_registered: false,
         };
         for bid in 0..entries {
             br.push_entry(bid as u16);
@@ -227,7 +292,12 @@ impl BufRing {
     }
 
     /// Registers the ring with the kernel as buffer group `bgid` and publishes every buffer.
-    pub fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    /// Safe only for this crate's loops, which keep the contract of
+    /// [`registered`](Self::registered). A second registration is refused with `EEXIST`.
+    pub(crate) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        if self.ever_registered {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
         let flags = if self.incremental {
             IOU_PBUF_RING_INC
         } else {
@@ -244,11 +314,14 @@ impl BufRing {
             )?;
         }
         self.registered = true;
+        self.ever_registered = true;
         self.publish();
         Ok(())
     }
 
-    /// Unregisters the ring. Call only once no receive selecting from this group is outstanding.
+    /// Unregisters the ring, so that `Drop` may unmap its memory. Only with the ring it was
+    /// registered with, and only once no receive selecting from this group is outstanding
+    /// (see [`registered`](Self::registered)).
     pub fn unregister(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
         if self.registered {
             submitter.unregister_buf_ring(self.bgid)?;
@@ -379,10 +452,14 @@ impl BufRing {
         *r += 1;
     }
 
-    /// Adds `n` references to a held buffer.
+    /// Adds `n` references to a held buffer: say, one per reply that will be sent from it.
+    ///
+    /// # Panics
+    ///
+    /// If nobody holds `bid`: the buffer may be in the ring, where the kernel can fill it.
     pub fn add_refs(&mut self, bid: u16, n: u16) {
         let r = &mut self.refs[bid as usize];
-        debug_assert!(*r > 0, "add_refs on a buffer nobody holds");
+        assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r += n;
     }
 
@@ -404,10 +481,18 @@ impl BufRing {
     }
 
     /// `len` bytes at `offset` of buffer `bid`, which the caller holds a reference to.
+    ///
+    /// # Panics
+    ///
+    /// If nobody holds `bid`, or the range is outside the buffer (outside what the kernel has
+    /// filled so far, for an incremental ring).
     pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
         let b = bid as usize;
         assert!(self.refs[b] > 0, "reading a buffer nobody holds");
-        assert!(u64::from(offset) + u64::from(len) <= u64::from(self.buf_size));
+        let end = u64::from(offset) + u64::from(len);
+        assert!(end <= u64::from(self.buf_size));
+        // An incremental buffer may still be in the ring, the kernel filling it past `fill`.
+        assert!(!self.incremental || end <= u64::from(self.fill[b]));
         // SAFETY: the caller holds a reference to `bid`, and the range lies in bytes the kernel
         // has filled and handed over (it writes only past `fill` in incremental mode, nowhere in
         // a buffer out of the ring); the range is inside the buffer, inside the `bufs` mapping.
