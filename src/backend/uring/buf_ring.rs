@@ -166,6 +166,18 @@ pub struct OwnershipError {
     pub bid: u16,
 }
 
+impl std::fmt::Display for OwnershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a completion named buffer {} but the buffer ring did not hand it to the kernel",
+            self.bid
+        )
+    }
+}
+
+impl std::error::Error for OwnershipError {}
+
 /// A registered ring of provided buffers: the memory, the entries shared with the kernel, and
 /// who holds each buffer. Made by [`BufRing::registered`]; see the
 /// [module docs](crate::backend::uring::buf_ring) for how a buffer travels and the contract.
