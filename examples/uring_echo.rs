@@ -37,8 +37,9 @@ const FILES: u32 = 1024;
 /// One connection. Connections are indexed by their direct descriptor (file-table slot).
 #[derive(Default)]
 struct Conn {
-    /// Received bytes not yet sent back, in order. Each segment holds one reference to the
-    /// provided buffer it lies in: that buffer stays out of the ring until the segment is sent.
+    /// Received bytes not yet sent back, in order: one segment per receive, each lying in its
+    /// own provided buffer and holding that buffer's only reference. The buffer stays out of
+    /// the ring, where the kernel cannot refill it, until its segment has been sent.
     owed: VecDeque<Segment>,
     /// A send is in flight. One at a time: two could reorder bytes after a short send.
     sending: bool,
@@ -83,8 +84,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         return Err(format!("kernel {} has no multishot receive (6.0)", features.kernel).into());
     }
 
-    // IORING_REGISTER_FILES with empty slots: a file table owned by the ring. Accepted
-    // sockets go into it ("direct descriptors") and never get a process file descriptor.
+    // IORING_REGISTER_FILES2 with IORING_RSRC_REGISTER_SPARSE: an empty file table owned by
+    // the ring. Accepted sockets go into it ("direct descriptors") and never get a process file
+    // descriptor; SQEs name them by slot.
     ring.submitter().register_files_sparse(FILES)?;
 
     // mmap BUFS * BUF_SIZE bytes plus a ring of BUFS entries {address, length, id} naming
@@ -113,10 +115,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         // Each CQE: `res` (bytes, a slot, or -errno), `flags` (F_MORE: a multishot request is
         // still armed; F_BUFFER: `res` bytes are in the buffer whose id is in the upper bits),
         // and `user_data`, copied untouched from the SQE.
-        let cqes: Vec<cqueue::Entry> = ring.completion().collect();
-        for cqe in cqes {
+        for cqe in ring.completion() {
             server.on_completion(cqe, listener.as_raw_fd());
         }
+        // (Dropping the completion queue here tells the kernel those CQEs have been read.)
         server.rearm_parked();
     }
 }
@@ -128,9 +130,8 @@ impl EchoServer {
         self.bufs.publish();
         for sqe in self.sqes.drain(..) {
             // SAFETY: the only SQEs that point at memory are sends, into provided buffers held
-            // by a segment in `owed`; a segment is dropped (and its buffer released) only by
-            // the send's own completion or by the connection's close, after every operation on
-            // it has completed.
+            // by a segment in `owed`. A segment is dropped (and its buffer released) only by
+            // its send's completion, or by `sync` once nothing is in flight on the connection.
             while unsafe { ring.submission().push(&sqe) }.is_err() {
                 ring.submit()?; // The SQ is full: have the kernel consume what is queued.
             }
@@ -138,7 +139,7 @@ impl EchoServer {
         // io_uring_enter(2), once per turn: the kernel consumes every queued SQE (starting each
         // operation), then sleeps until at least one completion has been posted.
         match ring.submit_and_wait(1) {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()), // A signal: go round.
             other => other.map(drop).map_err(Into::into),
         }
     }
@@ -152,8 +153,8 @@ impl EchoServer {
         match tok.op {
             Op::Accept => {
                 if res >= 0 {
-                    // `res` is the slot the kernel installed the new socket in.
-                    self.conns[res as usize] = Conn::default();
+                    // `res` is the slot the kernel installed the new socket in. Its `Conn` is
+                    // fresh: the previous one was reset when its close completed.
                     self.arm_recv(res as usize);
                 } else {
                     // -ENFILE: the table was full and the kernel closed that connection. The
@@ -198,7 +199,8 @@ impl EchoServer {
         }
         let c = &mut self.conns[fd];
         if res > 0 {
-            // Keep the completion's reference: the buffer now belongs to the queued echo.
+            // Keep the reference `on_completion` gave: the buffer now belongs to the queued
+            // echo, and stays out of the ring until the echo has been sent.
             c.owed.extend(self.segs.drain(..));
         } else {
             for seg in self.segs.drain(..) {
@@ -227,8 +229,8 @@ impl EchoServer {
         front.offset += res as u32;
         front.len -= res as u32;
         if front.len == 0 {
-            // Fully sent: drop this segment's reference. The last one puts the buffer at the
-            // ring's tail, where the next `publish` hands it back to the kernel.
+            // Fully sent: drop the buffer's only reference. It is written at the ring's tail,
+            // where the next `publish` hands it back to the kernel.
             let seg = c.owed.pop_front().expect("front exists");
             self.bufs.release(seg.bid);
         }
@@ -281,6 +283,8 @@ impl EchoServer {
     /// IORING_OP_RECV with IORING_RECV_MULTISHOT and IOSQE_BUFFER_SELECT: no buffer is given;
     /// each time data arrives the kernel takes one from group BGID and posts a CQE naming it.
     fn arm_recv(&mut self, fd: usize) {
+        // `user_data` packs (slot, generation, operation): each CQE will say which connection
+        // and what completed.
         let tok = Token::conn(fd, 0, Op::Recv);
         self.sqes.push(ops::recv_multi(fd as u32, BGID, tok));
         self.conns[fd].receiving = true;

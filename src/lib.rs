@@ -54,167 +54,201 @@
 //!
 //! # The life of a message
 //!
-//! A tour of the io_uring backend in the order one message lives through it. Each step names
-//! the code that does it and the section of [`kernel_notes`] that explains the kernel feature,
-//! and ends with where the buffers are. The code it names is mostly crate-private; the
-//! links open its source, and `cargo doc --document-private-items` renders its docs.
+//! A tour of the io_uring backend in the order one message lives through it. Each step says
+//! what happens, then gives the **code** that does it, the section of [`kernel_notes`] that
+//! explains the kernel feature, and where the **buffers** are once the step is done. Most of
+//! the code is crate-private: its links open the source, and `cargo doc
+//! --document-private-items` renders its docs. `examples/uring_echo.rs` does the same steps
+//! in 300 commented lines, without the server's limits and fallbacks.
 //!
-//! A few words first. An io_uring is two rings shared between a process and the kernel. The
-//! process writes *submission queue entries* (SQEs: "receive on this socket", "send these
-//! bytes") into the submission queue and tells the kernel with one `io_uring_enter` system
-//! call, which can also wait for results. The kernel writes a *completion queue entry* (CQE)
-//! for each result: `res` (a byte count, a new descriptor, or `-errno`), `flags`, and the
-//! 64-bit `user_data` copied from the SQE, which is how the process knows what completed. A
-//! *multishot* SQE keeps producing CQEs, each flagged `IORING_CQE_F_MORE`, until one without
-//! the flag says it has ended.
+//! **A few words first.** An io_uring is a pair of queues shared between a process and the
+//! kernel. The process writes *submission queue entries* (SQEs: "receive on this socket",
+//! "send these bytes") into the submission queue, and one `io_uring_enter` system call tells
+//! the kernel about all of them and can also wait for results. The kernel writes a
+//! *completion queue entry* (CQE) for each result: `res` (a byte count, a new descriptor, or
+//! `-errno`), `flags`, and the 64-bit `user_data` copied untouched from the SQE, which is how
+//! the process knows what completed. A *multishot* SQE keeps producing CQEs, each flagged
+//! `IORING_CQE_F_MORE`, until one without the flag says it has ended. *Registering* hands the
+//! kernel a resource once (a table of sockets, a ring of buffers) so that SQEs can name it by
+//! index instead of passing it every time.
+//!
+//! ringecho runs one *shard* per thread (by default one per CPU): its own ring, its own
+//! listening socket (`SO_REUSEPORT` spreads new connections across shards), its own
+//! connections; shards share nothing. Per connection a `Conn` (crate-private, in
+//! [`src/conn/mod.rs`][conn]) decides what to do next: what is owed to the peer, whether to
+//! receive, when to close. It makes no system calls; the loop turns its wishes into SQEs.
 //!
 //! ```text
-//!  kernel ──CQE──▶ dispatch (decode user_data) ──▶ Conn + Protocol (pure: no syscalls)
-//!    ▲                                                         │
-//!    └──── one io_uring_enter per turn ◀── SQEs ◀── sync (what the Conn wants) ◀─┘
+//!  kernel ──CQE──▶ dispatch (decode user_data) ──▶ Conn + Protocol (no system calls)
+//!    ▲                                                        │
+//!    └── one io_uring_enter per turn ◀── SQEs ◀── sync: what the Conn wants, not yet asked
 //! ```
 //!
 //! ## 1. Ring set-up
 //!
-//! Each shard (one thread per core, see [`Server::run`]) builds its own ring on its own thread
-//! with [`build_ring`]: it asks for `IORING_SETUP_DEFER_TASKRUN` (completion work runs only
-//! when this thread waits, never as an interrupt) and falls back to `COOP_TASKRUN`, then to
-//! no flag, and records what the kernel offers in [`Features`]. `run_shard` in
-//! [`src/backend/uring/mod.rs`][uring-mod] then registers, on the same thread because
-//! `SINGLE_ISSUER` demands it, a sparse file table for the connections (step 3) and the
-//! buffer ring (step 4), and `UringShard::run` registers the ring's own descriptor so each
-//! enter skips a lookup.
-//! Kernel notes: [Ring set-up](kernel_notes#ring-set-up-defer_taskrun-coop_taskrun-plain),
-//! [SUBMIT_ALL and CQSIZE](kernel_notes#ioring_setup_submit_all-and-ioring_setup_cqsize).
+//! Each shard builds its own ring, on its own thread. It asks for `IORING_SETUP_DEFER_TASKRUN`
+//! (the kernel finishes operations and posts their CQEs only when this thread enters the
+//! kernel to wait, instead of interrupting it whenever one completes), falls back to
+//! `COOP_TASKRUN`, then to neither, and records what the kernel offers. Then it registers, on
+//! that same thread because `IORING_SETUP_SINGLE_ISSUER` requires it, an empty file table for
+//! the connections (step 3) and the buffer ring (step 4), and finally the ring's own
+//! descriptor, so that each `io_uring_enter` skips a descriptor lookup.
 //!
-//! *Buffers*: every provided buffer is in the ring, published: the kernel may fill any of
-//! them; user space reads none.
+//! - **Code**: [`build_ring`] and [`Features`]; `run_shard` and `UringShard::run` in
+//!   [`src/backend/uring/mod.rs`][uring-mod].
+//! - **Kernel notes**: [Ring set-up](kernel_notes#ring-set-up-defer_taskrun-coop_taskrun-plain),
+//!   [SUBMIT_ALL and CQSIZE](kernel_notes#ioring_setup_submit_all-and-ioring_setup_cqsize).
+//! - **Buffers**: all in the ring: the kernel may fill any of them, user space reads none.
 //!
 //! ## 2. Multishot accept
 //!
-//! `UringShard::update_accepts` submits one [`ops::accept_multi`] per listener: a single SQE
-//! that posts one CQE per accepted connection for as long as it stays armed. Near the
-//! connection cap it cancels that and keeps a few single-shot [`ops::accept_one`] instead, so
-//! it never accepts more than it has room for; at the cap it arms nothing and clients wait in
-//! the listen backlog. `UringShard::on_shard_cqe` handles accept CQEs and re-arms an accept
-//! that ended (no `F_MORE`).
-//! Kernel notes: [Multishot accept into direct descriptors][k-accept].
+//! The shard submits one multishot accept per listening socket: a single SQE that posts a CQE
+//! for every connection it accepts, for as long as it stays armed. Near the connection cap it
+//! cancels it and keeps a few single-shot accepts instead, so that it never accepts more than
+//! it has room for; at the cap it arms nothing and new clients wait in the listen backlog. An
+//! accept CQE without `F_MORE` means the multishot accept has ended, and it is armed again.
 //!
-//! *Buffers*: accepting uses none.
+//! - **Code**: `UringShard::update_accepts` and `UringShard::on_shard_cqe`
+//!   ([`src/backend/uring/mod.rs`][uring-mod]); [`ops::accept_multi`], [`ops::accept_one`].
+//! - **Kernel notes**: [Multishot accept into direct descriptors][k-accept].
+//! - **Buffers**: accepting uses none.
 //!
 //! ## 3. Direct descriptors
 //!
-//! The accept asks the kernel to install each new socket into a free slot of the ring's
-//! registered file table (`IORING_FILE_INDEX_ALLOC`) rather than the process's file
-//! descriptor table: the CQE's `res` is the slot index, and every later SQE for the connection
-//! names it with `types::Fixed`, sparing the kernel a descriptor lookup and reference count
-//! per operation. `UringShard::on_accepted` gives the connection a slab entry and a
-//! generation; the pair travels in every SQE's `user_data` as a [`Token`], so a completion
-//! always finds its connection, and one for a connection that is gone is recognised and
-//! dropped. A direct descriptor is invisible to `setsockopt`: socket options are set on the
-//! listener, which accepted sockets inherit ([`server::SocketOptions`]).
-//! Kernel notes: [the same section][k-accept].
+//! The accept asks the kernel to put each new socket into a free slot of the ring's
+//! registered file table (`IORING_FILE_INDEX_ALLOC`) instead of the process's descriptor
+//! table: the CQE's `res` is the slot number, and every later SQE for the connection names
+//! that slot (`types::Fixed`), which spares the kernel a descriptor lookup and reference count
+//! per operation. The shard gives the connection a slot of its own table of connections and a
+//! generation number; both travel in the `user_data` of every SQE for it, packed as a
+//! [`Token`]. Connection slots are reused, so the generation is what lets a late CQE for a
+//! connection that has gone be recognised and dropped rather than reach the newcomer. A
+//! direct descriptor cannot be reached by `setsockopt`: socket options are set on the
+//! listening socket, which accepted sockets inherit ([`server::SocketOptions`]).
 //!
-//! *Buffers*: none yet; the connection holds no memory until data arrives.
+//! - **Code**: `UringShard::on_accepted` ([`src/backend/uring/mod.rs`][uring-mod]);
+//!   [`Token`].
+//! - **Kernel notes**: [the same section][k-accept].
+//! - **Buffers**: none yet: a connection holds no memory until data arrives.
 //!
 //! ## 4. The buffer ring
 //!
-//! A provided-buffer ring is an array of `{address, length, buffer id}` entries that user
-//! space and the kernel share, plus a tail index. User space appends buffers at the tail; a
-//! receive armed with a buffer group picks the buffer at the head only when data arrives, so
-//! ten thousand idle connections hold no receive memory at all. [`BufRing`] is the only code
-//! that owns this memory: it maps it, registers it, and counts, per buffer, the references
-//! user space holds. A buffer is either *in the ring* (the kernel may write it; user space
-//! must not read it) or *held* (the kernel handed it over in a CQE; it stays out of the ring
-//! until its last reference is released). Its module docs draw the cycle.
-//! Kernel notes: [Provided-buffer ring][k-bufring].
+//! A provided-buffer ring is an array of `{address, length, buffer id}` entries shared by user
+//! space and the kernel, registered under a *buffer group* id. User space writes entries at
+//! the tail and then *publishes* the tail (an atomic store with `Release` ordering, so that
+//! the kernel sees the entries before it sees the new tail); the kernel takes entries from the
+//! head. A receive that names the group (`IOSQE_BUFFER_SELECT`) carries no buffer: the kernel
+//! takes one from the head only when data arrives, so ten thousand idle connections hold no
+//! receive memory at all. [`BufRing`] is the only code that owns this memory: it maps it,
+//! registers it, and counts the references user space holds to each buffer. A buffer is
+//! either *in the ring* (the kernel may fill it; user space must not read it) or *held* (a CQE
+//! handed it over; it stays out of the ring until its last reference is released).
 //!
-//! *Buffers*: all in the ring.
+//! - **Code**: [`BufRing`]; its [module docs](backend::uring::buf_ring) draw the cycle.
+//! - **Kernel notes**: [Provided-buffer ring][k-bufring].
+//! - **Buffers**: all in the ring.
 //!
 //! ## 5. Multishot receive
 //!
-//! For each connection that wants data (`Conn::recv_wanted`), `UringShard::sync` submits one
-//! [`ops::recv_multi`]: a receive on the direct descriptor that picks a buffer from the group
-//! each time data arrives. Each CQE says how many bytes (`res`) went into which buffer (the id
-//! in `flags`, with `IORING_CQE_F_BUFFER`). `UringShard::on_recv` hands the CQE to
-//! [`BufRing::on_completion`], which marks the buffer as held and returns a [`Segment`]
-//! carrying one reference: the completion's own. The bytes, read through [`BufRing::data`],
-//! go to the connection's `Conn`, which runs the [`Protocol`]. For echo the protocol calls
-//! [`Replies::echo`]: on io_uring the reply is not a copy but a chunk that points into the
-//! same buffer and holds a reference to it ([`BufRing::add_refs`]). Then the completion's
-//! own reference is released. If the shard's buffers held for owed replies exceed the budget
-//! ([`ServerBuilder::buf_budget`]), the bytes are copied into the connection's own memory
-//! instead, and the buffer goes straight back.
-//! Kernel notes: [Multishot receive][k-recv].
+//! For each connection that wants data, the shard submits one multishot receive on its
+//! direct descriptor, naming the buffer group. Each CQE says how many bytes arrived (`res`) and
+//! in which buffer (`IORING_CQE_F_BUFFER`, with the buffer id in the upper bits of `flags`).
+//! The handler passes that to [`BufRing::on_completion`], which marks the buffer held and
+//! gives it one reference, the handler's own. The bytes ([`BufRing::data`]) go to the
+//! connection's `Conn`, which runs the [`Protocol`]. Echo calls [`Replies::echo`]: on io_uring
+//! the reply is not a copy but a chunk that points into the same buffer and takes a reference
+//! of its own ([`BufRing::add_refs`]). Then the handler drops its reference
+//! ([`BufRing::release`]). If a reply took one, the buffer stays held; if not (the protocol
+//! wrote a copy, or the shard's buffers held for owed replies are over the budget,
+//! [`ServerBuilder::buf_budget`], so the bytes were copied into the connection's own memory),
+//! that was the last reference and the buffer goes back.
 //!
-//! *Buffers*: the one just filled is held by the connection's queued reply (one reference per
-//! chunk that points into it); the kernel must not, and cannot, write it, since it is not in
-//! the ring. A buffer whose bytes were copied, or that a protocol did not echo from, is back
-//! at the ring's tail, not yet visible to the kernel (step 7 publishes it).
+//! - **Code**: `UringShard::sync` (arms it when `Conn::recv_wanted`) and `UringShard::on_recv`
+//!   ([`src/backend/uring/mod.rs`][uring-mod]); [`ops::recv_multi`],
+//!   [`BufRing::on_completion`]; `Conn::on_recv` ([`src/conn/mod.rs`][conn]).
+//! - **Kernel notes**: [Multishot receive][k-recv].
+//! - **Buffers**: the one just filled is held, by the queued reply that points into it; the
+//!   kernel will not write it, since it is no longer in the ring. A buffer nothing refers to
+//!   any more is written back at the ring's tail, but the kernel does not see it until the
+//!   tail is published (step 7).
 //!
 //! ## 6. Send
 //!
-//! `UringShard::sync` asks the `Conn` for its next span to send and submits
-//! [`ops::send`] with the buffer's address ([`BufRing::addr`]): the reply leaves from the
-//! memory the request arrived in. One send per connection is in flight at a time, because a
-//! short send inside a chain of linked sends would let the next one go out and reorder bytes.
-//! `UringShard::on_send` tells the `Conn` how many bytes went: a short send leaves the rest
-//! at the front and is resubmitted from there; a chunk fully sent drops its reference
-//! ([`BufRing::release`]), and the buffer whose last reference goes is written at the ring's
-//! tail.
-//! Kernel notes: [Send from the provided buffer][k-send].
+//! The shard asks the `Conn` for the next bytes to send and submits a send of them: for an
+//! echo, from the buffer the request arrived in ([`BufRing::addr`]), so the reply is never
+//! copied. The kernel may send fewer bytes than asked (a *short send*); the rest stays at the
+//! front of the queue and is sent next. Only one send per connection is in flight at a time:
+//! two could interleave their bytes after a short send. When a reply chunk has been sent in
+//! full, its reference is dropped ([`BufRing::release`]), and a buffer whose last reference
+//! goes is written back at the ring's tail.
 //!
-//! *Buffers*: while the send is in flight the kernel *reads* the held buffer; nothing writes
-//! it. After the last reference is released the buffer is at the ring's tail, still invisible
-//! to the kernel until the tail is published.
+//! - **Code**: `UringShard::sync` and `UringShard::on_send`
+//!   ([`src/backend/uring/mod.rs`][uring-mod]); [`ops::send`]; `Conn::next_send` and
+//!   `Conn::on_sent` ([`src/conn/mod.rs`][conn]).
+//! - **Kernel notes**: [Send from the provided buffer][k-send].
+//! - **Buffers**: while the send is in flight the kernel *reads* the held buffer and nothing
+//!   writes it. Once released it is at the ring's tail, not yet visible to the kernel.
 //!
 //! ## 7. Completion dispatch
 //!
-//! Each turn of `UringShard::run` publishes the tail of the buffer ring
-//! ([`BufRing::publish`]: one `Release` store that hands every returned buffer back at once),
-//! then `Driver::turn` ([`src/backend/uring/driver.rs`][driver]) makes one `io_uring_enter`
-//! that submits every SQE queued since the last turn and waits for completions, batching them
-//! when the last turn was busy. `driver::reap` hands each CQE to `UringShard::dispatch`, which
-//! decodes its `user_data` ([`Token::decode`]), drops it if the connection's generation has
-//! moved on, and routes it by operation. After every event, `UringShard::sync` compares what
-//! the connection wants with what is in flight and queues the SQEs that close the gap: the
-//! whole loop is "handle completions, reconcile, enter once".
-//! Kernel notes: [min-wait batching][k-batch], [completion-queue overflow][k-nodrop].
+//! Each turn of the shard's loop publishes the buffer ring's tail ([`BufRing::publish`]: one
+//! store hands back every buffer returned since the last turn), then makes one
+//! `io_uring_enter` that submits every SQE queued since the last turn and waits for
+//! completions (for several at once, briefly, when the last turn was busy). Then it handles
+//! each CQE: it decodes `user_data` ([`Token::decode`]), drops the CQE if the connection's
+//! generation has moved on, and hands it to the handler for its operation. After every event
+//! on a connection, `UringShard::sync` compares what the `Conn` wants (a send, a receive, a
+//! close) with what is in flight and queues the SQEs that close the gap. That is the whole
+//! loop: publish, enter once, handle completions, reconcile.
 //!
-//! *Buffers*: published ones are the kernel's again.
+//! - **Code**: `UringShard::run`, `UringShard::dispatch`, `UringShard::sync`
+//!   ([`src/backend/uring/mod.rs`][uring-mod]); `Driver::turn` and `reap`
+//!   ([`src/backend/uring/driver.rs`][driver]); [`Token::decode`].
+//! - **Kernel notes**: [min-wait batching][k-batch], [completion-queue overflow][k-nodrop].
+//! - **Buffers**: every buffer published this turn is the kernel's again.
 //!
 //! ## 8. Re-arm and back-pressure
 //!
-//! A multishot receive ends (a CQE without `F_MORE`) when the ring is empty (`-ENOBUFS`), when
-//! the completion queue is full, on an error, at end of stream, or when cancelled; `sync`
-//! re-arms it whenever the connection still wants data. After `-ENOBUFS` the connection is
-//! *parked* instead, and `UringShard::rearm_parked` re-arms parked connections, oldest first
-//! and at most one per buffer that came back. Back-pressure is the `Conn`'s decision: once a
-//! connection owes [`ServerBuilder::max_pending`] bytes (a peer that sends but does not read)
-//! it stops wanting data, and since a multishot receive cannot be paused, `sync` cancels it
-//! ([`ops::cancel`]); completions that race the cancellation still carry data and are
-//! still answered. Below half the limit it re-arms.
-//! Kernel notes: [Multishot receive][k-recv], [Provided-buffer ring][k-bufring] ("Empty ring",
-//! "Budget").
+//! A multishot receive ends (a CQE without `F_MORE`) when the buffer ring is empty
+//! (`-ENOBUFS`), when the completion queue is full, on an error, at end of stream, or when
+//! cancelled. It is armed again as long as the connection still wants data, except after
+//! `-ENOBUFS`: then the connection is *parked* until buffers come back, and parked
+//! connections are re-armed oldest first, at most one per buffer returned. Back-pressure is the
+//! `Conn`'s decision: once a connection owes [`ServerBuilder::max_pending`] bytes (its peer
+//! sends but does not read) it stops wanting data. A multishot receive cannot be paused, only
+//! cancelled, so the shard cancels it; CQEs that race the cancellation still carry data,
+//! which is still answered. When what it owes falls to half the limit, the receive is armed
+//! again.
 //!
-//! *Buffers*: a paused connection keeps the buffers its owed replies reference, no more than
-//! the budget across the shard; everything else stays in the ring for other connections.
+//! - **Code**: `UringShard::sync` and `UringShard::rearm_parked`
+//!   ([`src/backend/uring/mod.rs`][uring-mod]); [`ops::cancel`]; `Conn::recv_wanted`
+//!   ([`src/conn/mod.rs`][conn]).
+//! - **Kernel notes**: [Multishot receive][k-recv]; [Provided-buffer ring][k-bufring], its
+//!   "Empty ring" and "Budget" paragraphs.
+//! - **Buffers**: a paused connection keeps the buffers its owed replies point into. Across
+//!   the shard, at most the budget of buffers is held for owed replies (past it, bytes are
+//!   copied: step 5), so the rest of the ring stays free for every other connection.
 //!
 //! ## 9. Close
 //!
-//! A zero-length receive is the peer's FIN (`Conn::on_eof`). Once nothing is owed, the
-//! connection is done and `UringShard::begin_close` cancels every operation still on its
-//! descriptor ([`ops::cancel_all_on`]): closing a direct descriptor does not cancel them, and
-//! an armed multishot receive would keep the socket, and its FIN, alive. When the last of them
-//! has posted its final CQE, `sync` submits [`ops::close_fixed`]; the close's CQE
-//! (`UringShard::on_closed`) frees the slab entry, releases every buffer reference the
-//! connection still held, and lets the accept re-arm if the cap had paused it. A protocol that
-//! closes ([`Verdict::Close`](protocol::Verdict::Close)) sends what it owes, then a FIN
-//! ([`ops::shutdown_write`]), and reads and drops input until the peer closes too.
-//! Kernel notes: [Cancellation and close][k-close], [Shutdown poll][k-shutdown] (how
-//! [`ShutdownHandle::shutdown`] reaches every shard).
+//! A receive of zero bytes is the peer's FIN. Once the connection owes nothing, it is done:
+//! the shard cancels every operation still in flight on its descriptor, because closing a
+//! direct descriptor does not cancel them, and an armed multishot receive would keep the
+//! socket, and its FIN, alive. When the last of them has posted its final CQE, the shard
+//! submits the close. The close's CQE frees the file-table slot and the connection's slot,
+//! releases every buffer reference the connection still held, and lets the accept re-arm if
+//! the cap had paused it. A protocol that ends the conversation
+//! ([`Verdict::Close`](protocol::Verdict::Close)) sends what it owes, then a FIN, and reads and
+//! drops input until the peer closes too.
 //!
-//! *Buffers*: all back in the ring, published at the start of the next turn.
+//! - **Code**: `UringShard::begin_close`, `UringShard::sync` and `UringShard::on_closed`
+//!   ([`src/backend/uring/mod.rs`][uring-mod]); [`ops::cancel_all_on`],
+//!   [`ops::close_fixed`], [`ops::shutdown_write`]; `Conn::on_eof` and `Conn::is_done`
+//!   ([`src/conn/mod.rs`][conn]).
+//! - **Kernel notes**: [Cancellation and close][k-close]; [Shutdown poll][k-shutdown] (how
+//!   [`ShutdownHandle::shutdown`] reaches every shard).
+//! - **Buffers**: all the connection held are back in the ring, visible to the kernel after
+//!   the next publish.
 //!
 //! ## Who owns a provided buffer, at a glance
 //!
@@ -241,6 +275,7 @@
 //! binary and the test suite, are hidden from these docs, and may change in any release.
 //!
 //! [uring-mod]: ../src/ringecho/backend/uring/mod.rs.html
+//! [conn]: ../src/ringecho/conn/mod.rs.html
 //! [driver]: ../src/ringecho/backend/uring/driver.rs.html
 //! [epoll]: ../src/ringecho/backend/epoll.rs.html
 //! [k-accept]: kernel_notes#multishot-accept-into-direct-descriptors-ioring_file_index_alloc

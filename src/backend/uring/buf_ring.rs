@@ -10,16 +10,18 @@
 //! # Ownership, one buffer at a time
 //!
 //! ```text
-//!   in the ring (kernel may write it)
-//!        │  recv CQE with F_BUFFER: take(bid)            refs = 1 (the CQE's reference)
+//!   in the ring (the kernel may fill it; user space must not read it)
+//!        │  a receive CQE names it: on_completion             refs = 1 (the handler's)
 //!        ▼
-//!   held by user space (kernel never touches it)
-//!        │  connection queues an echo from it: add_refs   refs = 1 + n
-//!        │  CQE handled: release                          refs = n
-//!        │  each send of a chunk completes: release       refs - 1
-//!        ▼  refs reaches 0: written at the tail, published at the end of the turn
+//!   held by user space (the kernel never writes it; a send from it reads it)
+//!        │  the connection queues an echo from it: add_refs   refs = 1 + n
+//!        │  the CQE has been handled: release                 refs = n
+//!        │  each send of a chunk completes: release           refs - 1
+//!        ▼  refs reaches 0: written at the tail; the next publish shows it to the kernel
 //!   in the ring again
 //! ```
+//!
+//! `examples/buf_ring.rs` walks a `BufRing` through this cycle with a plain `IoUring`.
 //!
 //! # Incremental consumption and bundles
 //!
@@ -38,12 +40,20 @@
 //!
 //! # Safety contract
 //!
+//! The caller's half is stated once, on [`BufRing::registered`], the `unsafe` constructor:
+//! pass [`BufRing::on_completion`] only what this ring's receive completions say, and
+//! unregister only through the same ring with no receive of the group outstanding. Everything
+//! else is this module's half:
+//!
 //! - The ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the ring is
-//!   not registered any more: unregister first ([`BufRing::unregister`]), and only once no
-//!   receive that selects from this group is outstanding. A `BufRing` dropped while registered
-//!   leaks its memory instead of freeing memory the kernel could still write.
+//!   not registered any more. A `BufRing` dropped while registered leaks its memory instead of
+//!   freeing memory the kernel could still write.
+//! - User space reads a buffer ([`BufRing::data`]) only while it holds a reference to it, and
+//!   only the bytes the kernel has handed over; a buffer goes back to the ring only when its
+//!   last reference is released.
 //! - Registration and unregistration are made on the thread that submits to the ring
-//!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`).
+//!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`). A ring registers once: a
+//!   second registration would restart the kernel's head against this tail.
 //! - The number of entries is a power of two, at most 32768; each buffer is at most 4 GiB.
 //! - The kernel reads the tail (the `resv` field of entry 0) concurrently: it is only ever
 //!   written with a `Release` store after the entries it covers, and entries are written field
@@ -237,6 +247,47 @@ impl BufRing {
     ///   `Drop` unmap the memory. If that moment never comes, do not unregister: a `BufRing`
     ///   dropped while registered leaks its memory rather than free memory the kernel could
     ///   still write, and so does one whose ring was dropped first.
+    ///
+    /// # Example
+    ///
+    /// One receive into a provided buffer, and the buffer back into the ring:
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsRawFd;
+    /// use io_uring::{cqueue, opcode, squeue, types, IoUring};
+    /// use ringecho::backend::uring::BufRing;
+    ///
+    /// # let Ok(mut ring) = IoUring::new(4) else { return Ok(()) }; // io_uring blocked here
+    /// # /*
+    /// let mut ring = IoUring::new(4)?;
+    /// # */
+    /// // SAFETY: only this ring's receive completions reach `on_completion`; the ring is
+    /// // unregistered once no receive is outstanding.
+    /// let mut bufs = unsafe { BufRing::registered(&ring.submitter(), 8, 1024, 0, false)? };
+    ///
+    /// let (mut peer, ours) = std::os::unix::net::UnixStream::pair()?;
+    /// peer.write_all(b"hi")?;
+    /// let recv = opcode::Recv::new(types::Fd(ours.as_raw_fd()), std::ptr::null_mut(), 1024)
+    ///     .buf_group(0)
+    ///     .build()
+    ///     .flags(squeue::Flags::BUFFER_SELECT);
+    /// // SAFETY: the SQE points at no memory: the kernel picks a buffer from group 0.
+    /// unsafe { ring.submission().push(&recv).expect("room in the queue") };
+    /// ring.submit_and_wait(1)?;
+    /// let cqe = ring.completion().next().expect("a completion");
+    ///
+    /// let bid = cqueue::buffer_select(cqe.flags()).expect("the receive took a buffer");
+    /// let mut segs = Vec::new();
+    /// bufs.on_completion(bid, cqe.result() as u32, cqe.flags(), false, &mut segs)?;
+    /// assert_eq!(bufs.data(bid, 0, segs[0].len), b"hi");
+    /// bufs.release(bid); // the last reference: back at the tail...
+    /// bufs.publish(); // ...and visible to the kernel
+    /// assert_eq!((bufs.held(), bufs.available()), (0, 8));
+    ///
+    /// bufs.unregister(&ring.submitter())?; // nothing outstanding: Drop may unmap now
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
