@@ -313,14 +313,7 @@ impl ServeArgs {
             .batch_wait_us(self.batch_wait_us)
             .drain_timeout(self.drain_timeout)
             .lingering_close(self.lingering_close)
-            .socket_options(SocketOptions {
-                nodelay: self.nodelay,
-                rcvbuf: self.rcvbuf,
-                sndbuf: self.sndbuf,
-                keepalive: self.keepalive,
-                linger: self.linger,
-                ipv6_only: self.ipv6_only,
-            })
+            .socket_options(self.socket_options())
             .pin(self.pin)
             .reuseport(self.reuseport);
         if let Some(n) = self.max_conns {
@@ -351,6 +344,17 @@ impl ServeArgs {
             b.threads(n);
         }
         b
+    }
+
+    fn socket_options(&self) -> SocketOptions {
+        let mut o = SocketOptions::default();
+        o.nodelay = self.nodelay;
+        o.rcvbuf = self.rcvbuf;
+        o.sndbuf = self.sndbuf;
+        o.keepalive = self.keepalive;
+        o.linger = self.linger;
+        o.ipv6_only = self.ipv6_only;
+        o
     }
 }
 
