@@ -80,8 +80,10 @@
 //!
 //! ```text
 //!  kernel ──CQE──▶ dispatch (decode user_data) ──▶ Conn + Protocol (no system calls)
-//!    ▲                                                        │
-//!    └── one io_uring_enter per turn ◀── SQEs ◀── sync: what the Conn wants, not yet asked
+//!    ▲                                              │
+//!    │                                              ▼
+//!    └──── one io_uring_enter per turn ◀── SQEs ◀─ sync: what it wants, less what
+//!                                                        is already in flight
 //! ```
 //!
 //! ## 1. Ring set-up
@@ -140,7 +142,8 @@
 //! head. A receive that names the group (`IOSQE_BUFFER_SELECT`) carries no buffer: the kernel
 //! takes one from the head only when data arrives, so ten thousand idle connections hold no
 //! receive memory at all. [`BufRing`] is the only code that owns this memory: it maps it,
-//! registers it, and counts the references user space holds to each buffer. A buffer is
+//! registers it, and counts the references user space holds to each buffer (one buffer may
+//! back several replies, each holding a reference). A buffer is
 //! either *in the ring* (the kernel may fill it; user space must not read it) or *held* (a CQE
 //! handed it over; it stays out of the ring until its last reference is released).
 //!
@@ -158,10 +161,11 @@
 //! connection's `Conn`, which runs the [`Protocol`]. Echo calls [`Replies::echo`]: on io_uring
 //! the reply is not a copy but a chunk that points into the same buffer and takes a reference
 //! of its own ([`BufRing::add_refs`]). Then the handler drops its reference
-//! ([`BufRing::release`]). If a reply took one, the buffer stays held; if not (the protocol
-//! wrote a copy, or the shard's buffers held for owed replies are over the budget,
-//! [`ServerBuilder::buf_budget`], so the bytes were copied into the connection's own memory),
-//! that was the last reference and the buffer goes back.
+//! ([`BufRing::release`]). If a reply took a reference, the buffer stays held. If none did,
+//! the handler's was the last one and the buffer goes back: that happens when the protocol
+//! wrote a copy, and when the shard already holds its budget of buffers for owed replies
+//! ([`ServerBuilder::buf_budget`]), in which case echo copies the bytes into the connection's
+//! own memory.
 //!
 //! - **Code**: `UringShard::sync` (arms it when `Conn::recv_wanted`) and `UringShard::on_recv`
 //!   ([`src/backend/uring/mod.rs`][uring-mod]); [`ops::recv_multi`],
