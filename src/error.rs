@@ -1,4 +1,20 @@
 //! One error type; each variant prints as the one line a user sees.
+//!
+//! Callers match on the variant to decide what to do (fall back when io_uring is unavailable,
+//! pick another port when an address is in use, fix a setting); the text is for people.
+//!
+//! ```
+//! use std::io::ErrorKind;
+//! use ringecho::{Error, Server};
+//!
+//! let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! match Server::builder().addr(taken.local_addr().unwrap()).bind() {
+//!     Err(Error::Bind { addr, source }) if source.kind() == ErrorKind::AddrInUse => {
+//!         assert_eq!(addr, taken.local_addr().unwrap());
+//!     }
+//!     other => panic!("expected `address in use`, got {:?}", other.err()),
+//! }
+//! ```
 
 use std::fmt;
 use std::io;
@@ -27,6 +43,11 @@ pub enum Error {
         /// What the kernel said.
         source: io::Error,
     },
+    /// A shard thread panicked (a bug in ringecho or in a [`Protocol`]); the other shards
+    /// were shut down.
+    ///
+    /// [`Protocol`]: crate::protocol::Protocol
+    ShardPanicked,
 }
 
 impl Error {
@@ -62,6 +83,7 @@ impl fmt::Display for Error {
             }
             Error::Config(msg) => f.write_str(msg),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::ShardPanicked => f.write_str("a shard thread panicked"),
         }
     }
 }

@@ -11,7 +11,7 @@ use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
 use ringecho::backend::uring::{self, RingConfig};
 use ringecho::loadgen::BenchArgs;
 use ringecho::protocol::{Echo, Framed, Http};
-use ringecho::{Error, Server, sys};
+use ringecho::{Error, sys};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,9 +31,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Error> {
-    let server = Server::bind(&args.to_config())?;
-    sys::install_shutdown_signals(server.shutdown_handle().raw_fd())
-        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+    let server = args.to_builder().bind()?;
+    server.shutdown_handle().shutdown_on_signals()?;
     let on_ready = |addrs: &[std::net::SocketAddr]| {
         let mut out = std::io::stdout().lock();
         for a in addrs {

@@ -21,6 +21,7 @@
 /// What an SQE was for. Stored in the low 8 bits of `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Op {
     /// Multishot accept on the listener.
     Accept = 1,

@@ -3,27 +3,24 @@
 //! # The contract
 //!
 //! A backend runs one shard: one thread, its listeners, its connections. For every connection
-//! it keeps a [`Conn`](crate::conn::Conn) and follows the same rules, so that the state machine,
+//! it keeps a `Conn` (the crate-private state machine in `src/conn/mod.rs`; `cargo doc
+//! --document-private-items` shows it) and follows the same rules, so that the state machine,
 //! not the backend, decides what happens:
 //!
-//! - **Received bytes** go to [`Conn::on_recv`](crate::conn::Conn::on_recv) once, in order. The
-//!   backend passes the provided-buffer id when the bytes are in one and the shard's budget of
-//!   buffers held for owed data allows zero-copy replies; otherwise the connection copies what
-//!   it must keep.
-//! - **End of stream** (a zero-length receive) goes to
-//!   [`Conn::on_eof`](crate::conn::Conn::on_eof).
-//! - **Sending**: the backend asks [`Conn::next_send`](crate::conn::Conn::next_send) and has
-//!   at most one send of that span outstanding; its result goes to
-//!   [`Conn::on_sent`](crate::conn::Conn::on_sent) (bytes written, possibly fewer than asked) or
-//!   [`Conn::on_send_failed`](crate::conn::Conn::on_send_failed). The span's memory must stay
-//!   untouched until then.
-//! - **Receiving** is armed while [`Conn::recv_wanted`](crate::conn::Conn::recv_wanted) says so,
-//!   and stopped (cancelled, or simply not re-armed) when it stops saying so. Bytes that arrive
-//!   anyway (racing a cancellation) are still delivered.
-//! - **Closing**: when [`Conn::is_done`](crate::conn::Conn::is_done) the conversation ended
-//!   cleanly and the backend closes the socket (the peer sees FIN after every owed byte). On an
-//!   error (reset, broken pipe) it closes at once. Either way the connection's memory (and its
-//!   references to provided buffers) is released only once no operation on it is outstanding.
+//! - **Received bytes** go to `Conn::on_recv` once, in order. The backend passes the
+//!   provided-buffer id when the bytes are in one and the shard's budget of buffers held for
+//!   owed data allows zero-copy replies; otherwise the connection copies what it must keep.
+//! - **End of stream** (a zero-length receive) goes to `Conn::on_eof`.
+//! - **Sending**: the backend asks `Conn::next_send` and has at most one send of that span
+//!   outstanding; its result goes to `Conn::on_sent` (bytes written, possibly fewer than
+//!   asked) or `Conn::on_send_failed`. The span's memory must stay untouched until then.
+//! - **Receiving** is armed while `Conn::recv_wanted` says so, and stopped (cancelled, or
+//!   simply not re-armed) when it stops saying so. Bytes that arrive anyway (racing a
+//!   cancellation) are still delivered.
+//! - **Closing**: when `Conn::is_done` the conversation ended cleanly and the backend closes
+//!   the socket (the peer sees FIN after every owed byte). On an error (reset, broken pipe) it
+//!   closes at once. Either way the connection's memory (and its references to provided
+//!   buffers) is released only once no operation on it is outstanding.
 //! - **Accepting** stops while the shard holds `max_conns` connections (new clients wait in the
 //!   listen backlog) and resumes when one closes; it never spins on a persistent error.
 //! - **Shutdown**: on the shard's shutdown signal, stop accepting, stop receiving, let owed bytes
@@ -33,7 +30,7 @@
 //!
 //! [`Counters`]: crate::stats::Counters
 
-pub mod epoll;
+pub(crate) mod epoll;
 pub mod uring;
 
 use std::collections::VecDeque;
@@ -49,6 +46,43 @@ pub enum Backend {
     Uring,
     /// Edge-triggered epoll.
     Epoll,
+}
+
+/// The name is not `auto`, `uring` or `epoll`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown backend {:?} (expected auto, uring or epoll)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+/// Parses the names `ringecho --backend` takes (and [`Display`](fmt::Display) prints).
+///
+/// ```
+/// use ringecho::Backend;
+///
+/// assert_eq!("epoll".parse(), Ok(Backend::Epoll));
+/// assert!("kqueue".parse::<Backend>().is_err());
+/// ```
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "uring" => Ok(Backend::Uring),
+            "epoll" => Ok(Backend::Epoll),
+            _ => Err(UnknownBackend(s.to_string())),
+        }
+    }
 }
 
 impl fmt::Display for Backend {

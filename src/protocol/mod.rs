@@ -2,7 +2,11 @@
 //!
 //! A [`Protocol`] sees each piece of received data once, in order, and says what goes back through
 //! a [`Replies`] sink. It never touches a socket or a ring, so the same protocol runs unchanged on
-//! both backends and can be unit-tested with plain byte slices.
+//! both backends and can be unit-tested with plain byte slices ([`respond`]).
+//!
+//! Three come with ringecho: [`Echo`], [`Framed`] (length-prefixed frames with a size limit)
+//! and [`Http`] (a fixed response to HTTP/1.1 requests). `examples/line_protocol.rs` writes a
+//! line-based one in under 40 lines and serves it on both backends.
 
 mod echo;
 mod framed;
@@ -37,13 +41,69 @@ pub enum CloseReason {
 
 /// A request/response protocol, one value per connection.
 ///
+/// The server clones the value given to [`Server::run`](crate::Server::run) for every
+/// connection it accepts, so per-connection state (a partial line, a parser) lives in `self`
+/// and starts from that value. Shards are threads, hence `Send + 'static`.
+///
 /// `on_data` is called with every run of received bytes, in order. Runs are split wherever the
 /// kernel split them, so a protocol that needs whole messages keeps its own (bounded) partial
 /// state between calls. Replies written to `out` are sent in the order they are written, after
-/// everything replied earlier.
+/// everything replied earlier. Returning [`Verdict::Close`] stops the conversation: what was
+/// replied is still sent, then the connection closes, and later input is read and dropped.
+///
+/// Nothing here knows about sockets or rings: [`Replies::echo`] is zero-copy on io_uring
+/// (the reply is sent from the provided buffer the bytes arrived in) and a copy on epoll, and
+/// the protocol cannot tell.
+///
+/// ```
+/// use ringecho::protocol::{respond, CloseReason, Protocol, Replies, Verdict};
+///
+/// /// Answers every byte upper-cased; a `!` ends the conversation.
+/// #[derive(Clone)]
+/// struct Shout;
+///
+/// impl Protocol for Shout {
+///     fn on_data(&mut self, input: &[u8], out: &mut Replies<'_>) -> Verdict {
+///         match input.iter().position(|&b| b == b'!') {
+///             Some(end) => {
+///                 out.write(&input[..=end].to_ascii_uppercase());
+///                 Verdict::Close(CloseReason::Requested)
+///             }
+///             None => {
+///                 out.write(&input.to_ascii_uppercase());
+///                 Verdict::Continue
+///             }
+///         }
+///     }
+/// }
+///
+/// assert_eq!(respond(&mut Shout, b"hi"), (b"HI".to_vec(), Verdict::Continue));
+/// assert_eq!(
+///     respond(&mut Shout, b"bye! ignored"),
+///     (b"BYE!".to_vec(), Verdict::Close(CloseReason::Requested))
+/// );
+/// ```
 pub trait Protocol: Send + 'static {
     /// Consumes `input` and writes replies to `out`.
     fn on_data(&mut self, input: &[u8], out: &mut Replies<'_>) -> Verdict;
+}
+
+/// Calls `proto.on_data(input, ..)` as a connection would and returns the bytes it replied,
+/// in order, with its verdict: a protocol's unit test, without a socket or a ring.
+///
+/// Call it once per receive to test how a protocol copes with input split anywhere:
+///
+/// ```
+/// use ringecho::protocol::{respond, Framed, Verdict};
+///
+/// let mut p = Framed::new(1024);
+/// // A frame of 3 bytes, its header split across two receives.
+/// assert_eq!(respond(&mut p, &[0, 0]), (vec![], Verdict::Continue));
+/// assert_eq!(respond(&mut p, &[0, 3, b'a']), (vec![0, 0, 0, 3, b'a'], Verdict::Continue));
+/// assert_eq!(respond(&mut p, b"bc"), (b"bc".to_vec(), Verdict::Continue));
+/// ```
+pub fn respond<P: Protocol>(proto: &mut P, input: &[u8]) -> (Vec<u8>, Verdict) {
+    crate::conn::respond(proto, input)
 }
 
 /// What protocol tests share: a deterministic PRNG and a harness that runs a protocol through a

@@ -10,16 +10,18 @@
 //! # Ownership, one buffer at a time
 //!
 //! ```text
-//!   in the ring (kernel may write it)
-//!        │  recv CQE with F_BUFFER: take(bid)            refs = 1 (the CQE's reference)
+//!   in the ring (the kernel may fill it; user space must not read it)
+//!        │  a receive CQE names it: on_completion             refs = 1 (the handler's)
 //!        ▼
-//!   held by user space (kernel never touches it)
-//!        │  connection queues an echo from it: add_refs   refs = 1 + n
-//!        │  CQE handled: release                          refs = n
-//!        │  each send of a chunk completes: release       refs - 1
-//!        ▼  refs reaches 0: written at the tail, published at the end of the turn
+//!   held by user space (the kernel never writes it; a send from it reads it)
+//!        │  the connection queues an echo from it: add_refs   refs = 1 + n
+//!        │  the CQE has been handled: release                 refs = n
+//!        │  each send of a chunk completes: release           refs - 1
+//!        ▼  refs reaches 0: written at the tail; the next publish shows it to the kernel
 //!   in the ring again
 //! ```
+//!
+//! `examples/buf_ring.rs` walks a `BufRing` through this cycle with a plain `IoUring`.
 //!
 //! # Incremental consumption and bundles
 //!
@@ -38,12 +40,20 @@
 //!
 //! # Safety contract
 //!
+//! The caller's half is stated once, on [`BufRing::registered`], the `unsafe` constructor:
+//! pass [`BufRing::on_completion`] only what this ring's receive completions say, and
+//! unregister only through the same ring with no receive of the group outstanding. Everything
+//! else is this module's half:
+//!
 //! - The ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the ring is
-//!   not registered any more: unregister first ([`BufRing::unregister`]), and only once no
-//!   receive that selects from this group is outstanding. A `BufRing` dropped while registered
-//!   leaks its memory instead of freeing memory the kernel could still write.
+//!   not registered any more. A `BufRing` dropped while registered leaks its memory instead of
+//!   freeing memory the kernel could still write.
+//! - User space reads a buffer ([`BufRing::data`]) only while it holds a reference to it, and
+//!   only the bytes the kernel has handed over; a buffer goes back to the ring only when its
+//!   last reference is released.
 //! - Registration and unregistration are made on the thread that submits to the ring
-//!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`).
+//!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`). A ring registers once: a
+//!   second registration would restart the kernel's head against this tail.
 //! - The number of entries is a power of two, at most 32768; each buffer is at most 4 GiB.
 //! - The kernel reads the tail (the `resv` field of entry 0) concurrently: it is only ever
 //!   written with a `Release` store after the entries it covers, and entries are written field
@@ -72,6 +82,7 @@ pub const MAX_ENTRIES: u32 = 32768;
 
 /// Why a buffer ring could not be built.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum BufRingError {
     /// `entries` is zero, not a power of two, or above 32768.
     BadCount(u32),
@@ -79,6 +90,10 @@ pub enum BufRingError {
     BadSize(u32),
     /// `mmap` failed.
     Map(io::Error),
+    /// `IORING_REGISTER_PBUF_RING` failed: `EINVAL` before 5.19 (or for flags the kernel does
+    /// not know), `EEXIST` if the ring already has a buffer group with this id, `ENOMEM` when
+    /// `RLIMIT_MEMLOCK` is too small on older kernels.
+    Register(io::Error),
 }
 
 impl std::fmt::Display for BufRingError {
@@ -90,11 +105,19 @@ impl std::fmt::Display for BufRingError {
             ),
             BufRingError::BadSize(n) => write!(f, "buffer size {n} is not usable"),
             BufRingError::Map(e) => write!(f, "cannot map buffer ring memory: {e}"),
+            BufRingError::Register(e) => write!(f, "cannot register the buffer ring: {e}"),
         }
     }
 }
 
-impl std::error::Error for BufRingError {}
+impl std::error::Error for BufRingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BufRingError::Map(e) | BufRingError::Register(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// An anonymous private mapping, unmapped on drop.
 struct Mapping {
@@ -153,7 +176,21 @@ pub struct OwnershipError {
     pub bid: u16,
 }
 
-/// A registered ring of provided buffers. See the module docs for the contract.
+impl std::fmt::Display for OwnershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a completion named buffer {} but the buffer ring did not hand it to the kernel",
+            self.bid
+        )
+    }
+}
+
+impl std::error::Error for OwnershipError {}
+
+/// A registered ring of provided buffers: the memory, the entries shared with the kernel, and
+/// who holds each buffer. Made by [`BufRing::registered`]; see the
+/// [module docs](crate::backend::uring::buf_ring) for how a buffer travels and the contract.
 pub struct BufRing {
     ring: Mapping,
     bufs: Mapping,
@@ -179,13 +216,103 @@ pub struct BufRing {
     /// Buffers out of the ring.
     out_count: usize,
     registered: bool,
+    /// Registered once already: a second registration would restart the kernel's head at 0
+    /// against our tail and hand out entries for buffers user space holds, so it is refused.
+    ever_registered: bool,
 }
 
 impl BufRing {
+    /// Maps `entries` buffers of `buf_size` bytes each and a ring naming all of them, and
+    /// registers the ring with the kernel as buffer group `bgid` (`IORING_REGISTER_PBUF_RING`,
+    /// 5.19). With `incremental` the kernel may fill each buffer in several pieces
+    /// (`IOU_PBUF_RING_INC`, 6.12). Every buffer starts out in the ring, for the kernel to pick.
+    ///
+    /// Call it on the thread that submits to the ring (`IORING_SETUP_SINGLE_ISSUER` refuses
+    /// others with `EEXIST`).
+    ///
+    /// # Safety
+    ///
+    /// From here on the kernel writes into this memory whenever a receive selects a buffer,
+    /// and only the completions tell user space which buffer it wrote. So, for as long as
+    /// the ring stays registered:
+    ///
+    /// - Pass [`on_completion`](Self::on_completion) only what completions of this ring say:
+    ///   the buffer id, result and flags of a receive that selected from group `bgid`, once
+    ///   per completion, with `bundle` set exactly for bundle receives. A made-up buffer id
+    ///   would mark a buffer as handed over while the kernel may still fill it, and
+    ///   [`data`](Self::data) would read memory the kernel is writing.
+    /// - Call [`unregister`](Self::unregister) with this same ring's submitter, and only once
+    ///   no receive that selects from group `bgid` is outstanding (each one has posted its
+    ///   final completion, the one without `IORING_CQE_F_MORE`). Unregistering is what lets
+    ///   `Drop` unmap the memory. If that moment never comes, do not unregister: a `BufRing`
+    ///   dropped while registered leaks its memory rather than free memory the kernel could
+    ///   still write, and so does one whose ring was dropped first.
+    ///
+    /// # Example
+    ///
+    /// One receive into a provided buffer, and the buffer back into the ring:
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsRawFd;
+    /// use io_uring::{cqueue, opcode, squeue, types, IoUring};
+    /// use ringecho::backend::uring::BufRing;
+    ///
+    /// # let Ok(mut ring) = IoUring::new(4) else { return Ok(()) }; // io_uring blocked here
+    /// # /*
+    /// let mut ring = IoUring::new(4)?;
+    /// # */
+    /// // SAFETY: only this ring's receive completions reach `on_completion`; the ring is
+    /// // unregistered once no receive is outstanding.
+    /// let mut bufs = unsafe { BufRing::registered(&ring.submitter(), 8, 1024, 0, false)? };
+    ///
+    /// let (mut peer, ours) = std::os::unix::net::UnixStream::pair()?;
+    /// peer.write_all(b"hi")?;
+    /// let recv = opcode::Recv::new(types::Fd(ours.as_raw_fd()), std::ptr::null_mut(), 1024)
+    ///     .buf_group(0)
+    ///     .build()
+    ///     .flags(squeue::Flags::BUFFER_SELECT);
+    /// // SAFETY: the SQE points at no memory: the kernel picks a buffer from group 0.
+    /// unsafe { ring.submission().push(&recv).expect("room in the queue") };
+    /// ring.submit_and_wait(1)?;
+    /// let cqe = ring.completion().next().expect("a completion");
+    ///
+    /// let bid = cqueue::buffer_select(cqe.flags()).expect("the receive took a buffer");
+    /// let mut segs = Vec::new();
+    /// bufs.on_completion(bid, cqe.result() as u32, cqe.flags(), false, &mut segs)?;
+    /// assert_eq!(bufs.data(bid, 0, segs[0].len), b"hi");
+    /// bufs.release(bid); // the last reference: back at the tail...
+    /// bufs.publish(); // ...and visible to the kernel
+    /// assert_eq!((bufs.held(), bufs.available()), (0, 8));
+    ///
+    /// bufs.unregister(&ring.submitter())?; // nothing outstanding: Drop may unmap now
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BufRingError::BadCount`] and [`BufRingError::BadSize`] for a bad geometry,
+    /// [`BufRingError::Map`] if the memory cannot be mapped, [`BufRingError::Register`] if the
+    /// kernel refuses the registration.
+    pub unsafe fn registered(
+        submitter: &Submitter<'_>,
+        entries: u32,
+        buf_size: u32,
+        bgid: u16,
+        incremental: bool,
+    ) -> Result<BufRing, BufRingError> {
+        let mut br = BufRing::new(entries, buf_size, bgid, incremental)?;
+        br.register(submitter).map_err(BufRingError::Register)?;
+        Ok(br)
+    }
+
     /// Maps a ring of `entries` buffers of `buf_size` bytes each, for buffer group `bgid`.
     /// With `incremental`, the ring is registered for incremental consumption (6.12).
     /// Every buffer starts out owned by the ring (after [`register`](Self::register)).
-    pub fn new(
+    ///
+    /// With `register`, the two halves of [`registered`](Self::registered), for the server
+    /// and the load generator, which keep its contract.
+    pub(crate) fn new(
         entries: u32,
         buf_size: u32,
         bgid: u16,
@@ -219,6 +346,7 @@ impl BufRing {
             held: 0,
             out_count: n,
             registered: false,
+            ever_registered: false,
         };
         for bid in 0..entries {
             br.push_entry(bid as u16);
@@ -227,7 +355,12 @@ impl BufRing {
     }
 
     /// Registers the ring with the kernel as buffer group `bgid` and publishes every buffer.
-    pub fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    /// Safe only for this crate's loops, which keep the contract of
+    /// [`registered`](Self::registered). A second registration is refused with `EEXIST`.
+    pub(crate) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        if self.ever_registered {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
         let flags = if self.incremental {
             IOU_PBUF_RING_INC
         } else {
@@ -244,11 +377,14 @@ impl BufRing {
             )?;
         }
         self.registered = true;
+        self.ever_registered = true;
         self.publish();
         Ok(())
     }
 
-    /// Unregisters the ring. Call only once no receive selecting from this group is outstanding.
+    /// Unregisters the ring, so that `Drop` may unmap its memory. Only with the ring it was
+    /// registered with, and only once no receive selecting from this group is outstanding
+    /// (see [`registered`](Self::registered)).
     pub fn unregister(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
         if self.registered {
             submitter.unregister_buf_ring(self.bgid)?;
@@ -379,10 +515,14 @@ impl BufRing {
         *r += 1;
     }
 
-    /// Adds `n` references to a held buffer.
+    /// Adds `n` references to a held buffer: say, one per reply that will be sent from it.
+    ///
+    /// # Panics
+    ///
+    /// If nobody holds `bid`: the buffer may be in the ring, where the kernel can fill it.
     pub fn add_refs(&mut self, bid: u16, n: u16) {
         let r = &mut self.refs[bid as usize];
-        debug_assert!(*r > 0, "add_refs on a buffer nobody holds");
+        assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r += n;
     }
 
@@ -404,10 +544,18 @@ impl BufRing {
     }
 
     /// `len` bytes at `offset` of buffer `bid`, which the caller holds a reference to.
+    ///
+    /// # Panics
+    ///
+    /// If nobody holds `bid`, or the range is outside the buffer (outside what the kernel has
+    /// filled so far, for an incremental ring).
     pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
         let b = bid as usize;
         assert!(self.refs[b] > 0, "reading a buffer nobody holds");
-        assert!(u64::from(offset) + u64::from(len) <= u64::from(self.buf_size));
+        let end = u64::from(offset) + u64::from(len);
+        assert!(end <= u64::from(self.buf_size));
+        // An incremental buffer may still be in the ring, the kernel filling it past `fill`.
+        assert!(!self.incremental || end <= u64::from(self.fill[b]));
         // SAFETY: the caller holds a reference to `bid`, and the range lies in bytes the kernel
         // has filled and handed over (it writes only past `fill` in incremental mode, nowhere in
         // a buffer out of the ring); the range is inside the buffer, inside the `bufs` mapping.

@@ -1,14 +1,31 @@
 //! The io_uring backend: one ring per shard, one completion dispatcher, one loop.
 //!
-//! Each loop turn: publish returned buffers, move queued SQEs into the submission ring, make
-//! **one** `io_uring_enter` that submits them and waits for completions, then handle every
-//! completion. Handling a completion updates the connection's [`Conn`] and then *reconciles*:
-//! compares what the connection wants (a send, a receive, a close) with what is in flight, and
-//! queues the SQEs that close the gap (see `UringShard::sync`).
+//! # Pieces that work on their own
+//!
+//! - [`build_ring`] creates a ring with the most efficient task-running mode the kernel
+//!   accepts and reports what the kernel can do ([`Features`]); [`probe`] does the same for a
+//!   throw-away ring.
+//! - [`BufRing`] (module [`buf_ring`]) owns a provided-buffer ring and knows, buffer by
+//!   buffer, whether the kernel or user space holds it. It works with any
+//!   [`io_uring::IoUring`]: `examples/buf_ring.rs` uses it alone.
+//! - [`ops`] builds the SQEs the server submits, and [`Token`] is what
+//!   they carry in `user_data`.
+//!
+//! `examples/uring_echo.rs` is a complete echo server made of these pieces alone.
+//!
+//! # The server's loop
+//!
+//! Crate-private, in `src/backend/uring/mod.rs`. Each loop turn: publish returned buffers,
+//! move queued SQEs into the submission ring, make **one** `io_uring_enter` that submits them
+//! and waits for completions, then handle every completion. Handling a completion updates the
+//! connection's `Conn` and then *reconciles*: compares what the connection wants (a send, a
+//! receive, a close) with what is in flight, and queues the SQEs that close the gap (see
+//! `UringShard::sync`). The [crate docs](crate#the-life-of-a-message) follow one message
+//! through it.
 
-mod buf_ring;
+pub mod buf_ring;
 mod driver;
-mod ops;
+pub mod ops;
 mod setup;
 pub(crate) mod udp;
 
@@ -20,6 +37,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, cqueue, squeue};
 use slab::Slab;
 
+pub use crate::sys::KernelVersion;
 pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 

@@ -2,6 +2,13 @@
 //!
 //! Keeping them here means the event loop reads as decisions ("arm a receive", "send this
 //! span") and the kernel-facing details (flags, fixed files, buffer groups) sit in one place.
+//! Each says which kernel brought it; `fd: u32` is a direct descriptor (a slot of the ring's
+//! registered file table), `listener: i32` an ordinary file descriptor.
+//!
+//! Building an SQE is safe: it is plain data. Submitting it is not
+//! (`io_uring::SubmissionQueue::push` is `unsafe`): from then until its final completion the
+//! kernel reads the memory it points at, such as a send's bytes, which must stay valid and
+//! unchanged all that time.
 
 use io_uring::{opcode, squeue, types};
 
