@@ -243,15 +243,16 @@ impl EchoServer {
         if c.closing {
             return;
         }
-        if !c.sending && !c.failed {
-            if let Some(seg) = c.owed.front() {
-                // IORING_OP_SEND on the direct descriptor, from inside the provided buffer:
-                // the echo leaves from the memory the request arrived in, with no copy.
-                let ptr = self.bufs.addr(seg.bid, seg.offset);
-                let tok = Token::conn(fd, 0, Op::Send);
-                self.sqes.push(ops::send(fd as u32, ptr, seg.len, tok));
-                c.sending = true;
-            }
+        if !c.sending
+            && !c.failed
+            && let Some(seg) = c.owed.front()
+        {
+            // IORING_OP_SEND on the direct descriptor, from inside the provided buffer:
+            // the echo leaves from the memory the request arrived in, with no copy.
+            let ptr = self.bufs.addr(seg.bid, seg.offset);
+            let tok = Token::conn(fd, 0, Op::Send);
+            self.sqes.push(ops::send(fd as u32, ptr, seg.len, tok));
+            c.sending = true;
         }
         let done = (c.eof && c.owed.is_empty()) || c.failed;
         if !done || c.sending {

@@ -175,6 +175,9 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1
                 })
             };
+            // Publish before a wait that may block indefinitely (accepts made before it).
+            self.counters.active = self.conns.len() as u64;
+            ctx.stats.publish(&self.counters);
             self.counters.enters += 1;
             self.counters.syscalls += 1;
             let n = match syscall!(epoll_wait(
