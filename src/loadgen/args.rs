@@ -32,7 +32,14 @@ What is measured:
                          during a stall is charged for it. Use this for latency claims.
 
 Every echoed byte is checked against what the connection sent (--no-verify skips the byte
-comparison, not the byte counts). Exit status: 0 clean run; 1 wrong bytes, or any connection
+comparison, not the byte counts or frame headers).
+
+--framed   Each message is a frame of ringecho's framed protocol (serve --protocol framed): a
+           4-byte big-endian body length, then --size body bytes. The echo must reproduce every
+           frame exactly, headers included; a server that merges, splits or corrupts frames fails
+           the run with a line naming the connection, frame, offset, expected and got byte.
+
+Exit status: 0 clean run; 1 wrong bytes, or any connection
 refused, reset, closed early or timed out; 2 bad flags or io_uring unavailable.";
 
 /// Which client transport to use.
@@ -98,9 +105,15 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = ClientBackend::Uring)]
     pub backend: ClientBackend,
 
-    /// Do not compare echoed bytes with what was sent (byte counts are still checked).
+    /// Do not compare echoed bytes with what was sent (byte counts and frame headers are still
+    /// checked).
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Speak the framed protocol (`serve --protocol framed`): each message is a 4-byte
+    /// big-endian length then --size body bytes, and the echo must keep every frame boundary.
+    #[arg(long)]
+    pub framed: bool,
 
     /// Print one JSON object on stdout instead of the human summary.
     #[arg(long)]

@@ -7,6 +7,8 @@
 //! - [`pattern`]: the bytes each connection sends, and the cheap check of what comes back.
 //! - [`flow`]: one connection's conversation (no syscalls): what to send, what must come back,
 //!   when each message started and finished. Every transport drives the same `Flow`.
+//! - [`framing`]: the stream of frames `--framed` sends, and the check that every frame
+//!   boundary comes back where it was.
 //! - [`client`]: one worker thread's loop over a [`client::Transport`]: paced connects,
 //!   reconciliation after each wait, timeouts, stop, drain, close.
 //! - [`uring`] and [`epoll`]: the two transports; [`blocking`]: the one-thread-per-connection
@@ -23,6 +25,7 @@ pub mod client;
 pub mod cpu;
 pub mod epoll;
 pub mod flow;
+pub mod framing;
 pub mod pattern;
 pub mod report;
 pub mod uring;
@@ -106,6 +109,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         size: args.size,
         depth: args.depth,
         verify: !args.no_verify,
+        framed: args.framed,
         timeout: args.timeout,
         connect_rate: args.connect_rate / workers as f64,
     });
@@ -229,10 +233,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
             let start = wall_base + Duration::from_nanos(t_warm);
             let log = IntervalLogWriterBuilder::new()
                 .add_comment(&format!(
-                    "[Logged with ringecho bench {}: {} conns x {} B, depth {}, {}]",
+                    "[Logged with ringecho bench {}: {} conns x {} B{}, depth {}, {}]",
                     env!("CARGO_PKG_VERSION"),
                     args.conns,
                     args.size,
+                    if args.framed { " frames" } else { "" },
                     args.depth,
                     match args.rate {
                         Some(r) => format!("open loop {r} msgs/s"),

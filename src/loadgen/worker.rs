@@ -57,6 +57,8 @@ pub struct WorkerPlan {
     pub depth: u32,
     /// Check echoed bytes.
     pub verify: bool,
+    /// Each message is a frame of the framed protocol (`--framed`).
+    pub framed: bool,
     /// No progress for this long fails a connection.
     pub timeout: Duration,
     /// New connections per second, this worker's share.
