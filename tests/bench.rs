@@ -52,6 +52,14 @@ const DOCUMENTED_FIELDS: &[&str] = &[
     "machine_cpu_us_per_msg",
     "server_cpu_us_per_msg",
     "syscalls_per_msg",
+    "transport",
+    "protocol",
+    "udp_loss_timeout_s",
+    "dgrams_lost",
+    "loss_pct",
+    "dgrams_late",
+    "dgrams_duplicate",
+    "dgrams_reordered",
     "error",
 ];
 
