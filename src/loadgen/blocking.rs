@@ -94,7 +94,7 @@ pub fn run(ctx: &WorkerCtx, connect_at: u64) {
             flow.fill(now);
             if let Some(bytes) = flow.next_send(1 << 16) {
                 flow.begin_send(bytes.len());
-                if let Err(e) = bytes.parts().iter().try_for_each(|p| s.write_all(p)) {
+                if let Err(e) = bytes.iter().try_for_each(|p| s.write_all(p)) {
                     flow.on_send_failed();
                     tally.conn_failed(flow.conn(), &e);
                     break;

@@ -202,9 +202,9 @@ impl Transport for EpollTransport {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
         self.syscalls += 1;
-        let res = match bytes.parts() {
+        let res = match *bytes {
             // SAFETY: `one` is a live 'static slice.
-            [one] => unsafe {
+            Pieces::One(one) => unsafe {
                 libc::send(
                     fd.as_raw_fd(),
                     one.as_ptr().cast(),
@@ -212,21 +212,23 @@ impl Transport for EpollTransport {
                     libc::MSG_NOSIGNAL,
                 )
             },
-            parts => {
+            Pieces::Framed { .. } => {
                 let mut iov = [libc::iovec {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 }; MAX_PIECES];
-                for (v, p) in iov.iter_mut().zip(parts) {
+                let mut n = 0;
+                for (v, p) in iov.iter_mut().zip(bytes.iter()) {
                     *v = libc::iovec {
                         iov_base: p.as_ptr() as *mut libc::c_void,
                         iov_len: p.len(),
                     };
+                    n += 1;
                 }
                 // SAFETY: msghdr is plain old data; all zero is an empty header.
                 let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
                 hdr.msg_iov = iov.as_mut_ptr();
-                hdr.msg_iovlen = parts.len().min(MAX_PIECES) as _;
+                hdr.msg_iovlen = n as _;
                 // SAFETY: `hdr` and `iov` outlive the call and point at live 'static slices.
                 unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) }
             }

@@ -309,7 +309,7 @@ impl Flow {
         let len = (self.queued - self.sent).min(max);
         Some(match &self.frames {
             Some(f) => f.pieces(self.sent, len),
-            None => Pieces::one(pattern::span(self.base, self.sent, len)),
+            None => Pieces::One(pattern::span(self.base, self.sent, len)),
         })
     }
 
@@ -404,7 +404,7 @@ mod tests {
 
     fn echo(flow: &mut Flow, max: u64) -> Vec<u8> {
         let p = flow.next_send(max).expect("something to send");
-        let b: Vec<u8> = p.parts().concat();
+        let b: Vec<u8> = p.iter().collect::<Vec<_>>().concat();
         flow.begin_send(b.len() as u64);
         flow.on_sent(b.len() as u64);
         b
@@ -484,7 +484,7 @@ mod tests {
     fn echo_racing_the_send_completion_is_not_extra() {
         let mut f = Flow::new(0, 8, 1, true, false);
         f.fill(0);
-        let b = f.next_send(64).unwrap().parts().concat();
+        let b = f.next_send(64).unwrap().iter().collect::<Vec<_>>().concat();
         f.begin_send(8);
         assert_eq!(f.on_recv(&b, 1, |_| {}), Ok(1));
         f.on_sent(8);
@@ -494,10 +494,10 @@ mod tests {
     fn short_sends_resume_where_the_kernel_stopped() {
         let mut f = Flow::new(0, 10, 1, true, false);
         f.fill(0);
-        let first = f.next_send(64).unwrap().parts()[0];
+        let first = f.next_send(64).unwrap().iter().next().unwrap();
         f.begin_send(10);
         f.on_sent(4);
-        let rest = f.next_send(64).unwrap().parts()[0];
+        let rest = f.next_send(64).unwrap().iter().next().unwrap();
         assert_eq!(rest, &first[4..]);
     }
 

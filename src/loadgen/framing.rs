@@ -41,64 +41,84 @@ pub fn header(size: u32) -> &'static [u8; 4] {
         .or_insert_with(|| Box::leak(Box::new(size.to_be_bytes())))
 }
 
-/// Bytes to send: up to [`MAX_PIECES`] `'static` slices, sent back to back.
+/// Bytes to send, all `'static`: one slice (plain echo), or a run of a framed stream that
+/// [`iter`](Self::iter) cuts into at most [`MAX_PIECES`] slices, for a vectored send. Small
+/// and `Copy`, so the plain-echo path pays nothing for framing.
 #[derive(Clone, Copy, Debug)]
-pub struct Pieces {
-    parts: [&'static [u8]; MAX_PIECES],
-    n: usize,
-    len: u64,
+pub enum Pieces {
+    /// One contiguous slice.
+    One(&'static [u8]),
+    /// Wire bytes `offset .. offset + len` of `frames`, no more than [`MAX_PIECES`] pieces.
+    Framed {
+        /// The frame layout.
+        frames: Frames,
+        /// First wire byte.
+        offset: u64,
+        /// Wire bytes.
+        len: u64,
+    },
 }
 
 impl Pieces {
-    /// No bytes.
-    pub fn new() -> Pieces {
-        Pieces {
-            parts: [&[]; MAX_PIECES],
-            n: 0,
-            len: 0,
-        }
-    }
-
-    /// One contiguous slice.
-    pub fn one(bytes: &'static [u8]) -> Pieces {
-        let mut p = Pieces::new();
-        p.push(bytes);
-        p
-    }
-
-    /// Appends a slice; false (and nothing appended) when full. Empty slices are skipped.
-    pub fn push(&mut self, bytes: &'static [u8]) -> bool {
-        if bytes.is_empty() {
-            return true;
-        }
-        if self.n == MAX_PIECES {
-            return false;
-        }
-        self.parts[self.n] = bytes;
-        self.n += 1;
-        self.len += bytes.len() as u64;
-        true
-    }
-
-    /// The slices.
-    pub fn parts(&self) -> &[&'static [u8]] {
-        &self.parts[..self.n]
-    }
-
     /// Total bytes.
     pub fn len(&self) -> u64 {
-        self.len
+        match *self {
+            Pieces::One(b) => b.len() as u64,
+            Pieces::Framed { len, .. } => len,
+        }
     }
 
     /// No bytes at all.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// The slices, in order.
+    pub fn iter(&self) -> PieceIter {
+        match *self {
+            Pieces::One(b) => PieceIter {
+                one: Some(b),
+                frames: None,
+                at: 0,
+                end: 0,
+            },
+            Pieces::Framed {
+                frames,
+                offset,
+                len,
+            } => PieceIter {
+                one: None,
+                frames: Some(frames),
+                at: offset,
+                end: offset + len,
+            },
+        }
     }
 }
 
-impl Default for Pieces {
-    fn default() -> Pieces {
-        Pieces::new()
+/// The slices of [`Pieces`], in order.
+#[derive(Clone, Debug)]
+pub struct PieceIter {
+    one: Option<&'static [u8]>,
+    frames: Option<Frames>,
+    at: u64,
+    end: u64,
+}
+
+impl Iterator for PieceIter {
+    type Item = &'static [u8];
+
+    fn next(&mut self) -> Option<&'static [u8]> {
+        if let Some(b) = self.one.take() {
+            return Some(b);
+        }
+        let f = self.frames?;
+        if self.at >= self.end {
+            return None;
+        }
+        let p = f.piece(self.at, self.end - self.at);
+        self.at += p.len() as u64;
+        Some(p)
     }
 }
 
@@ -160,29 +180,40 @@ impl Frames {
         self.size + HEADER
     }
 
-    /// Wire bytes `offset .. offset + len` as pieces; fewer bytes when the pieces run out.
+    /// The first contiguous piece of wire bytes `offset .. offset + len` (`len` > 0): the rest
+    /// of a header, or of a body (at most one pattern period of it).
+    fn piece(&self, offset: u64, len: u64) -> &'static [u8] {
+        let (frame, r) = (offset / self.wire(), offset % self.wire());
+        if r < HEADER {
+            &self.header[r as usize..HEADER.min(r + len) as usize]
+        } else {
+            let body = r - HEADER;
+            pattern::span(
+                self.base,
+                frame * self.size + body,
+                (self.size - body).min(len),
+            )
+        }
+    }
+
+    /// Wire bytes `offset .. offset + len` to send, cut short where they would take more than
+    /// [`MAX_PIECES`] pieces.
     pub fn pieces(&self, offset: u64, len: u64) -> Pieces {
-        let mut p = Pieces::new();
         let (mut at, end) = (offset, offset + len);
-        while at < end {
-            let (frame, r) = (at / self.wire(), at % self.wire());
-            let piece = if r < HEADER {
-                let to = HEADER.min(r + (end - at));
-                &self.header[r as usize..to as usize]
-            } else {
-                let body = r - HEADER;
-                pattern::span(
-                    self.base,
-                    frame * self.size + body,
-                    (self.size - body).min(end - at),
-                )
-            };
-            if !p.push(piece) {
+        let mut n = 0;
+        while at < end && n < MAX_PIECES {
+            let p = self.piece(at, end - at);
+            if p.is_empty() {
                 break;
             }
-            at += piece.len() as u64;
+            at += p.len() as u64;
+            n += 1;
         }
-        p
+        Pieces::Framed {
+            frames: *self,
+            offset,
+            len: at - offset,
+        }
     }
 
     /// Checks that `data` is the framed stream from wire offset `offset` on: every header, and
@@ -252,7 +283,8 @@ mod tests {
         let mut at = offset;
         while at < offset + len {
             let p = f.pieces(at, offset + len - at);
-            for part in p.parts() {
+            assert!(p.iter().count() <= MAX_PIECES);
+            for part in p.iter() {
                 v.extend_from_slice(part);
             }
             at += p.len();
@@ -285,10 +317,17 @@ mod tests {
         let f = Frames::new(pattern::stream_base(1), 3);
         let p = f.pieces(2, 12);
         assert_eq!(p.len(), 12);
-        assert_eq!(p.parts()[0], &3u32.to_be_bytes()[2..]);
+        assert_eq!(p.iter().next().unwrap(), &3u32.to_be_bytes()[2..]);
         let big = f.pieces(0, 1 << 20);
-        assert_eq!(big.parts().len(), MAX_PIECES);
+        assert_eq!(big.iter().count(), MAX_PIECES);
         assert_eq!(big.len(), 32 * 7);
+        // A body longer than the pattern period takes more than one piece.
+        let huge = Frames::new(0, 200_000);
+        let h = huge.pieces(0, 200_004);
+        assert_eq!(h.len(), 200_004);
+        assert_eq!(h.iter().count(), 5, "header and 4 spans of at most 65521");
+        let one = Pieces::One(b"abc");
+        assert_eq!((one.len(), one.iter().count()), (3, 1));
         // Empty bodies: only headers.
         let e = Frames::new(0, 0);
         assert_eq!(wire(&e, 0, 8), [0u8; 8]);

@@ -200,14 +200,16 @@ impl VecSend {
         })
     }
 
-    /// Points the header at `parts` (at most [`MAX_PIECES`]) and returns it, for `sendmsg`.
-    pub(crate) fn set(&mut self, parts: &[&'static [u8]]) -> *const libc::msghdr {
-        let n = parts.len().min(MAX_PIECES);
-        for (v, p) in self.iov.iter_mut().zip(&parts[..n]) {
+    /// Points the header at `bytes` (at most [`MAX_PIECES`] pieces) and returns it, for
+    /// `sendmsg`.
+    pub(crate) fn set(&mut self, bytes: &Pieces) -> *const libc::msghdr {
+        let mut n = 0;
+        for (v, p) in self.iov.iter_mut().zip(bytes.iter()) {
             *v = libc::iovec {
                 iov_base: p.as_ptr() as *mut libc::c_void,
                 iov_len: p.len(),
             };
+            n += 1;
         }
         self.hdr.msg_iov = self.iov.as_mut_ptr();
         self.hdr.msg_iovlen = n as _;
@@ -426,12 +428,12 @@ impl Transport for UringTransport {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
         let fd = types::Fd(fd.as_raw_fd());
-        let sqe = match bytes.parts() {
-            [one] => opcode::Send::new(fd, one.as_ptr(), one.len() as u32)
+        let sqe = match *bytes {
+            Pieces::One(one) => opcode::Send::new(fd, one.as_ptr(), one.len() as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build(),
-            parts => {
-                let hdr = c.vec.get_or_insert_with(VecSend::boxed).set(parts);
+            Pieces::Framed { .. } => {
+                let hdr = c.vec.get_or_insert_with(VecSend::boxed).set(bytes);
                 opcode::SendMsg::new(fd, hdr)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
