@@ -80,7 +80,8 @@ impl std::fmt::Display for ClientBackend {
     }
 }
 
-/// Drive a TCP echo server (ringecho or any other) and report throughput, latency and CPU.
+/// Drive an echo server (ringecho or any other; TCP, framed or UDP) and report throughput,
+/// latency, loss and CPU.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = MODES_SHORT, after_long_help = MODES)]
 pub struct BenchArgs {
