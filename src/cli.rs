@@ -30,7 +30,7 @@ pub enum Command {
     /// Show which io_uring features this kernel and process support.
     Probe(ProbeArgs),
     /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).

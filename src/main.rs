@@ -52,6 +52,11 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
 /// Runs the load generator: exit 0 for a clean run, 1 for a run that went wrong (the line
 /// says what), or the error's own status when it could not run.
 fn bench(args: &BenchArgs) -> ExitCode {
+    // Flags that do not go together are bad flags, like those clap refuses: status 2.
+    if let Err(line) = args.validate() {
+        eprintln!("error: {line}");
+        return ExitCode::from(2);
+    }
     match ringecho::loadgen::run(args, &mut std::io::stdout().lock()) {
         Ok(outcome) => match outcome.failure {
             Some(line) => {
