@@ -20,6 +20,10 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+/// Exit status for flags that are wrong or do not go together (`EX_USAGE` from sysexits.h):
+/// distinct from 2, which means io_uring is unavailable.
+pub const EXIT_USAGE: i32 = 64;
+
 /// Everything that can stop ringecho from serving.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -63,6 +67,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::UringUnavailable(_) => 2,
+            Error::Config(_) => EXIT_USAGE,
             _ => 1,
         }
     }

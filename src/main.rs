@@ -9,12 +9,21 @@ use clap::Parser;
 
 use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
 use ringecho::backend::uring::{self, RingConfig};
+use ringecho::error::EXIT_USAGE;
 use ringecho::loadgen::BenchArgs;
 use ringecho::protocol::{Echo, Framed, Http};
 use ringecho::{Error, sys};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; usage errors print clap's message
+        // and exit with EX_USAGE, never 2, which means io_uring is unavailable.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+        }
+    };
     let result = match cli.command {
         None => serve(&cli.serve),
         Some(Command::Serve(args)) => serve(&args),
@@ -52,10 +61,10 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
 /// Runs the load generator: exit 0 for a clean run, 1 for a run that went wrong (the line
 /// says what), or the error's own status when it could not run.
 fn bench(args: &BenchArgs) -> ExitCode {
-    // Flags that do not go together are bad flags, like those clap refuses: status 2.
+    // Flags that do not go together are bad flags, like those clap refuses.
     if let Err(line) = args.validate() {
         eprintln!("error: {line}");
-        return ExitCode::from(2);
+        return ExitCode::from(EXIT_USAGE as u8);
     }
     match ringecho::loadgen::run(args, &mut std::io::stdout().lock()) {
         Ok(outcome) => match outcome.failure {

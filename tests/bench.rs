@@ -346,7 +346,7 @@ fn bad_flags_are_refused_before_anything_runs() {
         &["--duration", "0"],
     ] {
         let run = bench(args);
-        assert_eq!(run.code, Some(2), "{args:?}");
+        assert_eq!(run.code, Some(64), "{args:?}");
         let first = run.stderr.lines().next().unwrap_or_default();
         assert!(
             first.starts_with("error: invalid value"),
@@ -787,7 +787,7 @@ fn udp_sizes_that_cannot_be_sent_are_bad_flags() {
         (&["--udp", "--framed"], "cannot be used with"),
     ] {
         let run = bench(args);
-        assert_eq!(run.code, Some(2), "{args:?}");
+        assert_eq!(run.code, Some(64), "{args:?}");
         let first = run.stderr.lines().next().unwrap_or_default();
         assert!(
             first.starts_with("error: ") && first.contains(want),

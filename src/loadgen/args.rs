@@ -55,8 +55,8 @@ comparison, not the byte counts, frame headers or datagram headers).
            Duplicate, late (after being counted lost) and reordered echoes are counted.
 
 Exit status: 0 clean run (UDP loss alone does not fail a run, unless nothing came back at all);
-1 wrong bytes, or any connection refused, reset, closed early or timed out; 2 bad flags or
-io_uring unavailable.";
+1 wrong bytes, or any connection refused, reset, closed early or timed out; 2 io_uring
+unavailable (try --backend epoll); 64 bad flags.";
 
 /// Which client transport to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -175,7 +175,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// Checks what no single flag can: the line to exit with (status 2) if the flags do not go
+    /// Checks what no single flag can: the line to exit with (status 64) if the flags do not go
     /// together.
     pub fn validate(&self) -> Result<(), String> {
         if !self.udp {
