@@ -299,12 +299,13 @@ impl UringTransport {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        // SAFETY: the only pointers SQEs carry are send buffers in the 'static stream table and
-        // frame headers, a vectored send's header in the connection's boxed `VecSend` (dropped
-        // after the ring, field order, and rewritten only once that send completed), and the
-        // connect address in `self.addr`, which the kernel copies during submission and which
-        // outlives the ring anyway; receives use provided buffers owned by `self.bufs`, which
-        // stays registered (or is leaked) while any receive is outstanding.
+        // The only pointers SQEs carry are send buffers in the 'static stream table and frame
+        // headers, a vectored send's header in the connection's boxed `VecSend` (dropped after
+        // the ring, field order, and rewritten only once that send completed), and the connect
+        // address in `self.addr`, which the kernel copies during submission and which outlives
+        // the ring anyway; receives use provided buffers owned by `self.bufs`, which stays
+        // registered (or is leaked) while any receive is outstanding.
+        // SAFETY: so every pointer an SQE carries outlives its operation, as `flush` requires.
         unsafe { flush(&mut self.ring, &mut self.pending, &mut self.syscalls) }
     }
 
