@@ -82,7 +82,8 @@ enum Phase {
 /// A connection as the io_uring backend sees it.
 struct Slot<P> {
     conn: Conn<P>,
-    /// Direct-descriptor index in the registered file table.
+    /// File slot: the direct descriptor's index in the registered file table, chosen by the
+    /// kernel at accept. Not the connection key (this slot's index in `conns`).
     fd: u32,
     generation: u32,
     recv: RecvState,
@@ -424,6 +425,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     fn on_shard_cqe(&mut self, tok: Token, res: i32, flags: u32) {
         match tok.op {
             Op::Accept | Op::AcceptOne => {
+                // Accepts carry their listener's index in the generation field (`accept_token`).
                 let idx = tok.generation as usize;
                 let Some(l) = self.listeners.get_mut(idx) else {
                     self.counters.stale_cqes += 1;
@@ -507,7 +509,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             slot.recv = RecvState::Idle;
         }
         if res <= 0 {
-            // No data, but a buffer may have been consumed: straight back to the ring.
+            // No data. Such a CQE has not been seen to carry a buffer (a FIN on 6.18: res 0, no
+            // F_BUFFER); if one ever does, it goes straight back to the buffer ring (defensive).
             self.discard_buffers(res, flags);
         }
         match res {
