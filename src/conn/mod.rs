@@ -399,7 +399,9 @@ impl<P: Protocol> Conn<P> {
     }
 
     /// The outstanding send wrote `n` bytes (a short send leaves the rest at the front).
-    /// Calls `release` with each provided buffer whose last reference this drops.
+    /// When that finishes a ring chunk, calls `release` with its buffer id: the chunk's one
+    /// reference is dropped. Whether that was the buffer's last reference is for the caller's
+    /// count to say.
     pub fn on_sent(&mut self, n: usize, limits: &Limits, mut release: impl FnMut(u16)) {
         debug_assert!(self.q.sending, "on_sent without an outstanding send");
         self.q.sending = false;

@@ -2,24 +2,31 @@
 //!
 //! A buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19) is a ring of `struct io_uring_buf`
 //! entries shared with the kernel. Each entry names one buffer (address, length, id). A receive
-//! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the ring's head
-//! only when data arrives, so idle connections hold no memory; its completion says which buffer
+//! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the buffer ring's
+//! head only when data arrives, so idle connections hold no memory; its completion says which buffer
 //! (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the buffer is ours
 //! until we put it back by writing a new entry at the tail and publishing the tail.
 //!
 //! # Ownership, one buffer at a time
 //!
 //! ```text
-//!   in the ring (the kernel may fill it; user space must not read it)
+//!   in the buffer ring (the kernel may fill it; user space must not read it)
 //!        │  a receive CQE names it: on_completion             refs = 1 (the handler's)
 //!        ▼
 //!   held by user space (the kernel never writes it; a send from it reads it)
-//!        │  the connection queues an echo from it: add_refs   refs = 1 + n
+//!        │  n reply chunks were queued in it: add_refs(n)     refs = 1 + n
 //!        │  the CQE has been handled: release                 refs = n
 //!        │  each send of a chunk completes: release           refs - 1
 //!        ▼  refs reaches 0: written at the tail; the next publish shows it to the kernel
-//!   in the ring again
+//!   in the buffer ring again
 //! ```
+//!
+//! That is how the server counts: the handler's reference is separate from the replies', so
+//! when no reply points into the buffer (the protocol wrote a copy) the handler's `release`
+//! sends it straight back. A caller can also let the handler's reference become the reply's,
+//! as `examples/uring_echo.rs` does by queueing each received [`Segment`] as its echo: no
+//! `add_refs`, and the one `release` comes when that echo has been sent. Either way the buffer
+//! goes back when its count reaches 0, and not before.
 //!
 //! `examples/buf_ring.rs` walks a `BufRing` through this cycle with a plain `IoUring`.
 //!
@@ -28,12 +35,19 @@
 //! With `IOU_PBUF_RING_INC` (6.12) the kernel consumes a buffer in pieces: each completion
 //! says which buffer and, with `IORING_CQE_F_BUF_MORE`, that the kernel will keep filling the
 //! rest of it. The data of a completion starts where the previous one in that buffer ended, so
-//! the ring tracks a fill offset per buffer; the buffer leaves the ring when a completion for
-//! it comes without `BUF_MORE`. Several connections' data may share one buffer.
+//! `BufRing` tracks a fill offset per buffer; the buffer leaves the buffer ring when a
+//! completion for it comes without `BUF_MORE`. Until then such a buffer does not fit the
+//! picture above: it is in the buffer ring (the kernel keeps filling the rest of it) *and*
+//! held (each piece already handed over carries its own reference), and the pieces may belong
+//! to several connections. It goes back once the kernel is done with it and the last piece's
+//! reference has been released.
 //!
-//! With a bundle receive (`IORING_RECVSEND_BUNDLE`, 6.10) one completion covers several
-//! buffers: the one it names and the ones that followed it in the ring. The ring remembers
-//! which buffer it wrote into each ring slot, so it can tell which those are.
+//! Buffers come back in whatever order their replies finish, so the id written at a given
+//! position of the buffer ring changes from one lap to the next. A completion names a buffer
+//! id, never a position. With a bundle receive (`IORING_RECVSEND_BUNDLE`, 6.10) one
+//! completion covers several buffers: the one it names and the ones at the positions that
+//! followed it. `BufRing` records which id it wrote at each position, so it can tell which
+//! those are.
 //!
 //! Either way [`BufRing::on_completion`] turns a completion into [`Segment`]s, each holding one
 //! reference to its buffer.
@@ -49,8 +63,12 @@
 //!   not registered any more. A `BufRing` dropped while registered leaks its memory instead of
 //!   freeing memory the kernel could still write.
 //! - User space reads a buffer ([`BufRing::data`]) only while it holds a reference to it, and
-//!   only the bytes the kernel has handed over; a buffer goes back to the ring only when its
-//!   last reference is released.
+//!   only the bytes the kernel has handed over; a buffer goes back to the buffer ring only
+//!   when its last reference is released.
+//! - User space never overwrites an entry the kernel has not taken yet. The buffer ring has
+//!   exactly one entry per buffer, and a buffer id is written back at the tail only after a
+//!   completion handed that buffer over. So the entries between the kernel's head and the
+//!   tail never name more buffers than there are entries, and the tail cannot lap the head.
 //! - Registration and unregistration are made on the thread that submits to the ring
 //!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`). A ring registers once: a
 //!   second registration would restart the kernel's head against this tail.
@@ -207,7 +225,7 @@ pub struct BufRing {
     out: Vec<bool>,
     /// Bytes the kernel has filled so far (incremental mode), per buffer id.
     fill: Vec<u32>,
-    /// Which buffer id was last written into each ring slot (for bundles).
+    /// Which buffer id was last written at each position of the buffer ring (for bundles).
     slot_bid: Vec<u16>,
     /// The ring position (unmasked) each buffer id was last written at.
     bid_pos: Vec<u16>,
