@@ -2,9 +2,9 @@
 //!
 //! A buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19) is a ring of `struct io_uring_buf`
 //! entries shared with the kernel. Each entry names one buffer (address, length, id). A receive
-//! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the buffer ring's
-//! head only when data arrives, so idle connections hold no memory; its completion says which buffer
-//! (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the buffer is ours
+//! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the buffer
+//! ring's head only when data arrives, so idle connections hold no memory; its completion says
+//! which buffer (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the buffer is ours
 //! until we put it back by writing a new entry at the tail and publishing the tail.
 //!
 //! # Ownership, one buffer at a time
