@@ -16,12 +16,12 @@
 //! # The server's loop
 //!
 //! Crate-private, in `src/backend/uring/mod.rs`. Each loop turn: publish returned buffers,
-//! move queued SQEs into the submission ring, make **one** `io_uring_enter` that submits them
-//! and waits for completions, then handle every completion. Handling a completion updates the
-//! connection's `Conn` and then *reconciles*: compares what the connection wants (a send, a
-//! receive, a close) with what is in flight, and queues the SQEs that close the gap (see
-//! `UringShard::sync`). The [crate docs](crate#the-life-of-a-message) follow one message
-//! through it.
+//! move queued SQEs into the submission queue (submitting early only if it fills), make
+//! **one** `io_uring_enter` that submits them and waits for completions, then handle every
+//! completion. Handling one updates the connection's `Conn` and then *reconciles*: compares
+//! what the connection wants (a send, a receive, a close) with what is in flight, and queues
+//! the SQEs that close the gap (see `UringShard::sync`). The
+//! [crate docs](crate#the-life-of-a-message) follow one message through it.
 
 pub mod buf_ring;
 mod driver;
