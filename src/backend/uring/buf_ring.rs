@@ -4,8 +4,9 @@
 //! entries shared with the kernel. Each entry names one buffer (address, length, id). A receive
 //! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the buffer
 //! ring's head only when data arrives, so idle connections hold no memory; its completion says
-//! which buffer (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the buffer is ours
-//! until we put it back by writing a new entry at the tail and publishing the tail.
+//! which buffer (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the
+//! buffer is ours until we put it back by writing a new entry at the tail and publishing the
+//! tail.
 //!
 //! # Ownership, one buffer at a time
 //!
@@ -59,9 +60,9 @@
 //! unregister only through the same ring with no receive of the group outstanding. Everything
 //! else is this module's half:
 //!
-//! - The ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the ring is
-//!   not registered any more. A `BufRing` dropped while registered leaks its memory instead of
-//!   freeing memory the kernel could still write.
+//! - The buffer ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the
+//!   buffer ring is not registered any more. A `BufRing` dropped while registered leaks its
+//!   memory instead of freeing memory the kernel could still write.
 //! - User space reads a buffer ([`BufRing::data`]) only while it holds a reference to it, and
 //!   only the bytes the kernel has handed over; a buffer goes back to the buffer ring only
 //!   when its last reference is released.
@@ -83,7 +84,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::Submitter;
 
-/// The kernel's `struct io_uring_buf` (16 bytes). Entry 0's `resv` doubles as the ring tail.
+/// The kernel's `struct io_uring_buf` (16 bytes). Entry 0's `resv` doubles as the tail.
 #[repr(C)]
 struct RawBuf {
     addr: u64,
@@ -186,8 +187,8 @@ pub struct Segment {
     pub len: u32,
 }
 
-/// A completion named buffers the ring did not think the kernel had: user space and kernel
-/// disagree about ownership, and nothing was changed.
+/// A completion named buffers the buffer ring did not think the kernel had: user space and
+/// kernel disagree about ownership, and nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnershipError {
     /// The buffer id in question.
@@ -221,7 +222,7 @@ pub struct BufRing {
     published_tail: u16,
     /// References held by user space, per buffer id.
     refs: Vec<u16>,
-    /// The buffer is out of the ring: the kernel handed all of it over (per buffer id).
+    /// The buffer is out of the buffer ring: the kernel handed all of it over (per buffer id).
     out: Vec<bool>,
     /// Bytes the kernel has filled so far (incremental mode), per buffer id.
     fill: Vec<u32>,
@@ -231,7 +232,7 @@ pub struct BufRing {
     bid_pos: Vec<u16>,
     /// Buffers with at least one user-space reference.
     held: usize,
-    /// Buffers out of the ring.
+    /// Buffers out of the buffer ring.
     out_count: usize,
     registered: bool,
     /// Registered once already: a second registration would restart the kernel's head at 0
@@ -241,9 +242,10 @@ pub struct BufRing {
 
 impl BufRing {
     /// Maps `entries` buffers of `buf_size` bytes each and a ring naming all of them, and
-    /// registers the ring with the kernel as buffer group `bgid` (`IORING_REGISTER_PBUF_RING`,
-    /// 5.19). With `incremental` the kernel may fill each buffer in several pieces
-    /// (`IOU_PBUF_RING_INC`, 6.12). Every buffer starts out in the ring, for the kernel to pick.
+    /// registers it with the kernel as buffer group `bgid` (`IORING_REGISTER_PBUF_RING`, 5.19).
+    /// With `incremental` the kernel may fill each buffer in several pieces
+    /// (`IOU_PBUF_RING_INC`, 6.12). Every buffer starts out in the buffer ring, for the kernel
+    /// to pick.
     ///
     /// Call it on the thread that submits to the ring (`IORING_SETUP_SINGLE_ISSUER` refuses
     /// others with `EEXIST`).
@@ -252,7 +254,7 @@ impl BufRing {
     ///
     /// From here on the kernel writes into this memory whenever a receive selects a buffer,
     /// and only the completions tell user space which buffer it wrote. So, for as long as
-    /// the ring stays registered:
+    /// the buffer ring stays registered:
     ///
     /// - Pass [`on_completion`](Self::on_completion) only what completions of this ring say:
     ///   the buffer id, result and flags of a receive that selected from group `bgid`, once
@@ -268,7 +270,7 @@ impl BufRing {
     ///
     /// # Example
     ///
-    /// One receive into a provided buffer, and the buffer back into the ring:
+    /// One receive into a provided buffer, and the buffer back into the buffer ring:
     ///
     /// ```
     /// use std::io::Write;
@@ -280,8 +282,8 @@ impl BufRing {
     /// # /*
     /// let mut ring = IoUring::new(4)?;
     /// # */
-    /// // SAFETY: only this ring's receive completions reach `on_completion`; the ring is
-    /// // unregistered once no receive is outstanding.
+    /// // SAFETY: only this ring's receive completions reach `on_completion`; the buffer ring
+    /// // is unregistered once no receive is outstanding.
     /// let mut bufs = unsafe { BufRing::registered(&ring.submitter(), 8, 1024, 0, false)? };
     ///
     /// let (mut peer, ours) = std::os::unix::net::UnixStream::pair()?;
@@ -325,8 +327,8 @@ impl BufRing {
     }
 
     /// Maps a ring of `entries` buffers of `buf_size` bytes each, for buffer group `bgid`.
-    /// With `incremental`, the ring is registered for incremental consumption (6.12).
-    /// Every buffer starts out owned by the ring (after [`register`](Self::register)).
+    /// With `incremental`, the buffer ring is registered for incremental consumption (6.12).
+    /// Every buffer starts out in the buffer ring (after [`register`](Self::register)).
     ///
     /// With `register`, the two halves of [`registered`](Self::registered), for the server
     /// and the load generator, which keep its contract.
@@ -372,7 +374,8 @@ impl BufRing {
         Ok(br)
     }
 
-    /// Registers the ring with the kernel as buffer group `bgid` and publishes every buffer.
+    /// Registers the buffer ring with the kernel as buffer group `bgid` and publishes every
+    /// buffer.
     /// Safe only for this crate's loops, which keep the contract of
     /// [`registered`](Self::registered). A second registration is refused with `EEXIST`.
     pub(crate) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
@@ -400,8 +403,8 @@ impl BufRing {
         Ok(())
     }
 
-    /// Unregisters the ring, so that `Drop` may unmap its memory. Only with the ring it was
-    /// registered with, and only once no receive selecting from this group is outstanding
+    /// Unregisters the buffer ring, so that `Drop` may unmap its memory. Only with the ring it
+    /// was registered with, and only once no receive selecting from this group is outstanding
     /// (see [`registered`](Self::registered)).
     pub fn unregister(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
         if self.registered {
@@ -436,16 +439,16 @@ impl BufRing {
         self.held
     }
 
-    /// Buffers in the ring, ready for the kernel to fill (counting unpublished returns).
+    /// Buffers in the buffer ring, ready for the kernel to fill (counting unpublished returns).
     pub fn available(&self) -> usize {
         self.count() as usize - self.out_count
     }
 
     /// Accounts for a receive completion that put `res` bytes into buffer `bid` (and, for a
-    /// `bundle`, the buffers that followed it in the ring); `flags` are the CQE's. Appends one
-    /// [`Segment`] per buffer to `segs`, each holding one new reference that the caller drops
-    /// with [`release`](Self::release) once it has used (or taken its own references to) the
-    /// bytes.
+    /// `bundle`, the buffers that followed it in the buffer ring); `flags` are the CQE's.
+    /// Appends one [`Segment`] per buffer to `segs`, each holding one new reference that the
+    /// caller drops with [`release`](Self::release) once it has used (or taken its own
+    /// references to) the bytes.
     pub fn on_completion(
         &mut self,
         bid: u16,
@@ -537,7 +540,8 @@ impl BufRing {
     ///
     /// # Panics
     ///
-    /// If nobody holds `bid`: the buffer may be in the ring, where the kernel can fill it.
+    /// If nobody holds `bid`: the buffer may be in the buffer ring, where the kernel can fill
+    /// it.
     pub fn add_refs(&mut self, bid: u16, n: u16) {
         let r = &mut self.refs[bid as usize];
         assert!(*r > 0, "add_refs on a buffer nobody holds");
@@ -545,7 +549,7 @@ impl BufRing {
     }
 
     /// Drops one reference. When the last one goes and the kernel is done with the buffer, it
-    /// goes back in the ring (published at the next [`publish`](Self::publish)).
+    /// goes back in the buffer ring (published at the next [`publish`](Self::publish)).
     pub fn release(&mut self, bid: u16) {
         let b = bid as usize;
         debug_assert!(self.refs[b] > 0, "release of a buffer nobody holds");
