@@ -1,6 +1,7 @@
 //! The crate docs' links that rustdoc cannot check: links into the rendered source (from the
-//! tour to crate-private code), anchors of `kernel-notes.md` sections, and the examples the
-//! docs name. `RUSTDOCFLAGS="-D warnings" cargo doc --no-deps` checks the intra-doc links.
+//! tour to crate-private code, and the lines of the functions they name), anchors of
+//! `kernel-notes.md` sections, and the examples the docs name.
+//! `RUSTDOCFLAGS="-D warnings" cargo doc --no-deps` checks the intra-doc links.
 
 use std::path::Path;
 
@@ -63,7 +64,8 @@ fn source_links_name_files_that_exist() {
     let mut seen = 0;
     for file in DOCUMENTED {
         for target in targets(&docs_of(file), "../src/ringecho/") {
-            let source = target
+            let page = target.split('#').next().unwrap_or(target);
+            let source = page
                 .strip_suffix(".html")
                 .unwrap_or_else(|| panic!("{file}: link {target:?} is not a source page"));
             assert!(
@@ -74,6 +76,70 @@ fn source_links_name_files_that_exist() {
         }
     }
     assert!(seen > 0, "no source links found: has the tour moved?");
+}
+
+/// Where each `fn name` in `text` starts and ends: 1-based lines, from the line of its `fn` to
+/// the first line after it that is a `}` at the same indentation.
+fn fn_ranges(text: &str, name: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let is_fn = !code.starts_with("//")
+            && [format!("fn {name}("), format!("fn {name}<")]
+                .iter()
+                .any(|f| code.starts_with(f.as_str()) || code.contains(&format!(" {f}")));
+        if !is_fn {
+            continue;
+        }
+        let close = format!("{}}}", &line[..line.len() - code.len()]);
+        if let Some(end) = lines[i + 1..].iter().position(|l| *l == close) {
+            out.push((i + 1, i + 2 + end));
+        }
+    }
+    out
+}
+
+/// A link to lines of the rendered source names its function in the link's title, and the
+/// lines are that function's, from `fn` to its closing brace:
+/// `[label]: ../src/ringecho/conn/mod.rs.html#383-399 "Conn::next_send"`. Code moves; when
+/// this fails, the message gives the lines the function has now.
+#[test]
+fn source_line_links_span_the_function_they_name() {
+    let mut seen = 0;
+    for file in DOCUMENTED {
+        for line in docs_of(file).lines() {
+            let Some((_, def)) = line.split_once("]: ../src/ringecho/") else {
+                continue;
+            };
+            let Some((page, rest)) = def.split_once('#') else {
+                continue;
+            };
+            let (span, title) = rest.split_once(' ').unwrap_or((rest, ""));
+            let title = title.trim().trim_matches('"');
+            assert!(
+                !title.is_empty(),
+                "{file}: the link to src/{page}#{span} needs a title naming its function"
+            );
+            let name = title.rsplit("::").next().unwrap_or(title);
+            let (a, b) = span
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .unwrap_or_else(|| panic!("{file}: #{span} is not a line range A-B"));
+            let source = page.strip_suffix(".html").expect("a source page");
+            let found = fn_ranges(&read(&format!("src/{source}")), name);
+            assert!(
+                found.contains(&(a, b)),
+                "{file}: the link to {title} points at src/{source} lines {a}-{b}, but there \
+                 `fn {name}` spans lines {found:?}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 10,
+        "the tour should link its functions' lines ({seen} links)"
+    );
 }
 
 #[test]
