@@ -2,9 +2,15 @@
 //! `QUIT` says `BYE` and closes the connection. The protocol sees bytes, never a socket or a
 //! ring, which is why the same code runs on both backends. Under 40 lines of code, all told.
 //!
+//! `on_data` runs on the shard's event-loop thread, so it must never block; it is the only
+//! hook (no call on connect, on the peer's FIN or on a timer). After `QUIT` the server sends
+//! `BYE`, then FIN, and waits up to 5 s (`ServerBuilder::lingering_close`) for the peer to
+//! close. The `Protocol` docs list the rest: which reply method to use, output back-pressure,
+//! panics, state shared between connections.
+//!
 //! ```text
 //! cargo run --example line_protocol -- --addr 127.0.0.1:7878 --backend epoll
-//! printf 'hello\nQUIT\n' | nc 127.0.0.1 7878
+//! printf 'hello\nQUIT\n' | socat - TCP:127.0.0.1:7878     # or: nc -N (netcat-openbsd)
 //! ```
 
 use ringecho::Server;

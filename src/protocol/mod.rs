@@ -41,9 +41,10 @@ pub enum CloseReason {
 
 /// A request/response protocol, one value per connection.
 ///
-/// The server clones the value given to [`Server::run`](crate::Server::run) for every
-/// connection it accepts, so per-connection state (a partial line, a parser) lives in `self`
-/// and starts from that value. Shards are threads, hence `Send + 'static`.
+/// The server clones the value given to [`Server::serve`](crate::Server::serve) (or
+/// [`Server::run`](crate::Server::run)) for every connection it accepts, so per-connection
+/// state (a partial line, a parser) lives in `self` and starts from that value. Shards are
+/// threads, hence `Send + 'static`.
 ///
 /// `on_data` is called with every run of received bytes, in order. Runs are split wherever the
 /// kernel split them, so a protocol that needs whole messages keeps its own (bounded) partial
@@ -83,6 +84,40 @@ pub enum CloseReason {
 ///     (b"BYE!".to_vec(), Verdict::Close(CloseReason::Requested))
 /// );
 /// ```
+///
+/// # Before writing one
+///
+/// - **It runs on the event loop.** `on_data` is called on the shard's own thread, in the
+///   middle of handling completions. Until it returns, no other connection of that shard makes
+///   progress: never block in it (no blocking I/O, no sleeping, no lock held for long), and
+///   keep long computations out of it.
+/// - **`on_data` is the only hook.** Nothing is called when a connection opens, when the peer
+///   sends FIN, or when time passes, and the protocol is not told the peer's address. A
+///   connection's value is cloned when it is accepted and dropped after it has closed.
+/// - **Which reply to use.** [`Replies::echo`] sends back bytes of the input itself (on
+///   io_uring, from the buffer they arrived in, without a copy while the shard's buffer budget
+///   lasts). [`Replies::write`] sends bytes made on the spot: they are copied, and consecutive
+///   small writes go out in one send. [`Replies::write_static`] sends a constant without
+///   copying it. [`Replies::write_shared`] sends a large reply built once and shared by every
+///   connection through an `Arc`, without a copy per connection.
+/// - **Back-pressure bounds input, not what one call writes.** Once a connection owes
+///   [`max_pending`](crate::ServerBuilder::max_pending) bytes the server stops receiving from
+///   it until its peer has read half of them, but that is checked after `on_data` returns: one
+///   call can queue any amount (a small request asking for a huge answer).
+///   [`Replies::owed`] says how much is queued; a protocol whose replies can grow large should
+///   check it, and refuse (a [`Verdict::Close`] with [`CloseReason::TooLarge`]) rather than
+///   queue without limit.
+/// - **State shared between connections** goes in an `Arc` inside the value
+///   (`Arc<AtomicU64>`, `Arc<Mutex<..>>`): each connection gets its own clone, so plain fields
+///   are per connection, and connections on different shards run on different threads. Any
+///   lock is taken on the event loop (see the first point).
+/// - **A panic stops the server.** A panic in `on_data` ends its shard; the server then shuts
+///   the other shards down, as on SIGTERM, and `serve` returns
+///   [`Error::ShardPanicked`](crate::Error::ShardPanicked). Answer bad input with a
+///   [`Verdict::Close`] and [`CloseReason::Malformed`] instead.
+/// - **After [`Verdict::Close`]** the connection sends what was replied, then FIN, and reads
+///   and drops input until the peer closes its side. A peer that never does is held for
+///   [`lingering_close`](crate::ServerBuilder::lingering_close) (5 s by default), then closed.
 pub trait Protocol: Send + 'static {
     /// Consumes `input` and writes replies to `out`.
     fn on_data(&mut self, input: &[u8], out: &mut Replies<'_>) -> Verdict;
