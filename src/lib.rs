@@ -144,7 +144,7 @@
 //! The accept asks the kernel to put each new socket into a free file slot of the ring's
 //! registered file table (`IORING_FILE_INDEX_ALLOC`) instead of the process's descriptor
 //! table: the CQE's `res` is the file slot. Every later SQE for the connection names that file
-//! slot ([`types::Fixed`](io_uring::types::Fixed)), which spares the kernel a descriptor
+//! slot ([`types::Fixed`][fixed]), which spares the kernel a descriptor
 //! lookup and reference count per operation. A direct descriptor cannot be reached by
 //! `setsockopt`: socket options are set on the listening socket, which accepted sockets
 //! inherit ([`server::SocketOptions`]).
@@ -350,6 +350,8 @@
 //! are crate-private; the `sys` and `loadgen` modules are public only for the `ringecho`
 //! binary and the test suite, are hidden from these docs, and may change in any release.
 //!
+//! [`io_uring::IoUring`]: https://docs.rs/io-uring/0.7/io_uring/struct.IoUring.html
+//! [fixed]: https://docs.rs/io-uring/0.7/io_uring/types/struct.Fixed.html
 //! [conn]: ../src/ringecho/conn/mod.rs.html
 //! [epoll]: ../src/ringecho/backend/epoll.rs.html
 //! [run-shard]: ../src/ringecho/backend/uring/mod.rs.html#170-282 "run_shard"
