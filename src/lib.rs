@@ -104,10 +104,10 @@
 //! `COOP_TASKRUN`, then to neither, and records what the kernel offers. `DEFER_TASKRUN`
 //! requires `IORING_SETUP_SINGLE_ISSUER`, the promise that a single thread submits to the
 //! ring, so the two are set together; the kernel then refuses submissions and registrations
-//! from any other thread.
-//! ringecho keeps that one-thread rule in every mode anyway: on its own thread the shard
-//! registers an empty file table for the connections (step 3), the buffer ring (step 4), and
-//! finally the ring's own descriptor, so that each `io_uring_enter` skips a descriptor lookup.
+//! from any other thread. ringecho keeps that one-thread rule in every mode anyway: on its own
+//! thread the shard registers an empty file table for the connections (step 3), the buffer
+//! ring (step 4), and finally the ring's own descriptor, so that each `io_uring_enter` skips a
+//! descriptor lookup.
 //!
 //! - **Code**: [`build_ring`] and [`Features`]; [`run_shard`][run-shard] and
 //!   [`UringShard::run`][shard-run].
@@ -129,8 +129,8 @@
 //! shard whose cap is below 4160 never uses the multishot accept at all.
 //!
 //! An accept CQE without `F_MORE` means the multishot accept has ended. It is armed again at
-//! once if there is still room for it, after a 20 ms back-off if it ended on an error, and not
-//! at all while the server drains for shutdown.
+//! once if there is still room for it (else single-shot accepts take over), after a 20 ms
+//! back-off if it ended on an error, and not at all while the server drains for shutdown.
 //!
 //! - **Code**: [`UringShard::update_accepts`][update-accepts],
 //!   [`UringShard::on_shard_cqe`][on-shard-cqe] and [`multishot_floor`][multishot-floor];
@@ -144,10 +144,10 @@
 //! The accept asks the kernel to put each new socket into a free file slot of the ring's
 //! registered file table (`IORING_FILE_INDEX_ALLOC`) instead of the process's descriptor
 //! table: the CQE's `res` is the file slot. Every later SQE for the connection names that file
-//! slot ([`types::Fixed`][fixed]), which spares the kernel a descriptor
-//! lookup and reference count per operation. A direct descriptor cannot be reached by
-//! `setsockopt`: socket options are set on the listening socket, which accepted sockets
-//! inherit ([`server::SocketOptions`]).
+//! slot ([`types::Fixed`][fixed]), which spares the kernel a descriptor lookup and reference
+//! count per operation. A direct descriptor cannot be reached by `setsockopt`: socket options
+//! are set on the listening socket, which accepted sockets inherit
+//! ([`server::SocketOptions`]).
 //!
 //! The shard keeps its connections in a table of its own, a slab; a connection's index there
 //! is its *connection key*. Keys and file slots are allocated independently (the connection
@@ -182,10 +182,10 @@
 //! takes one from the head only when data arrives, so ten thousand idle connections hold no
 //! receive memory at all.
 //!
-//! Two facts make this safe to share. User space can never overwrite an entry the kernel has
-//! not taken yet: the buffer ring has exactly one entry per buffer, and a buffer id is written
-//! back only after a CQE has handed that buffer over, so the tail can never lap the head. And
-//! buffer ids get shuffled: buffers come back in whatever order their replies finish, so each
+//! Two facts about those entries. First, user space can never overwrite an entry the kernel
+//! has not taken yet: the buffer ring has exactly one entry per buffer, and a buffer id is written
+//! back only after a CQE has handed that buffer over, so the tail can never lap the head.
+//! Second, buffer ids get shuffled: buffers come back in whatever order their replies finish, so each
 //! lap of the buffer ring lists them in a different order. A CQE therefore names a buffer id,
 //! never a position. A bundle receive (one CQE for several buffers, `--recv-bundle`) names
 //! only the first; the others are the ids at the positions that followed it, which is why
@@ -239,13 +239,12 @@
 //! The shard asks the `Conn` for the next bytes to send and submits a send of them: for an
 //! echo, from the buffer the request arrived in ([`BufRing::addr`]). So the reply is not
 //! copied in user space (unless the budget was spent, step 5); the kernel still copies it
-//! into the socket's send buffer, as it does for any plain send (a
-//! [zero-copy send][k-zc] avoids that, for large messages). The kernel may send fewer bytes
-//! than asked (a *short send*); the rest stays at the front of the queue and is sent next.
-//! Only one send per connection is in flight at a time: two could interleave their bytes
-//! after a short send. When a reply chunk has been sent in full, its reference is dropped
-//! ([`BufRing::release`]), and a buffer whose last reference goes is written back at the
-//! buffer ring's tail.
+//! into the socket's send buffer, as it does for any plain send (a [zero-copy send][k-zc]
+//! avoids that, for large messages). The kernel may send fewer bytes than asked (a *short
+//! send*); the rest stays at the front of the queue and is sent next. Only one send per
+//! connection is in flight at a time: two could interleave their bytes after a short send.
+//! When a reply chunk has been sent in full, its reference is dropped ([`BufRing::release`]),
+//! and a buffer whose last reference goes is written back at the buffer ring's tail.
 //!
 //! - **Code**: [`UringShard::sync`][sync] and [`UringShard::on_send`][on-send];
 //!   [`ops::send`]; [`Conn::next_send`][next-send] and [`Conn::on_sent`][on-sent].
@@ -266,7 +265,7 @@
 //! its operation. After every event on a connection, [`UringShard::sync`][sync] compares what
 //! the `Conn` wants (a send, a receive, a close) with what is in flight and queues the SQEs
 //! that close the gap. Last, parked connections are re-armed (step 8). That is the whole
-//! loop: publish, enter once, handle completions, reconcile.
+//! loop: publish, enter, handle completions, reconcile, re-arm.
 //!
 //! - **Code**: [`UringShard::run`][shard-run], [`UringShard::dispatch`][dispatch],
 //!   [`UringShard::sync`][sync]; [`Driver::turn`][turn] and [`reap`][reap];
