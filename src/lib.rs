@@ -183,11 +183,11 @@
 //! receive memory at all.
 //!
 //! Two facts about those entries. First, user space can never overwrite an entry the kernel
-//! has not taken yet: the buffer ring has exactly one entry per buffer, and a buffer id is written
-//! back only after a CQE has handed that buffer over, so the tail can never lap the head.
-//! Second, buffer ids get shuffled: buffers come back in whatever order their replies finish, so each
-//! lap of the buffer ring lists them in a different order. A CQE therefore names a buffer id,
-//! never a position. A bundle receive (one CQE for several buffers, `--recv-bundle`) names
+//! has not taken yet: the buffer ring has exactly one entry per buffer, and a buffer id is
+//! written back only after a CQE has handed that buffer over, so the tail can never lap the
+//! head. Second, buffer ids get shuffled: buffers come back in whatever order their replies
+//! finish, so each lap of the buffer ring lists them in a different order. A CQE therefore
+//! names a buffer id, never a position. A bundle receive (one CQE for several buffers, `--recv-bundle`) names
 //! only the first; the others are the ids at the positions that followed it, which is why
 //! [`BufRing`] remembers which id it wrote at each position.
 //!
