@@ -187,9 +187,9 @@
 //! written back only after a CQE has handed that buffer over, so the tail can never lap the
 //! head. Second, buffer ids get shuffled: buffers come back in whatever order their replies
 //! finish, so each lap of the buffer ring lists them in a different order. A CQE therefore
-//! names a buffer id, never a position. A bundle receive (one CQE for several buffers, `--recv-bundle`) names
-//! only the first; the others are the ids at the positions that followed it, which is why
-//! [`BufRing`] remembers which id it wrote at each position.
+//! names a buffer id, never a position. A bundle receive (one CQE for several buffers,
+//! `--recv-bundle`) names only the first; the others are the ids at the positions that
+//! followed it, which is why [`BufRing`] remembers which id it wrote at each position.
 //!
 //! [`BufRing`] is the only code that owns this memory: it maps it, registers it, and counts
 //! the references user space holds to each buffer, one per reply that will be sent from it. A
