@@ -83,7 +83,7 @@ enum Phase {
 struct Slot<P> {
     conn: Conn<P>,
     /// File slot: the direct descriptor's index in the registered file table, chosen by the
-    /// kernel at accept. Not the connection key (this slot's index in `conns`).
+    /// kernel at accept. Not the connection key (the index of this entry in `conns`).
     fd: u32,
     generation: u32,
     recv: RecvState,
