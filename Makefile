@@ -40,10 +40,10 @@ soak:
 torture:
 	CARGO=$(CARGO) scripts/torture.sh
 
-# `make miri`: the pure modules (conn, protocol, token, stats) under Miri: the property tests of
-# tests/props.rs (fewer cases under Miri) and the modules' unit tests. The in-crate randomised
-# protocol tests (`random_*`, and the exhaustive 8 KiB head test) take hours under Miri and are
-# skipped there; tests/props.rs covers the same properties with fewer cases.
+# `make miri`: the pure modules (conn, protocol, token, stats) under Miri: their unit tests and
+# the property tests (src/conn/props.rs, tests/props.rs; fewer cases under Miri). The protocols'
+# own randomised tests (`random_*`, and the exhaustive 8 KiB head test) take hours under Miri and
+# are skipped there; src/conn/props.rs covers the same properties with fewer cases.
 MIRI_TOOLCHAIN ?= nightly
 miri:
 	rustup component add --toolchain $(MIRI_TOOLCHAIN) miri rust-src

@@ -6,11 +6,10 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use ringecho::backend::Backend;
-use ringecho::backend::uring::{RingConfig, RingMode, SqPoll};
+use ringecho::backend::uring::{RingMode, SqPoll};
 use ringecho::loadgen::BenchArgs;
 use ringecho::protocol::{DEFAULT_HTTP_BODY, DEFAULT_MAX_FRAME};
-use ringecho::server::{DEFAULT_ADDR, ServerConfig};
-use ringecho::sys::{Keepalive, SocketOptions};
+use ringecho::server::{DEFAULT_ADDR, Keepalive, Server, ServerBuilder, SocketOptions};
 
 /// An io_uring TCP echo server, with a verifying load generator and a kernel feature probe.
 ///
@@ -31,7 +30,7 @@ pub enum Command {
     /// Show which io_uring features this kernel and process support.
     Probe(ProbeArgs),
     /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 /// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).
@@ -293,49 +292,69 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn to_config(&self) -> ServerConfig {
-        ServerConfig {
-            addrs: self.addrs.clone(),
-            backend: self.backend,
-            udp: self.udp,
-            max_conns: self.max_conns,
-            buf_count: self.buf_count,
-            buf_size: self.buf_size,
-            buf_budget: self.buf_budget,
-            max_pending: self.max_pending,
-            ring: RingConfig {
-                sq_entries: self.sq_entries,
-                cq_entries: self.cq_entries,
-                mode: self.ring_mode,
-                sqpoll: self.sqpoll.map(|idle_ms| SqPoll {
-                    idle_ms,
-                    cpu: self.sqpoll_cpu,
-                }),
-            },
-            multishot_recv: !self.no_multishot_recv,
-            register_ring_fd: !self.no_register_ring_fd,
-            zc_threshold: self.zc_threshold,
-            recv_bundle: self.recv_bundle,
-            buf_incremental: self.buf_incremental,
-            batch_max: self.batch_max,
-            batch_wait_us: self.batch_wait_us,
-            stats_interval: self.stats_interval.filter(|d| !d.is_zero()),
-            drain_timeout: self.drain_timeout,
-            lingering_close: self.lingering_close,
-            backlog: self.backlog,
-            socket: SocketOptions {
-                nodelay: self.nodelay,
-                rcvbuf: self.rcvbuf,
-                sndbuf: self.sndbuf,
-                keepalive: self.keepalive,
-                linger: self.linger,
-                ipv6_only: self.ipv6_only,
-            },
-            idle_timeout: self.idle_timeout.filter(|d| !d.is_zero()),
-            threads: self.threads,
-            pin: self.pin,
-            reuseport: self.reuseport,
+    /// The library's server builder, set up as the flags say. Flags left out keep the builder's
+    /// defaults, which are the defaults above.
+    pub fn to_builder(&self) -> ServerBuilder {
+        let mut b = Server::builder();
+        b.addrs(self.addrs.iter().copied())
+            .backend(self.backend)
+            .udp(self.udp)
+            .buf_count(self.buf_count)
+            .buf_size(self.buf_size)
+            .max_pending(self.max_pending)
+            .sq_entries(self.sq_entries)
+            .cq_entries(self.cq_entries)
+            .ring_mode(self.ring_mode)
+            .multishot_recv(!self.no_multishot_recv)
+            .register_ring_fd(!self.no_register_ring_fd)
+            .recv_bundle(self.recv_bundle)
+            .buf_incremental(self.buf_incremental)
+            .batch_max(self.batch_max)
+            .batch_wait_us(self.batch_wait_us)
+            .drain_timeout(self.drain_timeout)
+            .lingering_close(self.lingering_close)
+            .socket_options(self.socket_options())
+            .pin(self.pin)
+            .reuseport(self.reuseport);
+        if let Some(n) = self.max_conns {
+            b.max_conns(n);
         }
+        if let Some(n) = self.buf_budget {
+            b.buf_budget(n);
+        }
+        if let Some(idle_ms) = self.sqpoll {
+            b.sqpoll(SqPoll {
+                idle_ms,
+                cpu: self.sqpoll_cpu,
+            });
+        }
+        if let Some(n) = self.zc_threshold {
+            b.zc_threshold(n);
+        }
+        if let Some(d) = self.stats_interval {
+            b.stats_interval(d);
+        }
+        if let Some(d) = self.idle_timeout {
+            b.idle_timeout(d);
+        }
+        if let Some(n) = self.backlog {
+            b.backlog(n);
+        }
+        if let Some(n) = self.threads {
+            b.threads(n);
+        }
+        b
+    }
+
+    fn socket_options(&self) -> SocketOptions {
+        let mut o = SocketOptions::default();
+        o.nodelay = self.nodelay;
+        o.rcvbuf = self.rcvbuf;
+        o.sndbuf = self.sndbuf;
+        o.keepalive = self.keepalive;
+        o.linger = self.linger;
+        o.ipv6_only = self.ipv6_only;
+        o
     }
 }
 

@@ -1,8 +1,28 @@
 //! One error type; each variant prints as the one line a user sees.
+//!
+//! Callers match on the variant to decide what to do (fall back when io_uring is unavailable,
+//! pick another port when an address is in use, fix a setting); the text is for people.
+//!
+//! ```
+//! use std::io::ErrorKind;
+//! use ringecho::{Error, Server};
+//!
+//! let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! match Server::builder().addr(taken.local_addr().unwrap()).bind() {
+//!     Err(Error::Bind { addr, source }) if source.kind() == ErrorKind::AddrInUse => {
+//!         assert_eq!(addr, taken.local_addr().unwrap());
+//!     }
+//!     other => panic!("expected `address in use`, got {:?}", other.err()),
+//! }
+//! ```
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+
+/// Exit status for flags that are wrong or do not go together (`EX_USAGE` from sysexits.h):
+/// distinct from 2, which means io_uring is unavailable.
+pub const EXIT_USAGE: i32 = 64;
 
 /// Everything that can stop ringecho from serving.
 #[derive(Debug)]
@@ -27,6 +47,11 @@ pub enum Error {
         /// What the kernel said.
         source: io::Error,
     },
+    /// A shard thread panicked (a bug in ringecho or in a [`Protocol`]); the other shards
+    /// were shut down.
+    ///
+    /// [`Protocol`]: crate::protocol::Protocol
+    ShardPanicked,
 }
 
 impl Error {
@@ -42,6 +67,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::UringUnavailable(_) => 2,
+            Error::Config(_) => EXIT_USAGE,
             _ => 1,
         }
     }
@@ -62,6 +88,7 @@ impl fmt::Display for Error {
             }
             Error::Config(msg) => f.write_str(msg),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::ShardPanicked => f.write_str("a shard thread panicked"),
         }
     }
 }

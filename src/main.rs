@@ -9,12 +9,21 @@ use clap::Parser;
 
 use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
 use ringecho::backend::uring::{self, RingConfig};
+use ringecho::error::EXIT_USAGE;
 use ringecho::loadgen::BenchArgs;
 use ringecho::protocol::{Echo, Framed, Http};
-use ringecho::{Error, Server, sys};
+use ringecho::{Error, sys};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; usage errors print clap's message
+        // and exit with EX_USAGE, never 2, which means io_uring is unavailable.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+        }
+    };
     let result = match cli.command {
         None => serve(&cli.serve),
         Some(Command::Serve(args)) => serve(&args),
@@ -31,9 +40,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Error> {
-    let server = Server::bind(&args.to_config())?;
-    sys::install_shutdown_signals(server.shutdown_handle().raw_fd())
-        .map_err(|e| Error::io("cannot install signal handlers", e))?;
+    let server = args.to_builder().bind()?;
+    server.shutdown_handle().shutdown_on_signals()?;
     let on_ready = |addrs: &[std::net::SocketAddr]| {
         let mut out = std::io::stdout().lock();
         for a in addrs {
@@ -53,6 +61,11 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
 /// Runs the load generator: exit 0 for a clean run, 1 for a run that went wrong (the line
 /// says what), or the error's own status when it could not run.
 fn bench(args: &BenchArgs) -> ExitCode {
+    // Flags that do not go together are bad flags, like those clap refuses.
+    if let Err(line) = args.validate() {
+        eprintln!("error: {line}");
+        return ExitCode::from(EXIT_USAGE as u8);
+    }
     match ringecho::loadgen::run(args, &mut std::io::stdout().lock()) {
         Ok(outcome) => match outcome.failure {
             Some(line) => {

@@ -1,4 +1,24 @@
 //! The server: binds listeners, runs shards on their own threads, reports stats, shuts down.
+//!
+//! [`Server::builder`] collects the settings (each one is also a `ringecho serve` flag),
+//! [`ServerBuilder::bind`] binds every address, and [`Server::run`] (or [`Server::serve`]) runs
+//! one shard per thread until a [`ShutdownHandle`] (or SIGINT/SIGTERM, once
+//! [`ShutdownHandle::shutdown_on_signals`] is installed) stops it.
+//!
+//! ```no_run
+//! use ringecho::protocol::Echo;
+//! use ringecho::{Backend, Server};
+//!
+//! let server = Server::builder()
+//!     .addr("127.0.0.1:7878".parse().unwrap())
+//!     .backend(Backend::Auto)
+//!     .threads(2)
+//!     .bind()?;
+//! server.shutdown_handle().shutdown_on_signals()?;
+//! let totals = server.serve(Echo)?;
+//! println!("echoed {} bytes", totals.bytes_out);
+//! # Ok::<(), ringecho::Error>(())
+//! ```
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,20 +28,21 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::backend::uring::{self, RingConfig, RingMode};
+use crate::backend::uring::{self, RingConfig, RingMode, SqPoll};
 use crate::backend::{Backend, epoll};
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::stats::{Counters, SharedCounters};
 use crate::sys;
+pub use crate::sys::{Keepalive, SocketOptions};
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7878";
 
 /// Everything a server needs to know. [`ServerConfig::default`] is what `ringecho` runs with no
-/// flags.
+/// flags. Crate-internal: callers set it through [`ServerBuilder`].
 #[derive(Clone, Debug)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Addresses to listen on (port 0 picks a free port).
     pub addrs: Vec<SocketAddr>,
     /// Kernel interface.
@@ -90,12 +111,7 @@ impl Default for ServerConfig {
             buf_size: 4096,
             buf_budget: None,
             max_pending: 64 * 1024,
-            ring: RingConfig {
-                sq_entries: 1024,
-                cq_entries: 4096,
-                mode: RingMode::Auto,
-                sqpoll: None,
-            },
+            ring: RingConfig::default(),
             multishot_recv: true,
             register_ring_fd: true,
             zc_threshold: None,
@@ -126,7 +142,7 @@ pub(crate) fn table_headroom(max_conns: usize) -> usize {
 
 impl ServerConfig {
     /// Checks the settings against each other and the system; resolves `max_conns`.
-    pub fn validate(&self, nofile: u64) -> Result<ServerConfig, Error> {
+    pub(crate) fn validate(&self, nofile: u64) -> Result<ServerConfig, Error> {
         let mut c = self.clone();
         if c.addrs.is_empty() {
             return Err(Error::Config("no address to listen on".into()));
@@ -195,9 +211,254 @@ impl ServerConfig {
     }
 
     /// Connections one shard may hold: `max_conns` split evenly (rounded up) across shards.
-    pub fn max_conns_per_shard(&self) -> usize {
+    pub(crate) fn max_conns_per_shard(&self) -> usize {
         let max = self.max_conns.unwrap_or(DEFAULT_MAX_CONNS);
         max.div_ceil(self.threads.unwrap_or(1).max(1))
+    }
+}
+
+/// The settings of a [`Server`]; [`bind`](Self::bind) makes one. Start from [`Server::builder`].
+///
+/// Every setting has a default, the one `ringecho serve` has without flags; each method names
+/// the flag it corresponds to (see `ringecho serve --help`). Settings are checked against each
+/// other and the system by [`bind`](Self::bind), which reports a bad one as [`Error::Config`].
+///
+/// Methods take and return `&mut self`, so a builder can be set up in one chain or step by
+/// step:
+///
+/// ```
+/// use std::time::Duration;
+/// use ringecho::{Backend, Server};
+///
+/// let mut builder = Server::builder();
+/// builder
+///     .addr("127.0.0.1:0".parse().unwrap())
+///     .backend(Backend::Epoll)
+///     .threads(1)
+///     .buf_count(256)
+///     .buf_size(2048);
+/// if std::env::var_os("VERBOSE").is_some() {
+///     builder.stats_interval(Duration::from_secs(1));
+/// }
+/// let server = builder.bind()?;
+/// assert_ne!(server.local_addrs()[0].port(), 0, "port 0 was resolved");
+/// # Ok::<(), ringecho::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ServerBuilder {
+    cfg: ServerConfig,
+}
+
+impl ServerBuilder {
+    /// Listen on `addr` only (`--addr`; default `127.0.0.1:7878`). Port 0 picks a free port,
+    /// which [`Server::local_addrs`] then reports.
+    pub fn addr(&mut self, addr: SocketAddr) -> &mut Self {
+        self.cfg.addrs = vec![addr];
+        self
+    }
+
+    /// Listen on every address in `addrs` (`--addr` repeated). `[::]:PORT` is dual-stack
+    /// unless [`SocketOptions::ipv6_only`] is set.
+    pub fn addrs(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> &mut Self {
+        self.cfg.addrs = addrs.into_iter().collect();
+        self
+    }
+
+    /// Which kernel interface serves connections (`--backend`; default [`Backend::Auto`]).
+    pub fn backend(&mut self, backend: Backend) -> &mut Self {
+        self.cfg.backend = backend;
+        self
+    }
+
+    /// Echo UDP datagrams instead of serving TCP connections (`--udp`; default off). Each
+    /// datagram goes back to its sender; one larger than a buffer is counted and dropped. The
+    /// protocol given to [`Server::run`] is not consulted: protocols speak streams.
+    pub fn udp(&mut self, udp: bool) -> &mut Self {
+        self.cfg.udp = udp;
+        self
+    }
+
+    /// Shards: threads, each with its own ring (or epoll), buffer ring, file table and
+    /// `SO_REUSEPORT` listener (`--threads`; default: the CPUs this process may run on).
+    pub fn threads(&mut self, threads: usize) -> &mut Self {
+        self.cfg.threads = Some(threads);
+        self
+    }
+
+    /// Pin shard *i* to the *i*-th CPU this process may run on (`--pin`; default off).
+    pub fn pin(&mut self, pin: bool) -> &mut Self {
+        self.cfg.pin = pin;
+        self
+    }
+
+    /// Most connections held at once, split evenly across shards (`--max-conns`; default
+    /// 65536, or what `RLIMIT_NOFILE` allows). Past it, new clients wait in the listen backlog.
+    pub fn max_conns(&mut self, max_conns: usize) -> &mut Self {
+        self.cfg.max_conns = Some(max_conns);
+        self
+    }
+
+    /// Provided buffers in each shard's buffer ring: a power of two, at most 32768
+    /// (`--buf-count`; default 4096).
+    pub fn buf_count(&mut self, count: u32) -> &mut Self {
+        self.cfg.buf_count = count;
+        self
+    }
+
+    /// Size of each provided buffer, in bytes (`--buf-size`; default 4096). On epoll, the size
+    /// of each read.
+    pub fn buf_size(&mut self, size: u32) -> &mut Self {
+        self.cfg.buf_size = size;
+        self
+    }
+
+    /// Most provided buffers owed replies may hold before received bytes are copied out to the
+    /// connection's own memory instead (`--buf-budget`; default half of
+    /// [`buf_count`](Self::buf_count)). Keeps slow readers from emptying the ring for everyone.
+    pub fn buf_budget(&mut self, budget: u32) -> &mut Self {
+        self.cfg.buf_budget = Some(budget);
+        self
+    }
+
+    /// Per-connection back-pressure: stop receiving at this many owed bytes, resume at half
+    /// (`--max-pending`; default 64 KiB).
+    pub fn max_pending(&mut self, bytes: usize) -> &mut Self {
+        self.cfg.max_pending = bytes;
+        self
+    }
+
+    /// Submission queue entries of each ring (`--sq-entries`; default 1024).
+    pub fn sq_entries(&mut self, entries: u32) -> &mut Self {
+        self.cfg.ring.sq_entries = entries;
+        self
+    }
+
+    /// Completion queue entries of each ring, at least [`sq_entries`](Self::sq_entries)
+    /// (`--cq-entries`; default 4096).
+    pub fn cq_entries(&mut self, entries: u32) -> &mut Self {
+        self.cfg.ring.cq_entries = entries;
+        self
+    }
+
+    /// Task-running set-up flags of each ring (`--ring-mode`; default [`RingMode::Auto`]).
+    pub fn ring_mode(&mut self, mode: RingMode) -> &mut Self {
+        self.cfg.ring.mode = mode;
+        self
+    }
+
+    /// Poll the submission queue from a kernel thread (`--sqpoll`, `--sqpoll-cpu`; default
+    /// off). Replaces the ring mode.
+    pub fn sqpoll(&mut self, sqpoll: SqPoll) -> &mut Self {
+        self.cfg.ring.sqpoll = Some(sqpoll);
+        self
+    }
+
+    /// Use multishot receive where the kernel has it (default on; `--no-multishot-recv` turns
+    /// it off, forcing the 5.19 single-shot path).
+    pub fn multishot_recv(&mut self, on: bool) -> &mut Self {
+        self.cfg.multishot_recv = on;
+        self
+    }
+
+    /// Register each ring's own fd so an enter skips an fd lookup (default on;
+    /// `--no-register-ring-fd` turns it off).
+    pub fn register_ring_fd(&mut self, on: bool) -> &mut Self {
+        self.cfg.register_ring_fd = on;
+        self
+    }
+
+    /// Send with `IORING_OP_SEND_ZC` when a send is at least `bytes` long (`--zc-threshold`;
+    /// default never).
+    pub fn zc_threshold(&mut self, bytes: u32) -> &mut Self {
+        self.cfg.zc_threshold = Some(bytes);
+        self
+    }
+
+    /// Receive in bundles, one completion for several buffers (`--recv-bundle`, 6.10; default
+    /// off).
+    pub fn recv_bundle(&mut self, on: bool) -> &mut Self {
+        self.cfg.recv_bundle = on;
+        self
+    }
+
+    /// Consume provided buffers incrementally (`--buf-incremental`, 6.12; default off).
+    pub fn buf_incremental(&mut self, on: bool) -> &mut Self {
+        self.cfg.buf_incremental = on;
+        self
+    }
+
+    /// When busy, wait for up to this many completions per enter (`--batch-max`; default 64).
+    pub fn batch_max(&mut self, completions: u32) -> &mut Self {
+        self.cfg.batch_max = completions;
+        self
+    }
+
+    /// ...but no longer than this many microseconds once one has arrived (`--batch-wait-us`;
+    /// default 50; 0 turns batching off).
+    pub fn batch_wait_us(&mut self, micros: u32) -> &mut Self {
+        self.cfg.batch_wait_us = micros;
+        self
+    }
+
+    /// Write a `stats:` line to [`Server::run`]'s `stats_out` this often (`--stats-interval`;
+    /// default never; zero also means never).
+    pub fn stats_interval(&mut self, every: Duration) -> &mut Self {
+        self.cfg.stats_interval = Some(every).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// On shutdown, how long owed bytes may drain before connections are closed regardless
+    /// (`--drain-timeout`; default 5 s).
+    pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.cfg.drain_timeout = timeout;
+        self
+    }
+
+    /// After a protocol closes a connection, how long it keeps reading and dropping input
+    /// while its reply drains and the peer closes (`--lingering-close`; default 5 s).
+    pub fn lingering_close(&mut self, timeout: Duration) -> &mut Self {
+        self.cfg.lingering_close = timeout;
+        self
+    }
+
+    /// Close connections that sent and received nothing for this long (`--idle-timeout`;
+    /// default never; zero also means never).
+    pub fn idle_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.cfg.idle_timeout = Some(timeout).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Listen backlog (`--backlog`; default the system's `net.core.somaxconn`).
+    pub fn backlog(&mut self, backlog: i32) -> &mut Self {
+        self.cfg.backlog = Some(backlog);
+        self
+    }
+
+    /// Options accepted sockets inherit from the listener (`--nodelay`, `--rcvbuf`,
+    /// `--sndbuf`, `--keepalive`, `--linger`, `--ipv6-only`; default
+    /// [`SocketOptions::default`]).
+    pub fn socket_options(&mut self, options: SocketOptions) -> &mut Self {
+        self.cfg.socket = options;
+        self
+    }
+
+    /// Join an existing `SO_REUSEPORT` group on the address instead of failing with "address
+    /// in use" (`--reuseport`; default off).
+    pub fn reuseport(&mut self, on: bool) -> &mut Self {
+        self.cfg.reuseport = on;
+        self
+    }
+
+    /// Checks the settings, raises `RLIMIT_NOFILE` to its hard limit (the registered file
+    /// tables count against it) and binds every address. Nothing is accepted until
+    /// [`Server::run`]; clients that connect before then wait in the listen backlog.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for inconsistent settings, [`Error::Bind`] when an address cannot be
+    /// bound, [`Error::Io`] for other system failures.
+    pub fn bind(&self) -> Result<Server, Error> {
+        Server::bind(&self.cfg)
     }
 }
 
@@ -216,6 +477,15 @@ impl ShutdownHandle {
     /// The eventfd every shard polls; a signal handler may write to it.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Makes SIGINT and SIGTERM start this shutdown; a second signal ends the process at once
+    /// (status 130) without draining. Also ignores SIGPIPE, so a vanished peer is an error on
+    /// one connection rather than the end of the process. The handlers are process-wide: the
+    /// last handle installed is the one signals stop.
+    pub fn shutdown_on_signals(&self) -> Result<(), Error> {
+        sys::install_shutdown_signals(self.raw_fd())
+            .map_err(|e| Error::io("cannot install signal handlers", e))
     }
 }
 
@@ -250,8 +520,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Settings for a new server, all at their defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
     /// Raises `RLIMIT_NOFILE`, validates the settings and binds every address.
-    pub fn bind(cfg: &ServerConfig) -> Result<Server, Error> {
+    pub(crate) fn bind(cfg: &ServerConfig) -> Result<Server, Error> {
         let nofile =
             sys::raise_nofile_limit().map_err(|e| Error::io("cannot raise RLIMIT_NOFILE", e))?;
         let cfg = cfg.validate(nofile)?;
@@ -314,11 +589,6 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// The validated settings.
-    pub fn config(&self) -> &ServerConfig {
-        &self.cfg
-    }
-
     /// The backend `run` will use: `auto` becomes io_uring if a ring with everything the
     /// server needs can be created here, else epoll (saying why on stderr).
     pub fn resolve_backend(&self) -> Result<Backend, Error> {
@@ -336,8 +606,26 @@ impl Server {
         }
     }
 
-    /// Runs until shut down. Calls `on_ready` once every listener accepts; prints stats lines
-    /// to `stats_out` every `stats_interval` and returns the final counters.
+    /// Runs until shut down, answering every connection with `proto`, and returns the final
+    /// counters: [`run`](Self::run) without a readiness callback or stats lines.
+    pub fn serve<P: Protocol + Clone>(self, proto: P) -> Result<Counters, Error> {
+        self.run(proto, |_| {}, &mut std::io::sink())
+    }
+
+    /// Runs until shut down and returns the final counters.
+    ///
+    /// Each connection gets its own clone of `proto`, made when it is accepted. `on_ready` is
+    /// called once every shard has its accepts armed, with the bound addresses (the binary
+    /// prints `listening on ADDR` there). A `stats:` line goes to `stats_out` every
+    /// [`stats_interval`](ServerBuilder::stats_interval) and a `final:` line at the end. The
+    /// io_uring backend prints one start-up line to stderr saying what it got from the kernel,
+    /// and [`Backend::Auto`] says there why it fell back to epoll, if it did.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UringUnavailable`] when [`Backend::Uring`] was asked for and io_uring cannot
+    /// run here; otherwise the first error any shard stopped on (the others are then shut
+    /// down too).
     pub fn run<P: Protocol + Clone>(
         self,
         proto: P,
@@ -373,17 +661,22 @@ impl Server {
                 .name(format!("ringecho-shard-{index}"))
                 .spawn(move || {
                     let events = ctx.events.clone();
-                    let result = match cpu.map(sys::pin_current_thread) {
-                        Some(Err(e)) => {
-                            Err(Error::io(format!("cannot pin shard {index} to CPU"), e))
-                        }
-                        _ => match (backend, cfg.udp) {
-                            (Backend::Epoll, false) => epoll::run_shard(&cfg, proto, ctx),
-                            (Backend::Epoll, true) => epoll::run_udp_shard(&cfg, ctx),
-                            (_, false) => uring::run_shard(&cfg, proto, ctx),
-                            (_, true) => uring::udp::run_udp_shard(&cfg, ctx),
-                        },
-                    };
+                    // A panic (a protocol's, say) must stop the whole server like an error
+                    // does, not leave the other shards running with nobody to stop them.
+                    let shard =
+                        std::panic::AssertUnwindSafe(|| match cpu.map(sys::pin_current_thread) {
+                            Some(Err(e)) => {
+                                Err(Error::io(format!("cannot pin shard {index} to CPU"), e))
+                            }
+                            _ => match (backend, cfg.udp) {
+                                (Backend::Epoll, false) => epoll::run_shard(&cfg, proto, ctx),
+                                (Backend::Epoll, true) => epoll::run_udp_shard(&cfg, ctx),
+                                (_, false) => uring::run_shard(&cfg, proto, ctx),
+                                (_, true) => uring::udp::run_udp_shard(&cfg, ctx),
+                            },
+                        });
+                    let result =
+                        std::panic::catch_unwind(shard).unwrap_or(Err(Error::ShardPanicked));
                     if let Err(e) = result {
                         let _ = events.send(ShardEvent::Failed(e));
                     }
@@ -453,7 +746,7 @@ impl Server {
         }
         for h in handles {
             if h.join().is_err() {
-                failure.get_or_insert(Error::Config("a shard thread panicked".into()));
+                failure.get_or_insert(Error::ShardPanicked);
             }
         }
         if let Some(e) = failure {

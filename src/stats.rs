@@ -13,14 +13,18 @@ macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// A snapshot of every server counter. Gauges (`active`, `bufs_held`) are current
         /// values; the rest count events since start.
+        ///
+        /// New counters are added as the server learns to count new things, so the struct is
+        /// `#[non_exhaustive]`: start from [`Counters::default`] or [`Counters::parse`].
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
         pub struct Counters {
             $( $(#[$doc])* pub $name: u64, )*
         }
 
         /// The atomic mirror a shard publishes into and a printer reads from.
         #[derive(Debug, Default)]
-        pub struct SharedCounters {
+        pub(crate) struct SharedCounters {
             $( $name: AtomicU64, )*
         }
 
@@ -145,7 +149,7 @@ impl fmt::Display for Counters {
 
 impl Counters {
     /// Counts what a connection did with `len` received bytes (both backends call this).
-    pub fn record_recv(&mut self, len: usize, out: &crate::conn::RecvOutcome) {
+    pub(crate) fn record_recv(&mut self, len: usize, out: &crate::conn::RecvOutcome) {
         self.bytes_in += (len - out.discarded) as u64;
         self.bytes_discarded += out.discarded as u64;
         self.copied_bytes += out.copied as u64;
@@ -155,7 +159,7 @@ impl Counters {
     }
 
     /// Counts a connection closed at its protocol's request, under its reason.
-    pub fn count_proto_close(&mut self, reason: CloseReason) {
+    pub(crate) fn count_proto_close(&mut self, reason: CloseReason) {
         self.proto_closes += 1;
         match reason {
             CloseReason::Requested => self.proto_requested += 1,

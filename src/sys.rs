@@ -40,7 +40,11 @@ pub struct Keepalive {
 /// copies them into every socket it accepts (the new socket is a clone of the listener), which
 /// is how they reach io_uring direct descriptors, where `setsockopt` cannot go, without a syscall
 /// per connection.
+///
+/// More options may come, so the struct is `#[non_exhaustive]`: start from
+/// [`SocketOptions::default`] and set fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SocketOptions {
     /// `TCP_NODELAY`: send small writes at once instead of waiting for an ACK (Nagle).
     pub nodelay: bool,

@@ -10,17 +10,40 @@
 //! +----------------------------------+-------------------------+----------+
 //! ```
 //!
-//! - `slot` is the connection's key in the shard's `slab`, or [`Token::SHARD`] for operations
-//!   that belong to the shard itself (accept, the shutdown poll).
-//! - `generation` tells two connections that used the same slot apart. Slots are reused as soon
-//!   as a connection is gone, so a completion that arrives late (it cannot, by construction, but
-//!   this is the belt to that brace) is recognised as stale and dropped rather than delivered to
-//!   the newcomer.
+//! For an operation on a connection ([`Token::conn`]):
+//!
+//! - `slot` holds the *connection key*: the connection's index in the shard's table of
+//!   connections (a slab). It is not the connection's *file slot*, the index of its socket in
+//!   the ring's registered file table (its direct descriptor), which the kernel picks at
+//!   accept and which an SQE names in its own field. The two are allocated independently and
+//!   usually differ; `examples/uring_echo.rs` stores connections by file slot, so there they
+//!   are the same number.
+//! - `generation` tells apart the connections that had the same key one after another.
 //! - `op` says which operation completed.
+//!
+//! For an operation of the shard itself ([`Token::shard`]), `slot` is [`Token::SHARD`]. The
+//! accepts ([`Op::Accept`], [`Op::AcceptOne`]) put the index of their listening socket in the
+//! `generation` field ([`accept_token`](crate::backend::uring::ops::accept_token)), since a
+//! shard listens on one socket per address it serves; the other shard operations (the
+//! shutdown poll, accept cancellations) leave it 0.
+//!
+//! # What the generation is for
+//!
+//! Connection keys are reused as soon as a connection is gone. That is safe for CQEs because
+//! of an ordering rule, not because of the generation: a connection's key and its file slot
+//! are freed only by the CQE of its close, and the close is submitted only once every other
+//! operation on the connection has posted its final CQE, so no CQE can outlive the connection
+//! it names. References held outside the ring have no such rule. The queue of connections
+//! parked on an empty buffer ring and the timers (idle timeout, lingering close) keep
+//! `(key, generation)` pairs; by the time one is acted on, its connection may have closed and
+//! its key gone to a newcomer. The generation no longer matches, and the entry is skipped.
+//! The dispatcher checks it on every CQE too, belt and braces: by the rule above it should
+//! never fire, and it has not in any test run (`stale_cqes`).
 
 /// What an SQE was for. Stored in the low 8 bits of `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Op {
     /// Multishot accept on the listener.
     Accept = 1,
@@ -71,19 +94,21 @@ pub const GENERATION_MASK: u32 = (1 << 24) - 1;
 /// A decoded `user_data` value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token {
-    /// Slab key of the connection, or [`Token::SHARD`].
+    /// The connection key (the connection's index in the shard's table of connections, not its
+    /// file slot), or [`Token::SHARD`] for an operation of the shard itself.
     pub slot: u32,
-    /// Generation of the connection that owned `slot` when the SQE was made (24 bits).
+    /// Generation of the connection that had key `slot` when the SQE was made (24 bits). In a
+    /// shard operation: the listener's index for an accept, else 0.
     pub generation: u32,
     /// The operation.
     pub op: Op,
 }
 
 impl Token {
-    /// The slot value used by operations that belong to the shard, not to a connection.
+    /// The `slot` value of operations that belong to the shard, not to a connection.
     pub const SHARD: u32 = u32::MAX;
 
-    /// A token for a connection's operation.
+    /// A token for operation `op` of the connection whose key is `slot`.
     pub fn conn(slot: usize, generation: u32, op: Op) -> Token {
         debug_assert!(slot < Token::SHARD as usize);
         Token {
@@ -93,7 +118,8 @@ impl Token {
         }
     }
 
-    /// A token for a shard-level operation.
+    /// A token for a shard-level operation (generation 0; accepts set it to their listener's
+    /// index).
     pub fn shard(op: Op) -> Token {
         Token {
             slot: Token::SHARD,

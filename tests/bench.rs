@@ -1,5 +1,7 @@
 //! `ringecho bench` end to end, over real loopback sockets: against a ringecho server, against
-//! deliberately broken echo servers, open loop against a stalling one, and its output formats.
+//! deliberately broken echo servers, open loop against a stalling one, and its output formats;
+//! `--udp` against ringecho's UDP mode and lossy or corrupting UDP fixtures; `--framed` against
+//! ringecho's framed protocol and fixtures that break frames.
 
 mod bench_support;
 
@@ -8,6 +10,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use ringecho::loadgen::pattern;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// The JSON fields the README documents. A field missing here is a broken promise.
 const DOCUMENTED_FIELDS: &[&str] = &[
@@ -52,6 +56,14 @@ const DOCUMENTED_FIELDS: &[&str] = &[
     "machine_cpu_us_per_msg",
     "server_cpu_us_per_msg",
     "syscalls_per_msg",
+    "transport",
+    "protocol",
+    "udp_loss_timeout_s",
+    "dgrams_lost",
+    "loss_pct",
+    "dgrams_late",
+    "dgrams_duplicate",
+    "dgrams_reordered",
     "error",
 ];
 
@@ -334,7 +346,7 @@ fn bad_flags_are_refused_before_anything_runs() {
         &["--duration", "0"],
     ] {
         let run = bench(args);
-        assert_eq!(run.code, Some(2), "{args:?}");
+        assert_eq!(run.code, Some(64), "{args:?}");
         let first = run.stderr.lines().next().unwrap_or_default();
         assert!(
             first.starts_with("error: invalid value"),
@@ -519,4 +531,389 @@ fn base64_helper_decodes() {
     assert_eq!(base64_decode("SGVsbG8="), b"Hello");
     assert_eq!(base64_decode("SGk="), b"Hi");
     assert_eq!(base64_decode("SGV5"), b"Hey");
+}
+
+/// Parses the JSON a run printed, with every documented field and no other.
+fn json_of(run: &Run, what: &str) -> std::collections::BTreeMap<String, Json> {
+    let j = parse_flat_json(&run.stdout)
+        .unwrap_or_else(|e| panic!("{what}: {e}: {:?} {:?}", run.stdout, run.stderr));
+    for f in DOCUMENTED_FIELDS {
+        assert!(j.contains_key(*f), "{what}: JSON lacks {f}: {}", run.stdout);
+    }
+    assert_eq!(
+        j.len(),
+        DOCUMENTED_FIELDS.len(),
+        "{what}: undocumented JSON fields"
+    );
+    j
+}
+
+/// `--udp` against ringecho's own UDP echo, on both server backends and both client backends:
+/// at a modest rate on loopback nothing is lost and every count matches.
+#[test]
+fn udp_against_ringecho_loses_nothing_on_either_backend() {
+    let clients = backends("udp_against_ringecho_loses_nothing_on_either_backend");
+    let mut servers = vec!["epoll"];
+    if clients.contains(&"uring") {
+        servers.insert(0, "uring");
+    }
+    for server_backend in servers {
+        let server =
+            RingechoServer::start_with(&["--udp", "--threads", "1", "--backend", server_backend]);
+        let addr = server.addr.to_string();
+        for &client in &clients {
+            let what = format!("server {server_backend}, client {client}");
+            let run = bench(&[
+                "--udp",
+                "--addr",
+                &addr,
+                "--backend",
+                client,
+                "--conns",
+                "4",
+                "--depth",
+                "2",
+                "--size",
+                "200",
+                "--rate",
+                "4000",
+                "--threads",
+                "1",
+                "--duration",
+                "0.4",
+                "--warmup",
+                "0.1",
+                "--json",
+            ]);
+            assert_eq!(run.code, Some(0), "{what}: {}", run.stderr);
+            let j = json_of(&run, &what);
+            assert_eq!(j["transport"], Json::Str("udp".into()));
+            assert_eq!(j["protocol"], Json::Str("echo".into()));
+            let sent = j["msgs_sent"].num();
+            assert!(sent >= 1000.0, "{what}: only {sent} datagrams sent");
+            assert_eq!(sent, j["msgs_received"].num(), "{what}: {}", run.stdout);
+            assert_eq!(j["dgrams_lost"].num(), 0.0, "{what}");
+            assert_eq!(j["loss_pct"].num(), 0.0, "{what}");
+            assert_eq!(j["dgrams_duplicate"].num(), 0.0, "{what}");
+            assert_eq!(j["dgrams_late"].num(), 0.0, "{what}");
+            assert_eq!(j["udp_loss_timeout_s"].num(), 0.25);
+            assert_eq!(j["errors"].num(), 0.0, "{what}");
+            assert_eq!(j["conns_established"].num(), 4.0);
+            assert!(j["msgs"].num() > 0.0 && j["p50_us"].num() > 0.0, "{what}");
+            assert_eq!(j["error"], Json::Null);
+        }
+    }
+}
+
+/// A server that drops every 10th datagram: each drop is a counted loss, exactly as many as
+/// were dropped, and the run ends on time instead of waiting for them.
+#[test]
+fn udp_loss_is_counted_exactly_and_the_run_still_ends() {
+    for backend in backends("udp_loss_is_counted_exactly_and_the_run_still_ends") {
+        let f = UdpFixture::start(UdpBehaviour::DropEvery(10));
+        let started = Instant::now();
+        let run = bench(&[
+            "--udp",
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--depth",
+            "4",
+            "--size",
+            "64",
+            "--threads",
+            "1",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--udp-loss-timeout",
+            "0.05",
+            "--json",
+        ]);
+        let took = started.elapsed();
+        assert_eq!(
+            run.code,
+            Some(0),
+            "{backend}: loss alone does not fail a run: {}",
+            run.stderr
+        );
+        let j = json_of(&run, backend);
+        let dropped = f.dropped.load(Ordering::SeqCst) as f64;
+        assert!(
+            dropped >= 5.0,
+            "{backend}: the fixture dropped only {dropped}"
+        );
+        assert_eq!(j["dgrams_lost"].num(), dropped, "{backend}: {}", run.stdout);
+        assert_eq!(
+            j["msgs_sent"].num(),
+            j["msgs_received"].num() + dropped,
+            "{backend}: every datagram is echoed or lost: {}",
+            run.stdout
+        );
+        assert_eq!(
+            j["msgs_sent"].num(),
+            f.received.load(Ordering::SeqCst) as f64
+        );
+        let pct = j["loss_pct"].num();
+        assert!((9.0..=11.0).contains(&pct), "{backend}: loss {pct}%");
+        assert!(took < Duration::from_secs(5), "{backend}: took {took:?}");
+    }
+}
+
+/// A server that never answers: every datagram is lost, the run ends after the loss timeout,
+/// and it fails with a line saying nothing came back.
+#[test]
+fn udp_silence_is_total_loss_not_a_hang() {
+    let backend = backends("udp_silence_is_total_loss_not_a_hang")[0];
+    let f = UdpFixture::start(UdpBehaviour::Silent);
+    let started = Instant::now();
+    let run = bench(&[
+        "--udp",
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        backend,
+        "--conns",
+        "3",
+        "--depth",
+        "2",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "--udp-loss-timeout",
+        "0.1",
+        "--json",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no datagram came back from"),
+        "{}",
+        run.stderr
+    );
+    let j = json_of(&run, backend);
+    assert_eq!(j["msgs_received"].num(), 0.0);
+    assert_eq!(j["dgrams_lost"].num(), j["msgs_sent"].num());
+    assert_eq!(j["loss_pct"].num(), 100.0);
+}
+
+#[test]
+fn udp_with_nobody_listening_is_refused() {
+    let addr = {
+        // A port nothing listens on: bound, then released.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    for backend in backends("udp_with_nobody_listening_is_refused") {
+        let run = bench(&[
+            "--udp",
+            "--addr",
+            &addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--duration",
+            "1",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}");
+        assert_eq!(
+            run.stderr.trim(),
+            format!(
+                "ringecho bench: connection refused: is a UDP echo server listening on {addr}?"
+            )
+        );
+    }
+}
+
+/// A server that corrupts one datagram fails the run with a line naming the socket, the
+/// datagram, the byte, and both values.
+#[test]
+fn udp_corruption_names_the_datagram_and_byte() {
+    for backend in backends("udp_corruption_names_the_datagram_and_byte") {
+        let f = UdpFixture::start(UdpBehaviour::FlipAt { nth: 20, byte: 40 });
+        let run = bench(&[
+            "--udp",
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--size",
+            "100",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}: {}", run.stderr);
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("verification failed"))
+            .unwrap_or_else(|| panic!("{backend}: no verification line in {:?}", run.stderr));
+        // "verification failed: socket C, datagram S, byte 40: expected 0xEE, got 0xGG"
+        let field = |after: &str| -> u64 {
+            line.split(after)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {after:?} in {line}"))
+        };
+        let (socket, seq) = (field("socket "), field("datagram "));
+        assert!(line.contains(", byte 40: "), "{line}");
+        let want = pattern::byte_at(pattern::stream_base(socket), seq * (100 - 16) + 40 - 16);
+        assert!(
+            line.contains(&format!("expected 0x{want:02x}, got 0x{:02x}", want ^ 0xff)),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn udp_sizes_that_cannot_be_sent_are_bad_flags() {
+    for (args, want) in [
+        (
+            &["--udp", "--size", "65508"][..],
+            "does not fit in one UDP datagram",
+        ),
+        (&["--udp", "--size", "15"], "16-byte header"),
+        (&["--udp", "--framed"], "cannot be used with"),
+    ] {
+        let run = bench(args);
+        assert_eq!(run.code, Some(64), "{args:?}");
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(want),
+            "{args:?}: {first}"
+        );
+    }
+}
+
+/// `--framed` against ringecho's framed protocol on both client backends.
+#[test]
+fn framed_against_ringecho_passes() {
+    let clients = backends("framed_against_ringecho_passes");
+    let server = if clients.contains(&"uring") {
+        RingechoServer::start_with(&["--protocol", "framed", "--threads", "1"])
+    } else {
+        RingechoServer::start_with(&[
+            "--protocol",
+            "framed",
+            "--threads",
+            "1",
+            "--backend",
+            "epoll",
+        ])
+    };
+    let addr = server.addr.to_string();
+    for backend in clients {
+        let run = bench(&[
+            "--framed",
+            "--addr",
+            &addr,
+            "--backend",
+            backend,
+            "--conns",
+            "3",
+            "--depth",
+            "4",
+            "--size",
+            "300",
+            "--threads",
+            "1",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--json",
+        ]);
+        assert_eq!(run.code, Some(0), "{backend}: {}", run.stderr);
+        let j = json_of(&run, backend);
+        assert_eq!(j["protocol"], Json::Str("framed".into()));
+        assert_eq!(j["transport"], Json::Str("tcp".into()));
+        assert_eq!(j["dgrams_lost"], Json::Null);
+        let sent = j["msgs_sent"].num();
+        assert!(sent > 0.0);
+        assert_eq!(sent, j["msgs_received"].num(), "{backend}");
+        assert_eq!(j["errors"].num(), 0.0);
+    }
+}
+
+/// A server that corrupts a frame header fails the run naming the connection, frame, offset,
+/// header byte, and both values.
+#[test]
+fn framed_header_corruption_names_the_frame() {
+    // Frame 10's header is wire bytes 1040..1044 with 100-byte bodies; flip its last byte.
+    let f = Fixture::start(Behaviour::FlipAt(10 * 104 + 3));
+    for backend in backends("framed_header_corruption_names_the_frame") {
+        let run = bench(&[
+            "--framed",
+            "--addr",
+            &f.addr.to_string(),
+            "--backend",
+            backend,
+            "--conns",
+            "2",
+            "--size",
+            "100",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+        ]);
+        assert_eq!(run.code, Some(1), "{backend}: {}", run.stderr);
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("frame verification failed"))
+            .unwrap_or_else(|| panic!("{backend}: no frame line in {:?}", run.stderr));
+        assert!(
+            line.contains(
+                "frame 10, offset 1043, header byte 3: expected 0x64, got 0x9b (the echoed \
+                 header announces a 155-byte body; 100 were sent"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("connection "), "{line}");
+    }
+}
+
+/// A server that merges frames is caught at the first merged header.
+#[test]
+fn framed_merged_frames_are_caught() {
+    let f = Fixture::start(Behaviour::MergeFrames);
+    let backend = backends("framed_merged_frames_are_caught")[0];
+    let run = bench(&[
+        "--framed",
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        backend,
+        "--conns",
+        "1",
+        "--depth",
+        "2",
+        "--size",
+        "100",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "frame verification failed: connection 0, frame 0, offset 3, header byte 3: expected \
+             0x64, got 0xc8 (the echoed header announces a 200-byte body; 100 were sent"
+        ),
+        "{}",
+        run.stderr
+    );
 }

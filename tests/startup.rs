@@ -208,7 +208,7 @@ fn io_uring_blocked_by_seccomp_exits_2_with_one_line() {
 }
 
 #[test]
-fn bad_flags_give_one_line_and_a_nonzero_exit() {
+fn bad_flags_give_one_line_and_exit_64() {
     let cases: &[(&[&str], &str)] = &[
         (&["--addr", "nonsense"], "--addr"),
         (&["--buf-size", "0"], "--buf-size"),
@@ -233,7 +233,11 @@ fn bad_flags_give_one_line_and_a_nonzero_exit() {
         let (status, stdout, stderr) = run_to_exit(&mut cmd, Duration::from_secs(10));
         eprintln!("{args:?} -> {status}: {}", stderr.trim());
         assert!(!status.success(), "{args:?} must fail; stderr:\n{stderr}");
-        assert!(status.code().is_some(), "{args:?}: killed by a signal?");
+        assert_eq!(
+            status.code(),
+            Some(64),
+            "{args:?}: usage errors exit 64 (EX_USAGE), never 2 (io_uring unavailable)"
+        );
         assert!(!stdout.contains("listening on"), "{args:?} started serving");
         assert_no_panic(&stderr);
         let lines = message_lines(&stderr);

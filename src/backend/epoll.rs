@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::backend::idle_sweep_period;
+use crate::backend::Timers;
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -59,26 +59,20 @@ struct EpollShard<P> {
     limits: Limits,
     max_conns: usize,
     scratch: Vec<u8>,
-    /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
-    /// deadline order, since every one waits `lingering_close`).
-    lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections with data left after their read budget, served before waiting again.
     ready: std::collections::VecDeque<(usize, u32)>,
     accept_paused: bool,
-    accept_retry_at: Option<Instant>,
     accept_pause_logged: bool,
     draining: bool,
     /// The shutdown eventfd fired in this batch of events; the drain starts after the batch.
     drain_requested: bool,
-    drain_deadline: Option<Instant>,
     drain_timeout: Duration,
-    lingering_close: Duration,
+    /// Idle, lingering, accept back-off and drain deadlines.
+    timers: Timers,
     next_generation: u32,
     counters: Counters,
     /// Read once per loop turn, after the wait.
     now: Instant,
-    idle_timeout: Option<Duration>,
-    next_idle_sweep: Option<Instant>,
 }
 
 fn ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, data: u64) -> std::io::Result<()> {
@@ -148,22 +142,15 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         max_conns,
         scratch: vec![0; cfg.buf_size as usize],
         ready: Default::default(),
-        lingering: Default::default(),
         accept_paused: false,
-        accept_retry_at: None,
         accept_pause_logged: false,
         draining: false,
         drain_requested: false,
-        drain_deadline: None,
         drain_timeout: cfg.drain_timeout,
-        lingering_close: cfg.lingering_close,
+        timers: Timers::new(cfg.idle_timeout, cfg.lingering_close, Instant::now()),
         next_generation: 0,
         counters: Counters::default(),
         now: Instant::now(),
-        idle_timeout: cfg.idle_timeout,
-        next_idle_sweep: cfg
-            .idle_timeout
-            .map(|t| Instant::now() + idle_sweep_period(t)),
     };
     let _ = ctx.events.send(ShardEvent::Ready);
     let result = shard.run(&ctx);
@@ -187,18 +174,13 @@ impl<P: Protocol + Clone> EpollShard<P> {
             let timeout_ms = if !self.ready.is_empty() {
                 0
             } else {
-                [
-                    self.drain_deadline,
-                    self.accept_retry_at,
-                    self.next_idle_sweep,
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .map_or(-1, |d| {
+                self.timers.next().map_or(-1, |d| {
                     d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1
                 })
             };
+            // Publish before a wait that may block indefinitely (accepts made before it).
+            self.counters.active = self.conns.len() as u64;
+            ctx.stats.publish(&self.counters);
             self.counters.enters += 1;
             self.counters.syscalls += 1;
             let n = match syscall!(epoll_wait(
@@ -314,11 +296,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     let out = slot.conn.on_recv(&self.scratch[..n], None, &self.limits);
                     self.counters.record_recv(n, &out);
                     if out.closed_by_protocol.is_some() {
-                        self.lingering.push_back((
-                            key,
-                            slot.generation,
-                            self.now + self.lingering_close,
-                        ));
+                        self.timers.linger(key, slot.generation, self.now);
                     }
                     if !was_paused && slot.conn.is_paused() {
                         self.counters.paused += 1;
@@ -455,7 +433,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                             self.counters.accept_errors += 1;
                             self.accept_paused = true;
-                            self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                            self.timers.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                             if !self.accept_pause_logged {
                                 self.accept_pause_logged = true;
                                 eprintln!(
@@ -509,48 +487,18 @@ impl<P: Protocol + Clone> EpollShard<P> {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some(&(key, generation, at)) = self.lingering.front()
-            && at <= now
-        {
-            self.lingering.pop_front();
-            // The peer never closed after our FIN: stop waiting for it.
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.generation == generation)
-            {
-                self.close(key);
-            }
+        let conns = &self.conns;
+        let due = self.timers.expire(
+            now,
+            |key, generation| conns.get(key).is_some_and(|s| s.generation == generation),
+            || conns.iter().map(|(k, s)| (k, s.last_active)),
+        );
+        self.counters.idle_closes += due.idle;
+        for key in due.close {
+            self.close(key);
         }
-        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
-            && now >= at
-        {
-            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
-            let idle_keys: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, s)| now.duration_since(s.last_active) >= idle)
-                .map(|(k, _)| k)
-                .collect();
-            for key in idle_keys {
-                self.counters.idle_closes += 1;
-                self.close(key);
-            }
-        }
-        if let Some(at) = self.accept_retry_at
-            && now >= at
-        {
-            self.accept_retry_at = None;
+        if due.accept_retry {
             self.accept_all();
-        }
-        if let Some(at) = self.drain_deadline
-            && now >= at
-        {
-            self.drain_deadline = None;
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                self.close(key);
-            }
         }
     }
 
@@ -559,7 +507,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
             return;
         }
         self.draining = true;
-        self.drain_deadline = Some(Instant::now() + self.drain_timeout);
+        self.timers.drain_deadline = Some(Instant::now() + self.drain_timeout);
         // Stop accepting: closing the listeners refuses new clients at once.
         self.counters.syscalls += self.listeners.len() as u64;
         self.listeners.clear();

@@ -3,27 +3,24 @@
 //! # The contract
 //!
 //! A backend runs one shard: one thread, its listeners, its connections. For every connection
-//! it keeps a [`Conn`](crate::conn::Conn) and follows the same rules, so that the state machine,
+//! it keeps a `Conn` (the crate-private state machine in `src/conn/mod.rs`; `cargo doc
+//! --document-private-items` shows it) and follows the same rules, so that the state machine,
 //! not the backend, decides what happens:
 //!
-//! - **Received bytes** go to [`Conn::on_recv`](crate::conn::Conn::on_recv) once, in order. The
-//!   backend passes the provided-buffer id when the bytes are in one and the shard's budget of
-//!   buffers held for owed data allows zero-copy replies; otherwise the connection copies what
-//!   it must keep.
-//! - **End of stream** (a zero-length receive) goes to
-//!   [`Conn::on_eof`](crate::conn::Conn::on_eof).
-//! - **Sending**: the backend asks [`Conn::next_send`](crate::conn::Conn::next_send) and has
-//!   at most one send of that span outstanding; its result goes to
-//!   [`Conn::on_sent`](crate::conn::Conn::on_sent) (bytes written, possibly fewer than asked) or
-//!   [`Conn::on_send_failed`](crate::conn::Conn::on_send_failed). The span's memory must stay
-//!   untouched until then.
-//! - **Receiving** is armed while [`Conn::recv_wanted`](crate::conn::Conn::recv_wanted) says so,
-//!   and stopped (cancelled, or simply not re-armed) when it stops saying so. Bytes that arrive
-//!   anyway (racing a cancellation) are still delivered.
-//! - **Closing**: when [`Conn::is_done`](crate::conn::Conn::is_done) the conversation ended
-//!   cleanly and the backend closes the socket (the peer sees FIN after every owed byte). On an
-//!   error (reset, broken pipe) it closes at once. Either way the connection's memory (and its
-//!   references to provided buffers) is released only once no operation on it is outstanding.
+//! - **Received bytes** go to `Conn::on_recv` once, in order. The backend passes the
+//!   provided-buffer id when the bytes are in one and the shard's budget of buffers held for
+//!   owed data allows zero-copy replies; otherwise the connection copies what it must keep.
+//! - **End of stream** (a zero-length receive) goes to `Conn::on_eof`.
+//! - **Sending**: the backend asks `Conn::next_send` and has at most one send of that span
+//!   outstanding; its result goes to `Conn::on_sent` (bytes written, possibly fewer than
+//!   asked) or `Conn::on_send_failed`. The span's memory must stay untouched until then.
+//! - **Receiving** is armed while `Conn::recv_wanted` says so, and stopped (cancelled, or
+//!   simply not re-armed) when it stops saying so. Bytes that arrive anyway (racing a
+//!   cancellation) are still delivered.
+//! - **Closing**: when `Conn::is_done` the conversation ended cleanly and the backend closes
+//!   the socket (the peer sees FIN after every owed byte). On an error (reset, broken pipe) it
+//!   closes at once. Either way the connection's memory (and its references to provided
+//!   buffers) is released only once no operation on it is outstanding.
 //! - **Accepting** stops while the shard holds `max_conns` connections (new clients wait in the
 //!   listen backlog) and resumes when one closes; it never spins on a persistent error.
 //! - **Shutdown**: on the shard's shutdown signal, stop accepting, stop receiving, let owed bytes
@@ -33,11 +30,12 @@
 //!
 //! [`Counters`]: crate::stats::Counters
 
-pub mod epoll;
+pub(crate) mod epoll;
 pub mod uring;
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which kernel interface serves the connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +48,43 @@ pub enum Backend {
     Epoll,
 }
 
+/// The name is not `auto`, `uring` or `epoll`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown backend {:?} (expected auto, uring or epoll)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+/// Parses the names `ringecho --backend` takes (and [`Display`](fmt::Display) prints).
+///
+/// ```
+/// use ringecho::Backend;
+///
+/// assert_eq!("epoll".parse(), Ok(Backend::Epoll));
+/// assert!("kqueue".parse::<Backend>().is_err());
+/// ```
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "uring" => Ok(Backend::Uring),
+            "epoll" => Ok(Backend::Epoll),
+            _ => Err(UnknownBackend(s.to_string())),
+        }
+    }
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -60,9 +95,118 @@ impl fmt::Display for Backend {
     }
 }
 
+/// The deadlines a TCP shard keeps, the same on both backends: idle connections, connections
+/// lingering after a protocol close, the accept back-off and the shutdown drain. The wait for
+/// events never runs past [`next`](Timers::next), and [`expire`](Timers::expire) says what is
+/// due.
+pub(crate) struct Timers {
+    idle_timeout: Option<Duration>,
+    next_idle_sweep: Option<Instant>,
+    lingering_close: Duration,
+    /// Connections a protocol closed, waiting for the peer's FIN until their deadline. Every
+    /// one waits the same time, so the queue is in deadline order.
+    lingering: VecDeque<(usize, u32, Instant)>,
+    /// Re-arm accepts at this instant (after an accept error).
+    pub accept_retry_at: Option<Instant>,
+    /// Close whatever is still open at this instant (shutdown).
+    pub drain_deadline: Option<Instant>,
+}
+
+/// What [`Timers::expire`] found due.
+#[derive(Debug, Default)]
+pub(crate) struct Expired {
+    /// Connections to close now (lingering too long, idle too long, or the drain is over).
+    pub close: Vec<usize>,
+    /// How many of them were closed for being idle.
+    pub idle: u64,
+    /// The accept back-off is over.
+    pub accept_retry: bool,
+}
+
+impl Timers {
+    pub fn new(idle_timeout: Option<Duration>, lingering_close: Duration, now: Instant) -> Timers {
+        Timers {
+            idle_timeout,
+            next_idle_sweep: idle_timeout.map(|t| now + idle_sweep_period(t)),
+            lingering_close,
+            lingering: VecDeque::new(),
+            accept_retry_at: None,
+            drain_deadline: None,
+        }
+    }
+
+    /// Connection `key` (generation `generation`) was closed by its protocol at `now`: it may
+    /// linger until `now + lingering_close`.
+    pub fn linger(&mut self, key: usize, generation: u32, now: Instant) {
+        self.lingering
+            .push_back((key, generation, now + self.lingering_close));
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next(&self) -> Option<Instant> {
+        [
+            self.drain_deadline,
+            self.accept_retry_at,
+            self.next_idle_sweep,
+            self.lingering.front().map(|l| l.2),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Everything due at `now`. `live(key, generation)` says whether a connection still
+    /// exists; `open` lists the open connections as (key, last time bytes moved).
+    pub fn expire<I: Iterator<Item = (usize, Instant)>>(
+        &mut self,
+        now: Instant,
+        live: impl Fn(usize, u32) -> bool,
+        open: impl Fn() -> I,
+    ) -> Expired {
+        let mut due = Expired::default();
+        while let Some(&(key, generation, at)) = self.lingering.front()
+            && at <= now
+        {
+            self.lingering.pop_front();
+            // The peer never closed after our FIN: stop waiting for it.
+            if live(key, generation) {
+                due.close.push(key);
+            }
+        }
+        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
+            && now >= at
+        {
+            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
+            let before = due.close.len();
+            due.close.extend(
+                open()
+                    .filter(|&(_, last)| now.duration_since(last) >= idle)
+                    .map(|(k, _)| k),
+            );
+            due.idle = (due.close.len() - before) as u64;
+        }
+        if let Some(at) = self.accept_retry_at
+            && now >= at
+        {
+            self.accept_retry_at = None;
+            due.accept_retry = true;
+        }
+        if let Some(at) = self.drain_deadline
+            && now >= at
+        {
+            // Drain time is up: close whatever is still open, owed bytes or not.
+            self.drain_deadline = None;
+            due.close.extend(open().map(|(k, _)| k));
+        }
+        due.close.sort_unstable();
+        due.close.dedup();
+        due
+    }
+}
+
 /// How often idle connections are looked for: often enough that one is closed within a quarter
 /// of the timeout of going idle, never more than 100 times a second.
-pub(crate) fn idle_sweep_period(idle: Duration) -> Duration {
+fn idle_sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 

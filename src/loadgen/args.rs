@@ -13,6 +13,15 @@ use crate::server::DEFAULT_ADDR;
 pub const MAX_SIZE: u64 = 64 << 20;
 /// Largest `--depth` (each in-flight message keeps an 8-byte start time).
 pub const MAX_DEPTH: u32 = 4096;
+/// Bytes of each `--udp` datagram taken by its header (magic, slot, socket, sequence number):
+/// the smallest `--size` with `--udp`.
+pub const UDP_HEADER: u64 = 16;
+/// Largest UDP payload over IPv4: 65535 less the 20-byte IP and 8-byte UDP headers.
+pub const UDP_MAX_V4: u64 = 65_507;
+/// Largest UDP payload over IPv6 without jumbograms: 65535 less the 8-byte UDP header.
+pub const UDP_MAX_V6: u64 = 65_527;
+/// A ringecho server's default `--buf-size` (its UDP payload limit follows from it).
+const SERVER_DEFAULT_BUF_SIZE: u32 = 4096;
 
 const MODES_SHORT: &str = "Closed loop by default (latency from each send); --rate for open loop (latency from each \
 message's intended send time, so stalls are counted in full). --help says more.";
@@ -32,8 +41,22 @@ What is measured:
                          during a stall is charged for it. Use this for latency claims.
 
 Every echoed byte is checked against what the connection sent (--no-verify skips the byte
-comparison, not the byte counts). Exit status: 0 clean run; 1 wrong bytes, or any connection
-refused, reset, closed early or timed out; 2 bad flags or io_uring unavailable.";
+comparison, not the byte counts, frame headers or datagram headers).
+
+--framed   Each message is a frame of ringecho's framed protocol (serve --protocol framed): a
+           4-byte big-endian body length, then --size body bytes. The echo must reproduce every
+           frame exactly, headers included; a server that merges, splits or corrupts frames fails
+           the run with a line naming the connection, frame, offset, expected and got byte.
+--udp      Each of --conns is a connected UDP socket and each message one datagram of --size
+           bytes: a 16-byte header (socket, slot, sequence number), then pattern bytes. Echoes
+           are matched by sequence number whatever their order; a datagram not echoed within
+           --udp-loss-timeout of its send is counted lost and its slot reused, so loss is a
+           figure in the report, never a hang. Latency percentiles cover echoed datagrams only.
+           Duplicate, late (after being counted lost) and reordered echoes are counted.
+
+Exit status: 0 clean run (UDP loss alone does not fail a run, unless nothing came back at all);
+1 wrong bytes, or any connection refused, reset, closed early or timed out; 2 io_uring
+unavailable (try --backend epoll); 64 bad flags.";
 
 /// Which client transport to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,7 +80,8 @@ impl std::fmt::Display for ClientBackend {
     }
 }
 
-/// Drive a TCP echo server (ringecho or any other) and report throughput, latency and CPU.
+/// Drive an echo server (ringecho or any other; TCP, framed or UDP) and report throughput,
+/// latency, loss and CPU.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = MODES_SHORT, after_long_help = MODES)]
 pub struct BenchArgs {
@@ -98,9 +122,25 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = ClientBackend::Uring)]
     pub backend: ClientBackend,
 
-    /// Do not compare echoed bytes with what was sent (byte counts are still checked).
+    /// Do not compare echoed bytes with what was sent (byte counts, frame headers and datagram
+    /// headers are still checked).
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Speak the framed protocol (`serve --protocol framed`): each message is a 4-byte
+    /// big-endian length then --size body bytes, and the echo must keep every frame boundary.
+    #[arg(long, conflicts_with = "udp")]
+    pub framed: bool,
+
+    /// UDP: each connection is a datagram socket, each message a datagram of --size bytes
+    /// (16 or more: a sequence header comes first). Loss is counted, not waited for.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// UDP: a datagram not echoed this long after it was sent is counted lost and its slot is
+    /// reused (at most --timeout).
+    #[arg(long, value_name = "SECS", default_value = "0.25", value_parser = parse_positive_secs)]
+    pub udp_loss_timeout: Duration,
 
     /// Print one JSON object on stdout instead of the human summary.
     #[arg(long)]
@@ -117,11 +157,11 @@ pub struct BenchArgs {
     pub hlog: Option<PathBuf>,
 
     /// A connect, or an echo with bytes outstanding, that makes no progress this long fails
-    /// the connection (counted as a timeout).
+    /// the connection (counted as a timeout). UDP: caps --udp-loss-timeout.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
     pub timeout: Duration,
 
-    /// New connections per second while connecting.
+    /// New connections per second while connecting (TCP; UDP sockets open at once).
     #[arg(long, value_name = "CONNS_PER_SEC", default_value_t = 5000.0, value_parser = parse_rate)]
     pub connect_rate: f64,
 
@@ -135,6 +175,69 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// Checks what no single flag can: the line to exit with (status 64) if the flags do not go
+    /// together.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.udp {
+            return Ok(());
+        }
+        if self.backend == ClientBackend::Threads {
+            return Err(
+                "--backend threads is a TCP baseline; use uring or epoll with --udp".into(),
+            );
+        }
+        let (max, family) = if self.addr.is_ipv4() {
+            (UDP_MAX_V4, "IPv4")
+        } else {
+            (UDP_MAX_V6, "IPv6")
+        };
+        if self.size > max {
+            return Err(format!(
+                "--size {} does not fit in one UDP datagram (at most {max} bytes over {family})",
+                self.size
+            ));
+        }
+        if self.size < UDP_HEADER {
+            return Err(format!(
+                "--size {} is too small for --udp: each datagram starts with a {UDP_HEADER}-byte \
+                 header (socket, slot, sequence number)",
+                self.size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings that work but that a ringecho server with default flags will not echo in full:
+    /// one line each, to print before the run.
+    pub fn notes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let udp_max = u64::from(crate::backend::udp_max_payload(SERVER_DEFAULT_BUF_SIZE));
+        if self.udp && self.size > udp_max {
+            let need =
+                (self.size + u64::from(SERVER_DEFAULT_BUF_SIZE) - udp_max).next_power_of_two();
+            v.push(format!(
+                "note: --size {} is more than the {udp_max}-byte datagrams a ringecho server \
+                 echoes with its default --buf-size {SERVER_DEFAULT_BUF_SIZE} (it drops larger \
+                 ones, which count as lost here); serve with --buf-size {need} or more",
+                self.size
+            ));
+        }
+        let max_frame = u64::from(crate::protocol::DEFAULT_MAX_FRAME);
+        if self.framed && self.size > max_frame {
+            v.push(format!(
+                "note: --size {} is more than a ringecho server's default --max-frame \
+                 {max_frame} (it closes such connections); serve with --max-frame {} or more",
+                self.size, self.size
+            ));
+        }
+        v
+    }
+
+    /// How long a UDP datagram may go unanswered before it counts as lost.
+    pub fn loss_timeout(&self) -> Duration {
+        self.udp_loss_timeout.min(self.timeout)
+    }
+
     /// Client threads to run: `--threads`, or the CPUs available, never more than connections;
     /// the blocking baseline always runs one per connection.
     pub fn worker_count(&self) -> usize {
@@ -249,6 +352,43 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn udp_sizes_must_fit_a_datagram_and_its_header() {
+        let ok = |a: &[&str]| parse(a).unwrap().validate();
+        assert_eq!(ok(&["--udp", "--size", "16"]), Ok(()));
+        assert_eq!(ok(&["--udp", "--size", "65507"]), Ok(()));
+        let e = ok(&["--udp", "--size", "65508"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--size 65508 does not fit in one UDP datagram (at most 65507 bytes over IPv4)"
+        );
+        assert_eq!(
+            ok(&["--udp", "--addr", "[::1]:7", "--size", "65527"]),
+            Ok(())
+        );
+        assert!(
+            ok(&["--udp", "--size", "15"])
+                .unwrap_err()
+                .contains("16-byte header")
+        );
+        assert!(ok(&["--udp", "--backend", "threads"]).is_err());
+        assert_eq!(ok(&["--size", "100000"]), Ok(()), "TCP is not limited");
+        assert!(parse(&["--udp", "--framed"]).is_err());
+    }
+
+    #[test]
+    fn sizes_a_default_server_drops_are_noted() {
+        let n = |a: &[&str]| parse(a).unwrap().notes();
+        assert!(n(&["--udp", "--size", "3952"]).is_empty());
+        let v = n(&["--udp", "--size", "3953"]);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].contains("--buf-size 8192"), "{}", v[0]);
+        assert!(n(&["--framed", "--size", "1048576"]).is_empty());
+        assert!(n(&["--framed", "--size", "1048577"])[0].contains("--max-frame"));
+        let l = parse(&["--udp-loss-timeout", "9", "--timeout", "2"]).unwrap();
+        assert_eq!(l.loss_timeout(), Duration::from_secs(2));
     }
 
     #[test]

@@ -21,7 +21,13 @@ pub fn run(ctx: &WorkerCtx, connect_at: u64) {
     let plan = &ctx.plan;
     let mut tally = Tally::default();
     let mut rec = Recorder::new(ctx.index, ctx.tx.clone());
-    let mut flow = Flow::new(ctx.conns.start, plan.size, plan.depth, plan.verify);
+    let mut flow = Flow::new(
+        ctx.conns.start,
+        plan.size,
+        plan.depth,
+        plan.verify,
+        plan.framed,
+    );
     // Pacing the connect storm: this thread's turn comes at `connect_at`.
     let wait = connect_at.saturating_sub(ctx.now());
     if wait > 0 {
@@ -87,13 +93,13 @@ pub fn run(ctx: &WorkerCtx, connect_at: u64) {
             }
             flow.fill(now);
             if let Some(bytes) = flow.next_send(1 << 16) {
-                flow.begin_send(bytes.len() as u64);
-                if let Err(e) = s.write_all(bytes) {
+                flow.begin_send(bytes.len());
+                if let Err(e) = bytes.iter().try_for_each(|p| s.write_all(p)) {
                     flow.on_send_failed();
                     tally.conn_failed(flow.conn(), &e);
                     break;
                 }
-                flow.on_sent(bytes.len() as u64);
+                flow.on_sent(bytes.len());
                 continue;
             }
             if flow.is_drained() {

@@ -19,6 +19,7 @@ use std::io;
 use std::time::Duration;
 
 use super::flow::Flow;
+use super::framing::Pieces;
 use super::worker::{Failure, FromWorker, Recorder, Tally, Ticker, Timeline, ToWorker, WorkerCtx};
 use crate::error::Error;
 
@@ -68,8 +69,9 @@ pub trait Transport {
     /// Starts connecting connection `i`. `Err` only if no socket could be made (nothing is
     /// outstanding then); connect errors arrive as [`Event::ConnectFailed`].
     fn connect(&mut self, i: usize) -> io::Result<()>;
-    /// Sends `bytes` on `i`. At most one send per connection is outstanding.
-    fn send(&mut self, i: usize, bytes: &'static [u8]) -> io::Result<SendStart>;
+    /// Sends `bytes` (pieces sent back to back) on `i`. At most one send per connection is
+    /// outstanding.
+    fn send(&mut self, i: usize, bytes: &Pieces) -> io::Result<SendStart>;
     /// Half-closes `i` (we send no more; the server sees end of stream).
     fn shutdown_write(&mut self, i: usize) -> io::Result<()>;
     /// Stops everything on `i` and closes it; [`Event::Closed`] follows, and no other event
@@ -129,7 +131,7 @@ impl<'a, T: Transport> Client<'a, T> {
             .conns
             .clone()
             .map(|c| Conn {
-                flow: Flow::new(c, plan.size, plan.depth, plan.verify),
+                flow: Flow::new(c, plan.size, plan.depth, plan.verify, plan.framed),
                 phase: Phase::Waiting,
                 since: 0,
                 shut_wr: false,
@@ -520,12 +522,12 @@ impl State<'_> {
         while !c.write_blocked
             && let Some(bytes) = c.flow.next_send(MAX_SEND)
         {
-            c.flow.begin_send(bytes.len() as u64);
-            match io.send(i, bytes) {
+            c.flow.begin_send(bytes.len());
+            match io.send(i, &bytes) {
                 Ok(SendStart::Pending) => break,
                 Ok(SendStart::Done(n)) => {
                     c.flow.on_sent(n as u64);
-                    if n < bytes.len() {
+                    if (n as u64) < bytes.len() {
                         c.write_blocked = true;
                     }
                 }

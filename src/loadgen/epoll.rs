@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::client::{Event, SendStart, Transport};
+use super::framing::{MAX_PIECES, Pieces};
 use super::worker::WorkerPlan;
 use crate::error::Error;
 use crate::sys::{self, RawSockAddr};
@@ -41,42 +42,41 @@ enum Ready {
     Closed(usize),
 }
 
-/// The epoll transport of one worker thread.
-pub struct EpollTransport {
+/// An epoll instance and its event buffer: what every epoll client transport waits on.
+pub(crate) struct Poller {
     ep: OwnedFd,
-    conns: Vec<EConn>,
-    target: std::net::SocketAddr,
-    addr: RawSockAddr,
-    ready: Vec<Ready>,
     events: Vec<libc::epoll_event>,
-    scratch: Box<[u8]>,
     /// `epoll_pwait2` (5.11, nanosecond timeouts) works here; else millisecond `epoll_wait`.
     pwait2: bool,
-    syscalls: u64,
 }
 
-impl EpollTransport {
-    /// An epoll instance for `conns` connections.
-    pub fn new(plan: &WorkerPlan, conns: usize) -> Result<EpollTransport, Error> {
+impl Poller {
+    /// A new epoll instance.
+    pub(crate) fn new() -> Result<Poller, Error> {
         // SAFETY: epoll_create1 takes no pointers; the result is checked.
         let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as isize)
             .map_err(|e| Error::io("epoll_create1", e))?;
-        Ok(EpollTransport {
+        Ok(Poller {
             // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
             ep: unsafe { OwnedFd::from_raw_fd(ep as RawFd) },
-            conns: (0..conns).map(|_| EConn::default()).collect(),
-            target: plan.addr,
-            addr: RawSockAddr::new(&plan.addr),
-            ready: Vec::new(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
             pwait2: true,
-            syscalls: 0,
         })
     }
 
-    fn epoll_wait(&mut self, timeout: Duration) -> io::Result<usize> {
-        self.syscalls += 1;
+    /// Registers `fd` for `events`, reported with `key`.
+    pub(crate) fn add(&self, fd: RawFd, events: i32, key: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: key,
+        };
+        // SAFETY: `ev` is a live epoll_event; both descriptors are open.
+        let res = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        check(res as isize).map(drop)
+    }
+
+    /// Waits up to `timeout`; returns how many events [`event`](Self::event) can read.
+    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
         let max = self.events.len() as i32;
         if self.pwait2 {
             let ts = libc::timespec {
@@ -107,6 +107,43 @@ impl EpollTransport {
         let res =
             unsafe { libc::epoll_wait(self.ep.as_raw_fd(), self.events.as_mut_ptr(), max, ms) };
         check(res as isize)
+    }
+
+    /// Event `k` of the last wait: its key and its bits.
+    pub(crate) fn event(&self, k: usize) -> (u64, i32) {
+        let ev = self.events[k];
+        (ev.u64, ev.events as i32)
+    }
+}
+
+/// The epoll transport of one worker thread.
+pub struct EpollTransport {
+    poller: Poller,
+    conns: Vec<EConn>,
+    target: std::net::SocketAddr,
+    addr: RawSockAddr,
+    ready: Vec<Ready>,
+    scratch: Box<[u8]>,
+    syscalls: u64,
+}
+
+impl EpollTransport {
+    /// An epoll instance for `conns` connections.
+    pub fn new(plan: &WorkerPlan, conns: usize) -> Result<EpollTransport, Error> {
+        Ok(EpollTransport {
+            poller: Poller::new()?,
+            conns: (0..conns).map(|_| EConn::default()).collect(),
+            target: plan.addr,
+            addr: RawSockAddr::new(&plan.addr),
+            ready: Vec::new(),
+            scratch: vec![0; SCRATCH].into_boxed_slice(),
+            syscalls: 0,
+        })
+    }
+
+    fn epoll_wait(&mut self, timeout: Duration) -> io::Result<usize> {
+        self.syscalls += 1;
+        self.poller.wait(timeout)
     }
 
     /// Reads `i` until it is empty, at end of stream, or failed. `hup`: the event already
@@ -143,21 +180,12 @@ impl Transport for EpollTransport {
     fn connect(&mut self, i: usize) -> io::Result<()> {
         self.syscalls += 4;
         let fd = sys::tcp_client_socket(&self.target, true)?;
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: i as u64,
-        };
         // Registered before connecting, so no edge can be missed.
-        // SAFETY: `ev` is a live epoll_event; both descriptors are open.
-        let res = unsafe {
-            libc::epoll_ctl(
-                self.ep.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                &mut ev,
-            )
-        };
-        check(res as isize)?;
+        self.poller.add(
+            fd.as_raw_fd(),
+            libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET,
+            i as u64,
+        )?;
         let c = &mut self.conns[i];
         match sys::connect(fd.as_raw_fd(), &self.addr) {
             Ok(()) => self.ready.push(Ready::Connected(i)),
@@ -168,24 +196,46 @@ impl Transport for EpollTransport {
         Ok(())
     }
 
-    fn send(&mut self, i: usize, bytes: &'static [u8]) -> io::Result<SendStart> {
+    fn send(&mut self, i: usize, bytes: &Pieces) -> io::Result<SendStart> {
         let c = &mut self.conns[i];
         let Some(fd) = &c.fd else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
         self.syscalls += 1;
-        // SAFETY: `bytes` is a live 'static slice.
-        let res = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
+        let res = match *bytes {
+            // SAFETY: `one` is a live 'static slice.
+            Pieces::One(one) => unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    one.as_ptr().cast(),
+                    one.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            },
+            Pieces::Framed { .. } => {
+                let mut iov = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_PIECES];
+                let mut n = 0;
+                for (v, p) in iov.iter_mut().zip(bytes.iter()) {
+                    *v = libc::iovec {
+                        iov_base: p.as_ptr() as *mut libc::c_void,
+                        iov_len: p.len(),
+                    };
+                    n += 1;
+                }
+                // SAFETY: msghdr is plain old data; all zero is an empty header.
+                let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_iov = iov.as_mut_ptr();
+                hdr.msg_iovlen = n as _;
+                // SAFETY: `hdr` and `iov` outlive the call and point at live 'static slices.
+                unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) }
+            }
         };
         match check(res) {
             Ok(n) => {
-                c.want_write = n < bytes.len();
+                c.want_write = (n as u64) < bytes.len();
                 Ok(SendStart::Done(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -228,8 +278,8 @@ impl Transport for EpollTransport {
             Err(e) => return Err(Error::io("epoll_wait", e)),
         };
         for k in 0..n {
-            let ev = self.events[k];
-            let (i, bits) = (ev.u64 as usize, ev.events as i32);
+            let (key, bits) = self.poller.event(k);
+            let i = key as usize;
             let Some(c) = self.conns.get_mut(i) else {
                 continue;
             };

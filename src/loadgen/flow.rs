@@ -9,6 +9,10 @@
 //! `(k+1)*size` bytes have come back, all equal to the stream. Echo servers may split and merge
 //! messages however they like; only the byte count and the byte values matter.
 //!
+//! With `--framed` the stream is [`framing`]'s instead: each message is a frame
+//! (a 4-byte length header and a `size`-byte body), `size + 4` bytes on the wire, and the check
+//! also knows where every header belongs. Offsets and byte counts are wire bytes either way.
+//!
 //! At most `depth` messages are in flight (queued and not complete). Each one's start time is
 //! kept in a ring of `depth` timestamps, indexed `k % depth`:
 //!
@@ -22,6 +26,7 @@
 
 use std::fmt;
 
+use super::framing::{self, FrameMismatch, Frames, Pieces};
 use super::pattern::{self, Mismatch};
 
 /// The open-loop schedule of one connection: message `k` is intended at `first + k * step`
@@ -52,6 +57,15 @@ pub enum Fault {
         size: u64,
         /// The first differing byte.
         at: Mismatch,
+    },
+    /// An echoed frame differs from what was sent (`--framed`).
+    Frame {
+        /// Connection number.
+        conn: u64,
+        /// Body length of every frame sent.
+        size: u64,
+        /// The first differing byte.
+        at: FrameMismatch,
     },
     /// More bytes came back than were sent.
     Extra {
@@ -93,6 +107,35 @@ impl fmt::Display for Fault {
                 at.expected,
                 at.got
             ),
+            Fault::Frame { conn, size, at } => {
+                write!(
+                    f,
+                    "frame verification failed: connection {conn}, frame {}, offset {}, ",
+                    at.frame, at.offset
+                )?;
+                match at.part {
+                    framing::Part::Header { byte, announced } => {
+                        write!(
+                            f,
+                            "header byte {byte}: expected 0x{:02x}, got 0x{:02x}",
+                            at.expected, at.got
+                        )?;
+                        match announced {
+                            Some(len) => write!(
+                                f,
+                                " (the echoed header announces a {len}-byte body; {size} were \
+                                 sent: frames merged, split or corrupted)"
+                            ),
+                            None => Ok(()),
+                        }
+                    }
+                    framing::Part::Body { byte } => write!(
+                        f,
+                        "body byte {byte}: expected 0x{:02x}, got 0x{:02x}",
+                        at.expected, at.got
+                    ),
+                }
+            }
             Fault::Extra { conn, sent, extra } => write!(
                 f,
                 "verification failed: connection {conn}, offset {sent}: server sent {extra} \
@@ -125,7 +168,10 @@ impl fmt::Display for Fault {
 pub struct Flow {
     conn: u64,
     base: u32,
+    /// Wire bytes per message (`--size`, plus the header when framed).
     size: u64,
+    /// `--framed`: the frame layout.
+    frames: Option<Frames>,
     depth: u64,
     verify: bool,
     /// Bytes of whole messages queued for sending.
@@ -147,13 +193,17 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// A flow for connection `conn` (its number across the whole run).
-    pub fn new(conn: u64, size: u64, depth: u32, verify: bool) -> Flow {
+    /// A flow for connection `conn` (its number across the whole run) sending `size`-byte
+    /// messages, each one a frame with a `size`-byte body if `framed`.
+    pub fn new(conn: u64, size: u64, depth: u32, verify: bool, framed: bool) -> Flow {
         let depth = u64::from(depth.max(1));
+        let base = pattern::stream_base(conn);
+        let frames = framed.then(|| Frames::new(base, size));
         Flow {
             conn,
-            base: pattern::stream_base(conn),
-            size: size.max(1),
+            base,
+            size: frames.map_or(size.max(1), |f| f.wire()),
+            frames,
             depth,
             verify,
             queued: 0,
@@ -249,18 +299,18 @@ impl Flow {
         k - first
     }
 
-    /// The bytes to send next (from the stream table, `'static`), if any are queued and no send
-    /// is outstanding. Call [`begin_send`](Self::begin_send) with the length actually handed to
-    /// the kernel.
-    pub fn next_send(&self, max: u64) -> Option<&'static [u8]> {
+    /// The bytes to send next (all `'static`: from the stream table, and frame headers), if any
+    /// are queued and no send is outstanding. Call [`begin_send`](Self::begin_send) with the
+    /// length actually handed to the kernel.
+    pub fn next_send(&self, max: u64) -> Option<Pieces> {
         if self.in_send > 0 || self.sent >= self.queued {
             return None;
         }
-        Some(pattern::span(
-            self.base,
-            self.sent,
-            (self.queued - self.sent).min(max),
-        ))
+        let len = (self.queued - self.sent).min(max);
+        Some(match &self.frames {
+            Some(f) => f.pieces(self.sent, len),
+            None => Pieces::One(pattern::span(self.base, self.sent, len)),
+        })
     }
 
     /// A send of `len` bytes (from [`next_send`](Self::next_send)) is now outstanding.
@@ -306,12 +356,23 @@ impl Flow {
                 extra: self.received + n - sendable,
             });
         }
-        if self.verify {
-            pattern::check(self.base, self.received, data).map_err(|at| Fault::Mismatch {
-                conn: self.conn,
-                size: self.size,
-                at,
-            })?;
+        match &self.frames {
+            // Headers are checked even without verification: they are the frame boundaries.
+            Some(f) => f
+                .check(self.received, data, self.verify)
+                .map_err(|at| Fault::Frame {
+                    conn: self.conn,
+                    size: self.size - framing::HEADER,
+                    at,
+                })?,
+            None if self.verify => {
+                pattern::check(self.base, self.received, data).map_err(|at| Fault::Mismatch {
+                    conn: self.conn,
+                    size: self.size,
+                    at,
+                })?
+            }
+            None => {}
         }
         let before = self.msgs_received();
         self.received += n;
@@ -342,7 +403,8 @@ mod tests {
     use super::*;
 
     fn echo(flow: &mut Flow, max: u64) -> Vec<u8> {
-        let b = flow.next_send(max).expect("something to send").to_vec();
+        let p = flow.next_send(max).expect("something to send");
+        let b: Vec<u8> = p.iter().collect::<Vec<_>>().concat();
         flow.begin_send(b.len() as u64);
         flow.on_sent(b.len() as u64);
         b
@@ -350,7 +412,7 @@ mod tests {
 
     #[test]
     fn closed_loop_keeps_depth_in_flight_and_times_from_queueing() {
-        let mut f = Flow::new(0, 10, 3, true);
+        let mut f = Flow::new(0, 10, 3, true, false);
         assert_eq!(f.fill(100), 3);
         assert_eq!(f.fill(100), 0, "already at depth");
         let bytes = echo(&mut f, 1 << 20);
@@ -367,7 +429,7 @@ mod tests {
 
     #[test]
     fn open_loop_times_from_the_intended_send_time() {
-        let mut f = Flow::new(0, 4, 1, true);
+        let mut f = Flow::new(0, 4, 1, true, false);
         f.set_schedule(Schedule {
             first: 1000.0,
             step: 500.0,
@@ -389,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_is_named_by_connection_and_offset() {
-        let mut f = Flow::new(5, 100, 2, true);
+        let mut f = Flow::new(5, 100, 2, true, false);
         f.fill(0);
         let mut b = echo(&mut f, 1 << 20);
         b[130] ^= 0xff;
@@ -408,7 +470,7 @@ mod tests {
 
     #[test]
     fn without_verification_values_pass_but_counts_do_not() {
-        let mut f = Flow::new(0, 8, 1, false);
+        let mut f = Flow::new(0, 8, 1, false, false);
         f.fill(0);
         let _ = echo(&mut f, 64);
         assert_eq!(f.on_recv(&[0u8; 8], 1, |_| {}), Ok(1));
@@ -420,9 +482,9 @@ mod tests {
 
     #[test]
     fn echo_racing_the_send_completion_is_not_extra() {
-        let mut f = Flow::new(0, 8, 1, true);
+        let mut f = Flow::new(0, 8, 1, true, false);
         f.fill(0);
-        let b = f.next_send(64).unwrap().to_vec();
+        let b = f.next_send(64).unwrap().iter().collect::<Vec<_>>().concat();
         f.begin_send(8);
         assert_eq!(f.on_recv(&b, 1, |_| {}), Ok(1));
         f.on_sent(8);
@@ -430,18 +492,18 @@ mod tests {
 
     #[test]
     fn short_sends_resume_where_the_kernel_stopped() {
-        let mut f = Flow::new(0, 10, 1, true);
+        let mut f = Flow::new(0, 10, 1, true, false);
         f.fill(0);
-        let first = f.next_send(64).unwrap();
+        let first = f.next_send(64).unwrap().iter().next().unwrap();
         f.begin_send(10);
         f.on_sent(4);
-        let rest = f.next_send(64).unwrap();
+        let rest = f.next_send(64).unwrap().iter().next().unwrap();
         assert_eq!(rest, &first[4..]);
     }
 
     #[test]
     fn eof_is_clean_only_after_stop_and_full_echo() {
-        let mut f = Flow::new(2, 10, 1, true);
+        let mut f = Flow::new(2, 10, 1, true, false);
         f.fill(0);
         let b = echo(&mut f, 64);
         f.on_recv(&b[..5], 1, |_| {}).unwrap();
@@ -463,11 +525,47 @@ mod tests {
 
     #[test]
     fn eof_mid_run_with_nothing_owed_is_still_a_fault() {
-        let mut f = Flow::new(2, 10, 1, true);
+        let mut f = Flow::new(2, 10, 1, true, false);
         f.fill(0);
         let b = echo(&mut f, 64);
         f.on_recv(&b, 1, |_| {}).unwrap();
         // The refill queued message 1 but it was not sent yet.
         assert!(matches!(f.on_eof(), Err(Fault::Eof { received: 10, .. })));
+    }
+
+    #[test]
+    fn framed_messages_are_frames_and_a_bad_header_is_named() {
+        let mut f = Flow::new(3, 10, 2, true, true);
+        assert_eq!(f.fill(0), 2);
+        let mut b = echo(&mut f, 1 << 20);
+        assert_eq!(b.len(), 28, "two frames of 4 + 10 bytes");
+        assert_eq!(&b[..4], &10u32.to_be_bytes());
+        assert_eq!(&b[14..18], &10u32.to_be_bytes());
+        let mut lat = Vec::new();
+        assert_eq!(f.on_recv(&b[..14], 5, |s| lat.push(s)), Ok(1));
+        b[14 + 3] = 20;
+        let err = f.on_recv(&b[14..], 6, |_| {}).unwrap_err();
+        let line = err.to_string();
+        assert!(
+            line.starts_with(
+                "frame verification failed: connection 3, frame 1, offset 17, header byte 3: \
+                 expected 0x0a, got 0x14 (the echoed header announces a 20-byte body; 10 were sent"
+            ),
+            "{line}"
+        );
+        assert!(err.is_verification());
+    }
+
+    #[test]
+    fn framed_without_verification_still_checks_headers() {
+        let mut f = Flow::new(0, 6, 1, false, true);
+        f.fill(0);
+        let mut b = echo(&mut f, 64);
+        b[5] ^= 1;
+        assert_eq!(f.on_recv(&b, 1, |_| {}), Ok(1), "body not compared");
+        f.fill(1);
+        let mut b = echo(&mut f, 64);
+        b[0] = 9;
+        assert!(matches!(f.on_recv(&b, 2, |_| {}), Err(Fault::Frame { .. })));
     }
 }

@@ -7,10 +7,14 @@
 //! - [`pattern`]: the bytes each connection sends, and the cheap check of what comes back.
 //! - [`flow`]: one connection's conversation (no syscalls): what to send, what must come back,
 //!   when each message started and finished. Every transport drives the same `Flow`.
+//! - [`framing`]: the stream of frames `--framed` sends, and the check that every frame
+//!   boundary comes back where it was.
 //! - [`client`]: one worker thread's loop over a [`client::Transport`]: paced connects,
 //!   reconciliation after each wait, timeouts, stop, drain, close.
 //! - [`uring`] and [`epoll`]: the two transports; [`blocking`]: the one-thread-per-connection
 //!   baseline used for comparison.
+//! - [`udp`]: `--udp`, the same shape for datagram sockets: its own per-socket bookkeeping
+//!   (sequence numbers, loss), client loop and io_uring and epoll transports.
 //! - [`worker`]: what workers report (per-second latency histograms, tallies) and the open-loop
 //!   schedule.
 //! - This module: the coordinator. It starts the workers, waits until all are connected, gives
@@ -23,8 +27,10 @@ pub mod client;
 pub mod cpu;
 pub mod epoll;
 pub mod flow;
+pub mod framing;
 pub mod pattern;
 pub mod report;
+pub mod udp;
 pub mod uring;
 pub mod worker;
 
@@ -79,6 +85,10 @@ fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Error> {
 /// Installs SIGINT/SIGTERM handlers for the process: the first signal ends the measured window
 /// early (connections drain, the report covers what was measured), a second one exits at once.
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
+    args.validate().map_err(Error::Config)?;
+    for note in args.notes() {
+        eprintln!("ringecho bench: {note}");
+    }
     let signals = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
     // Also ignores SIGPIPE: a server that vanished is an error on one connection.
     sys::install_shutdown_signals(signals.as_raw_fd())
@@ -106,6 +116,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         size: args.size,
         depth: args.depth,
         verify: !args.no_verify,
+        framed: args.framed,
+        udp: args.udp,
+        loss_timeout: args.loss_timeout(),
         timeout: args.timeout,
         connect_rate: args.connect_rate / workers as f64,
     });
@@ -229,10 +242,17 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
             let start = wall_base + Duration::from_nanos(t_warm);
             let log = IntervalLogWriterBuilder::new()
                 .add_comment(&format!(
-                    "[Logged with ringecho bench {}: {} conns x {} B, depth {}, {}]",
+                    "[Logged with ringecho bench {}: {} conns x {} B{}, depth {}, {}]",
                     env!("CARGO_PKG_VERSION"),
                     args.conns,
                     args.size,
+                    if args.udp {
+                        " UDP datagrams"
+                    } else if args.framed {
+                        " frames"
+                    } else {
+                        ""
+                    },
                     args.depth,
                     match args.rate {
                         Some(r) => format!("open loop {r} msgs/s"),
@@ -359,6 +379,20 @@ fn run_worker(
     connect_gap_ns: f64,
 ) -> Result<(), Error> {
     let n = (ctx.conns.end - ctx.conns.start) as usize;
+    if ctx.plan.udp {
+        match backend {
+            ClientBackend::Uring => {
+                let t = udp::uring::UdpUring::new(&ctx.plan, n, ring_mode)?;
+                // Dropped here, on the thread that created its ring.
+                drop(udp::run(ctx, t)?);
+            }
+            ClientBackend::Epoll => drop(udp::run(ctx, udp::epoll::UdpEpoll::new(&ctx.plan, n)?)?),
+            ClientBackend::Threads => {
+                return Err(Error::Config("--backend threads is TCP only".into()));
+            }
+        }
+        return Ok(());
+    }
     match backend {
         ClientBackend::Uring => {
             let t = uring::UringTransport::new(&ctx.plan, n, ring_mode)?;
@@ -388,6 +422,13 @@ fn failure_line(t: &Tally, args: &BenchArgs) -> Option<String> {
     }
     if let Some(v) = &t.first_verify_error {
         return Some(v.clone());
+    }
+    if args.udp && t.msgs_received == 0 && t.msgs_sent > 0 && t.errors() == 0 {
+        return Some(format!(
+            "no datagram came back from {}: {} sent, all lost (is a UDP echo server listening \
+             there? does it echo {}-byte datagrams?)",
+            args.addr, t.msgs_sent, args.size
+        ));
     }
     let n = t.errors();
     if n == 0 {

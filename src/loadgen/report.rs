@@ -108,6 +108,26 @@ impl Report {
         }
     }
 
+    fn transport(&self) -> &'static str {
+        if self.args.udp { "udp" } else { "tcp" }
+    }
+
+    fn protocol(&self) -> &'static str {
+        if self.args.framed { "framed" } else { "echo" }
+    }
+
+    /// UDP: datagrams lost, as a percentage of those sent (whole run).
+    pub fn loss_pct(&self) -> Option<f64> {
+        let t = &self.tally;
+        (self.args.udp && t.msgs_sent > 0)
+            .then(|| t.dgrams_lost as f64 * 100.0 / t.msgs_sent as f64)
+    }
+
+    /// A UDP-only count: `None` for TCP runs.
+    fn udp_count(&self, v: u64) -> Option<f64> {
+        self.args.udp.then_some(v as f64)
+    }
+
     fn backend_name(&self) -> &'static str {
         match self.args.backend {
             ClientBackend::Uring => "io_uring",
@@ -125,16 +145,21 @@ impl Report {
             Some(r) => format!("open loop at {} msgs/s", group(r.round() as u64)),
             None => "closed loop".into(),
         };
+        let what = if a.udp {
+            format!("{} UDP sockets x {} B datagrams", a.conns, a.size)
+        } else if a.framed {
+            format!("{} conns x {} B frames", a.conns, a.size)
+        } else {
+            format!("{} conns x {} B", a.conns, a.size)
+        };
         let _ = writeln!(
             s,
-            "ringecho bench {}: {} client, {} thread{}, {} conns x {} B, depth {}, {loop_desc}, \
+            "ringecho bench {}: {} client, {} thread{}, {what}, depth {}, {loop_desc}, \
              {:.1} s after {:.1} s warmup, {}",
             a.addr,
             self.backend_name(),
             self.threads,
             if self.threads == 1 { "" } else { "s" },
-            a.conns,
-            a.size,
             a.depth,
             a.duration.as_secs_f64(),
             a.warmup.as_secs_f64(),
@@ -155,18 +180,35 @@ impl Report {
         let us = |v: Option<f64>| opt(v.map(|v| format!("{v:.1}")));
         let _ = writeln!(
             s,
-            "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (from each message's {} time)",
+            "  latency µs  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (from each {}'s {} time{})",
             us(self.lat_us(0.5)),
             us(self.lat_us(0.9)),
             us(self.lat_us(0.99)),
             us(self.lat_us(0.999)),
             us(self.max_us()),
+            if a.udp { "datagram" } else { "message" },
             if a.rate.is_some() {
                 "intended send"
             } else {
                 "send"
-            }
+            },
+            if a.udp { "; echoed ones only" } else { "" }
         );
+        if a.udp {
+            let _ = writeln!(
+                s,
+                "  datagrams   {} sent, {} echoed, {} lost ({}; not echoed within {} s), {} \
+                 late, {} duplicate, {} reordered (whole run)",
+                group(t.msgs_sent),
+                group(t.msgs_received),
+                group(t.dgrams_lost),
+                opt(self.loss_pct().map(|v| format!("{v:.3}%"))),
+                a.loss_timeout().as_secs_f64(),
+                group(t.dgrams_late),
+                group(t.dgrams_duplicate),
+                group(t.dgrams_reordered),
+            );
+        }
         let _ = writeln!(
             s,
             "  errors      {}  (connect failures {}, resets {}, short reads {}, timeouts {}, \
@@ -195,10 +237,14 @@ impl Report {
         let _ = writeln!(s, "{cpu}");
         let _ = writeln!(
             s,
-            "  client      {} syscalls/msg; {} conns established; {} msgs sent, {} echoed \
-             (whole run)",
+            "  client      {} syscalls/msg; {} {}; {} msgs sent, {} echoed (whole run)",
             opt(self.syscalls_per_msg().map(|v| format!("{v:.3}"))),
             t.established,
+            if a.udp {
+                "UDP sockets"
+            } else {
+                "conns established"
+            },
             group(t.msgs_sent),
             group(t.msgs_received)
         );
@@ -251,6 +297,17 @@ impl Report {
         j.opt("machine_cpu_us_per_msg", self.machine_cpu_per_msg());
         j.opt("server_cpu_us_per_msg", self.server_cpu_per_msg());
         j.opt("syscalls_per_msg", self.syscalls_per_msg());
+        j.str("transport", self.transport());
+        j.str("protocol", self.protocol());
+        j.opt(
+            "udp_loss_timeout_s",
+            a.udp.then(|| a.loss_timeout().as_secs_f64()),
+        );
+        j.opt("dgrams_lost", self.udp_count(t.dgrams_lost));
+        j.opt("loss_pct", self.loss_pct());
+        j.opt("dgrams_late", self.udp_count(t.dgrams_late));
+        j.opt("dgrams_duplicate", self.udp_count(t.dgrams_duplicate));
+        j.opt("dgrams_reordered", self.udp_count(t.dgrams_reordered));
         match &self.failure {
             Some(f) => j.str("error", f),
             None => j.null("error"),
@@ -302,6 +359,14 @@ pub const JSON_FIELDS: &[&str] = &[
     "machine_cpu_us_per_msg",
     "server_cpu_us_per_msg",
     "syscalls_per_msg",
+    "transport",
+    "protocol",
+    "udp_loss_timeout_s",
+    "dgrams_lost",
+    "loss_pct",
+    "dgrams_late",
+    "dgrams_duplicate",
+    "dgrams_reordered",
     "error",
 ];
 
@@ -314,7 +379,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

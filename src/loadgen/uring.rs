@@ -10,7 +10,10 @@
 //!
 //! # Memory the kernel holds
 //!
-//! - Sends point into the stream table ([`pattern`](super::pattern)), which is `'static`.
+//! - Sends point into the stream table ([`pattern`](super::pattern)) and, with `--framed`, at
+//!   frame headers ([`framing`](super::framing)): all `'static`. A vectored send's `msghdr` and
+//!   `iovec`s live in the connection's boxed `VecSend`, untouched while that send (the
+//!   connection's only one) is outstanding.
 //! - Receives fill provided buffers owned by the [`BufRing`]. Each one is handed back as soon as
 //!   its bytes are checked, within the same turn. The ring is unregistered (and its memory
 //!   freed) only when no receive is outstanding; otherwise it is leaked (see [`BufRing`]).
@@ -25,13 +28,14 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::client::{Event, SendStart, Transport};
+use super::framing::{MAX_PIECES, Pieces};
 use super::worker::WorkerPlan;
 use crate::backend::uring::{BufRing, Features, RingConfig, RingMode, Segment, build_ring};
 use crate::error::Error;
 use crate::sys::{self, RawSockAddr};
 
 /// Buffer group of the client's buffer ring (one ring per thread, so one group suffices).
-const BGID: u16 = 0;
+pub(crate) const BGID: u16 = 0;
 /// Provided-buffer memory per thread is kept under this.
 const MAX_BUF_MEMORY: usize = 64 << 20;
 
@@ -63,8 +67,8 @@ pub fn require_client_features(f: &Features) -> Result<(), Error> {
     Ok(())
 }
 
-/// Ring geometry for `conns` connections of `depth` messages of `size` bytes.
-fn ring_config(conns: usize, mode: RingMode) -> RingConfig {
+/// Ring geometry for `conns` connections (or UDP datagrams in flight).
+pub(crate) fn ring_config(conns: usize, mode: RingMode) -> RingConfig {
     // At most a send, a receive and a cancel per connection per turn; a full queue is submitted
     // early, so this is only a batching size.
     let sq = (conns * 2 + 16).next_power_of_two().clamp(64, 4096) as u32;
@@ -95,6 +99,68 @@ fn buf_geometry(conns: usize, size: u64, depth: u32) -> (u32, u32) {
     (count as u32, buf_size)
 }
 
+/// A buffer ring of `count` buffers of `buf_size` bytes, registered with `ring`.
+pub(crate) fn register_bufs(ring: &IoUring, count: u32, buf_size: u32) -> Result<BufRing, Error> {
+    let mut bufs =
+        BufRing::new(count, buf_size, BGID, false).map_err(|e| Error::Config(e.to_string()))?;
+    bufs.register(&ring.submitter()).map_err(|e| {
+        Error::io(
+            format!(
+                "cannot register a buffer ring of {count} x {buf_size} bytes (RLIMIT_MEMLOCK?)"
+            ),
+            e,
+        )
+    })?;
+    Ok(bufs)
+}
+
+/// Pushes every SQE in `pending` to the submission queue, submitting early when it is full.
+///
+/// # Safety
+///
+/// Every pointer an SQE carries (send buffers, message headers, addresses) must stay valid
+/// until that SQE's completion is reaped, or until the ring is gone.
+pub(crate) unsafe fn flush(
+    ring: &mut IoUring,
+    pending: &mut Vec<squeue::Entry>,
+    syscalls: &mut u64,
+) -> Result<(), Error> {
+    let (submitter, mut sq, _) = ring.split();
+    sq.sync();
+    for sqe in pending.drain(..) {
+        // SAFETY: the caller vouches for what the SQE points at.
+        while unsafe { sq.push(&sqe) }.is_err() {
+            sq.sync();
+            *syscalls += 1;
+            match submitter.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(Error::io("io_uring_enter (submit)", e)),
+            }
+            sq.sync();
+        }
+    }
+    sq.sync();
+    Ok(())
+}
+
+/// Submits what is queued and waits up to `timeout` for at least one completion: one
+/// `io_uring_enter`.
+pub(crate) fn enter(ring: &IoUring, timeout: Duration, syscalls: &mut u64) -> Result<(), Error> {
+    *syscalls += 1;
+    let ts = types::Timespec::from(timeout);
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e) => match e.raw_os_error() {
+            // Timeouts and signals are ordinary wake-ups; EBUSY means completions are waiting
+            // to be read, which is what comes next.
+            Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+            _ => Err(Error::io("io_uring_enter", e)),
+        },
+    }
+}
+
 /// Probes io_uring for a client ring, so the run fails before starting threads.
 pub fn probe(mode: RingMode) -> Result<Features, Error> {
     let (_ring, f) = build_ring(&ring_config(1, mode))?;
@@ -110,6 +176,45 @@ struct UConn {
     send: bool,
     eof: bool,
     closing: bool,
+    /// What a vectored send hands the kernel; made on the first one.
+    vec: Option<Box<VecSend>>,
+}
+
+/// The `msghdr` and `iovec`s of a connection's outstanding vectored send. Boxed, so their
+/// addresses hold still for the kernel while the connection's slot vector is untouched anyway.
+pub(crate) struct VecSend {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_PIECES],
+}
+
+impl VecSend {
+    /// An empty one, boxed.
+    pub(crate) fn boxed() -> Box<VecSend> {
+        Box::new(VecSend {
+            // SAFETY: msghdr is plain old data; all zero is an empty header.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_PIECES],
+        })
+    }
+
+    /// Points the header at `bytes` (at most [`MAX_PIECES`] pieces) and returns it, for
+    /// `sendmsg`.
+    pub(crate) fn set(&mut self, bytes: &Pieces) -> *const libc::msghdr {
+        let mut n = 0;
+        for (v, p) in self.iov.iter_mut().zip(bytes.iter()) {
+            *v = libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            };
+            n += 1;
+        }
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = n as _;
+        &self.hdr
+    }
 }
 
 impl UConn {
@@ -145,16 +250,7 @@ impl UringTransport {
         let (ring, features) = build_ring(&ring_config(conns, mode))?;
         require_client_features(&features)?;
         let (count, buf_size) = buf_geometry(conns, plan.size, plan.depth);
-        let mut bufs =
-            BufRing::new(count, buf_size, BGID, false).map_err(|e| Error::Config(e.to_string()))?;
-        bufs.register(&ring.submitter()).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot register a buffer ring of {count} x {buf_size} bytes (RLIMIT_MEMLOCK?)"
-                ),
-                e,
-            )
-        })?;
+        let bufs = register_bufs(&ring, count, buf_size)?;
         Ok(UringTransport {
             ring,
             bufs,
@@ -203,42 +299,14 @@ impl UringTransport {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
-        let (submitter, mut sq, _) = self.ring.split();
-        sq.sync();
-        for sqe in self.pending.drain(..) {
-            // SAFETY: the only pointers SQEs carry are send buffers in the 'static stream
-            // table and the connect address in `self.addr`, which the kernel copies during
-            // submission and which outlives the ring anyway (field order); receives use
-            // provided buffers owned by `self.bufs`, which stays registered (or is leaked)
-            // while any receive is outstanding.
-            while unsafe { sq.push(&sqe) }.is_err() {
-                sq.sync();
-                self.syscalls += 1;
-                match submitter.submit() {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                    Err(e) => return Err(Error::io("io_uring_enter (submit)", e)),
-                }
-                sq.sync();
-            }
-        }
-        sq.sync();
-        Ok(())
-    }
-
-    fn enter(&mut self, timeout: Duration) -> Result<(), Error> {
-        self.syscalls += 1;
-        let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e) => match e.raw_os_error() {
-                // Timeouts and signals are ordinary wake-ups; EBUSY means completions are
-                // waiting to be read, which is what comes next.
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
-                _ => Err(Error::io("io_uring_enter", e)),
-            },
-        }
+        // The only pointers SQEs carry are send buffers in the 'static stream table and frame
+        // headers, a vectored send's header in the connection's boxed `VecSend` (dropped after
+        // the ring, field order, and rewritten only once that send completed), and the connect
+        // address in `self.addr`, which the kernel copies during submission and which outlives
+        // the ring anyway; receives use provided buffers owned by `self.bufs`, which stays
+        // registered (or is leaked) while any receive is outstanding.
+        // SAFETY: so every pointer an SQE carries outlives its operation, as `flush` requires.
+        unsafe { flush(&mut self.ring, &mut self.pending, &mut self.syscalls) }
     }
 
     fn dispatch(&mut self, ud: u64, res: i32, flags: u32, on: &mut dyn FnMut(Event<'_>)) {
@@ -355,18 +423,23 @@ impl Transport for UringTransport {
         Ok(())
     }
 
-    fn send(&mut self, i: usize, bytes: &'static [u8]) -> io::Result<SendStart> {
+    fn send(&mut self, i: usize, bytes: &Pieces) -> io::Result<SendStart> {
         let c = &mut self.conns[i];
         let Some(fd) = &c.fd else {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         };
-        let sqe = opcode::Send::new(
-            types::Fd(fd.as_raw_fd()),
-            bytes.as_ptr(),
-            bytes.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
+        let fd = types::Fd(fd.as_raw_fd());
+        let sqe = match *bytes {
+            Pieces::One(one) => opcode::Send::new(fd, one.as_ptr(), one.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            Pieces::Framed { .. } => {
+                let hdr = c.vec.get_or_insert_with(VecSend::boxed).set(bytes);
+                opcode::SendMsg::new(fd, hdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
+        }
         .user_data(token(i, OP_SEND));
         self.pending.push(sqe);
         c.send = true;
@@ -420,11 +493,12 @@ impl Transport for UringTransport {
         self.bufs.publish();
         self.flush()?;
         // Events already reported must be acted on before sleeping.
-        self.enter(if ready.is_empty() {
+        let timeout = if ready.is_empty() {
             timeout
         } else {
             Duration::ZERO
-        })?;
+        };
+        enter(&self.ring, timeout, &mut self.syscalls)?;
         // Copy the completions out first: handling them queues SQEs, which needs `self`. Dropping
         // the completion queue publishes its head, freeing the space for the kernel.
         let mut cqes = std::mem::take(&mut self.cqes);
@@ -447,6 +521,13 @@ impl Drop for UringTransport {
         // leaks it (registered rings are never unmapped).
         if !self.conns.iter().any(UConn::busy) {
             let _ = self.bufs.unregister(&self.ring.submitter());
+        } else {
+            // Likewise a send's header may still be read by the kernel: leak it.
+            for c in &mut self.conns {
+                if c.send {
+                    std::mem::forget(c.vec.take());
+                }
+            }
         }
     }
 }

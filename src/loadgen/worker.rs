@@ -57,6 +57,12 @@ pub struct WorkerPlan {
     pub depth: u32,
     /// Check echoed bytes.
     pub verify: bool,
+    /// Each message is a frame of the framed protocol (`--framed`).
+    pub framed: bool,
+    /// UDP (`--udp`): each connection is a datagram socket, each message one datagram.
+    pub udp: bool,
+    /// UDP: a datagram not echoed this long after it was sent is lost.
+    pub loss_timeout: Duration,
     /// No progress for this long fails a connection.
     pub timeout: Duration,
     /// New connections per second, this worker's share.
@@ -316,6 +322,14 @@ pub struct Tally {
     pub msgs_sent: u64,
     /// Messages echoed in full (whole run).
     pub msgs_received: u64,
+    /// UDP: datagrams not echoed within the loss timeout (whole run).
+    pub dgrams_lost: u64,
+    /// UDP: echoes of datagrams already counted lost.
+    pub dgrams_late: u64,
+    /// UDP: echoes of datagrams already received.
+    pub dgrams_duplicate: u64,
+    /// UDP: echoes with a lower sequence number than one their socket already received.
+    pub dgrams_reordered: u64,
     /// Syscalls the worker made inside the measured window.
     pub window_syscalls: u64,
     /// First connect failure, as a user-facing line.
@@ -417,6 +431,10 @@ impl Tally {
         self.other_errors += o.other_errors;
         self.msgs_sent += o.msgs_sent;
         self.msgs_received += o.msgs_received;
+        self.dgrams_lost += o.dgrams_lost;
+        self.dgrams_late += o.dgrams_late;
+        self.dgrams_duplicate += o.dgrams_duplicate;
+        self.dgrams_reordered += o.dgrams_reordered;
         self.window_syscalls += o.window_syscalls;
         for (mine, theirs) in [
             (&mut self.first_connect_error, &o.first_connect_error),

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,8 +42,15 @@ pub struct RingechoServer {
 impl RingechoServer {
     /// Starts one and waits for its `listening on ADDR` line.
     pub fn start() -> RingechoServer {
+        RingechoServer::start_with(&[])
+    }
+
+    /// Starts one with extra flags (`--udp`, `--backend epoll`, ...) and waits for its
+    /// `listening on ADDR` line.
+    pub fn start_with(args: &[&str]) -> RingechoServer {
         let mut child = Command::new(BIN)
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -89,6 +97,8 @@ pub enum Behaviour {
     /// Echo, but every connection stalls during one window: from `after` past the first byte
     /// any connection received, for `stall`.
     Stall { after: Duration, stall: Duration },
+    /// Framed protocol: read two frames, echo them as one frame (header = the sum of lengths).
+    MergeFrames,
 }
 
 /// When the first byte arrived on any connection; waiters are woken then.
@@ -142,6 +152,9 @@ impl Fixture {
 
 fn serve(mut s: TcpStream, b: Behaviour, first_byte: &FirstByte) {
     let _ = s.set_nodelay(true);
+    if let Behaviour::MergeFrames = b {
+        return merge_frames(s, first_byte);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
@@ -193,6 +206,7 @@ fn serve(mut s: TcpStream, b: Behaviour, first_byte: &FirstByte) {
                 }
             }
             Behaviour::Silent => continue,
+            Behaviour::MergeFrames => unreachable!("handled by merge_frames"),
             Behaviour::Stall { after, stall } => {
                 let now = Instant::now();
                 let (from, to) = (start + after, start + after + stall);
@@ -205,6 +219,86 @@ fn serve(mut s: TcpStream, b: Behaviour, first_byte: &FirstByte) {
         offset += n as u64;
         if s.write_all(chunk).is_err() {
             return;
+        }
+    }
+}
+
+/// The framed-protocol fault: every two frames come back as one.
+fn merge_frames(mut s: TcpStream, first_byte: &FirstByte) {
+    fn frame(s: &mut TcpStream, first_byte: &FirstByte) -> Option<Vec<u8>> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).ok()?;
+        first_byte.mark();
+        let mut body = vec![0u8; u32::from_be_bytes(h) as usize];
+        s.read_exact(&mut body).ok()?;
+        Some(body)
+    }
+    while let (Some(a), Some(b)) = (frame(&mut s, first_byte), frame(&mut s, first_byte)) {
+        let mut out = ((a.len() + b.len()) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&a);
+        out.extend_from_slice(&b);
+        if s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// What a UDP fixture does with each datagram (counted from 1 across all senders).
+#[derive(Clone, Copy, Debug)]
+pub enum UdpBehaviour {
+    /// Echo all but every `n`-th datagram, which it drops.
+    DropEvery(u64),
+    /// Never answer.
+    Silent,
+    /// Echo, but flip every bit of byte `byte` of datagram `nth`.
+    FlipAt { nth: u64, byte: usize },
+}
+
+/// A one-thread UDP echo server with a configurable fault. Lives until the test ends.
+pub struct UdpFixture {
+    pub addr: SocketAddr,
+    /// Datagrams received.
+    pub received: Arc<AtomicU64>,
+    /// Datagrams received and deliberately not echoed.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl UdpFixture {
+    pub fn start(b: UdpBehaviour) -> UdpFixture {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp fixture");
+        let addr = sock.local_addr().unwrap();
+        let received: Arc<AtomicU64> = Arc::default();
+        let dropped: Arc<AtomicU64> = Arc::default();
+        let (r, d) = (Arc::clone(&received), Arc::clone(&dropped));
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let k = r.fetch_add(1, Ordering::SeqCst) + 1;
+                let dgram = &mut buf[..n];
+                match b {
+                    UdpBehaviour::DropEvery(every) if k % every == 0 => {
+                        d.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    UdpBehaviour::Silent => {
+                        d.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    UdpBehaviour::FlipAt { nth, byte } if k == nth && byte < n => {
+                        dgram[byte] ^= 0xff;
+                    }
+                    _ => {}
+                }
+                let _ = sock.send_to(dgram, from);
+            }
+        });
+        UdpFixture {
+            addr,
+            received,
+            dropped,
         }
     }
 }

@@ -274,8 +274,10 @@ impl Stopped {
 /// A running `ringecho serve`. Dropping it kills the process.
 pub struct Server {
     child: Child,
-    /// The resolved listening address.
+    /// The resolved listening address (the first one).
     pub addr: SocketAddr,
+    /// Every resolved listening address, in `--addr` order.
+    pub addrs: Vec<SocketAddr>,
     /// The backend it runs.
     pub backend: Backend,
     log: Arc<Log>,
@@ -295,6 +297,8 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // One `listening on` line per address.
+        let want_addrs = cmd.get_args().filter(|a| *a == "--addr").count().max(1);
         let mut child = cmd.spawn().map_err(StartError::Spawn)?;
         let log = Arc::new(Log::default());
         let stderr = child.stderr.take().expect("piped stderr");
@@ -323,6 +327,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: "0.0.0.0:0".parse().expect("literal"),
+            addrs: Vec::new(),
             backend,
             log,
             stderr_reader: Some(stderr_reader),
@@ -335,8 +340,13 @@ impl Server {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("listening on ") {
-                        server.addr = a.trim().parse().expect("listening on <addr>");
-                        return Ok(server);
+                        server
+                            .addrs
+                            .push(a.trim().parse().expect("listening on <addr>"));
+                        if server.addrs.len() == want_addrs {
+                            server.addr = server.addrs[0];
+                            return Ok(server);
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -1227,8 +1237,10 @@ pub fn round_trips(
                 })
                 .collect();
             // SAFETY: `pfds` is a live array of `pfds.len()` initialised pollfd structs.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 5000) };
-            assert!(n > 0, "held connections stopped answering");
+            // Generous: under heavy packet loss TCP's retransmission back-off alone can take
+            // several seconds (0.2 + 0.4 + 0.8 + 1.6 + 3.2 s for five losses in a row).
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 30_000) };
+            assert!(n > 0, "held connections stopped answering for 30 s");
             for (i, p) in pfds.iter().enumerate() {
                 if p.revents == 0 || got[i] == size {
                     continue;

@@ -2,48 +2,77 @@
 //!
 //! A buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19) is a ring of `struct io_uring_buf`
 //! entries shared with the kernel. Each entry names one buffer (address, length, id). A receive
-//! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the ring's head
-//! only when data arrives, so idle connections hold no memory; its completion says which buffer
-//! (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the buffer is ours
-//! until we put it back by writing a new entry at the tail and publishing the tail.
+//! armed with `IOSQE_BUFFER_SELECT` and a buffer group id picks the buffer at the buffer
+//! ring's head only when data arrives, so idle connections hold no memory; its completion says
+//! which buffer (`IORING_CQE_F_BUFFER`, id in the upper 16 bits of `flags`). From then on the
+//! buffer is ours until we put it back by writing a new entry at the tail and publishing the
+//! tail.
 //!
 //! # Ownership, one buffer at a time
 //!
 //! ```text
-//!   in the ring (kernel may write it)
-//!        │  recv CQE with F_BUFFER: take(bid)            refs = 1 (the CQE's reference)
+//!   in the buffer ring (the kernel may fill it; user space must not read it)
+//!        │  a receive CQE names it: on_completion             refs = 1 (the handler's)
 //!        ▼
-//!   held by user space (kernel never touches it)
-//!        │  connection queues an echo from it: add_refs   refs = 1 + n
-//!        │  CQE handled: release                          refs = n
-//!        │  each send of a chunk completes: release       refs - 1
-//!        ▼  refs reaches 0: written at the tail, published at the end of the turn
-//!   in the ring again
+//!   held by user space (the kernel never writes it; a send from it reads it)
+//!        │  n reply chunks were queued in it: add_refs(n)     refs = 1 + n
+//!        │  the CQE has been handled: release                 refs = n
+//!        │  each send of a chunk completes: release           refs - 1
+//!        ▼  refs reaches 0: written at the tail; the next publish shows it to the kernel
+//!   in the buffer ring again
 //! ```
+//!
+//! That is how the server counts: the handler's reference is separate from the replies', so
+//! when no reply points into the buffer (the protocol wrote a copy) the handler's `release`
+//! sends it straight back. A caller can also let the handler's reference become the reply's,
+//! as `examples/uring_echo.rs` does by queueing each received [`Segment`] as its echo: no
+//! `add_refs`, and the one `release` comes when that echo has been sent. Either way the buffer
+//! goes back when its count reaches 0, and not before.
+//!
+//! `examples/buf_ring.rs` walks a `BufRing` through this cycle with a plain `IoUring`.
 //!
 //! # Incremental consumption and bundles
 //!
 //! With `IOU_PBUF_RING_INC` (6.12) the kernel consumes a buffer in pieces: each completion
 //! says which buffer and, with `IORING_CQE_F_BUF_MORE`, that the kernel will keep filling the
 //! rest of it. The data of a completion starts where the previous one in that buffer ended, so
-//! the ring tracks a fill offset per buffer; the buffer leaves the ring when a completion for
-//! it comes without `BUF_MORE`. Several connections' data may share one buffer.
+//! `BufRing` tracks a fill offset per buffer; the buffer leaves the buffer ring when a
+//! completion for it comes without `BUF_MORE`. Until then such a buffer does not fit the
+//! picture above: it is in the buffer ring (the kernel keeps filling the rest of it) *and*
+//! held (each piece already handed over carries its own reference), and the pieces may belong
+//! to several connections. It goes back once the kernel is done with it and the last piece's
+//! reference has been released.
 //!
-//! With a bundle receive (`IORING_RECVSEND_BUNDLE`, 6.10) one completion covers several
-//! buffers: the one it names and the ones that followed it in the ring. The ring remembers
-//! which buffer it wrote into each ring slot, so it can tell which those are.
+//! Buffers come back in whatever order their replies finish, so the id written at a given
+//! position of the buffer ring changes from one lap to the next. A completion names a buffer
+//! id, never a position. With a bundle receive (`IORING_RECVSEND_BUNDLE`, 6.10) one
+//! completion covers several buffers: the one it names and the ones at the positions that
+//! followed it. `BufRing` records which id it wrote at each position, so it can tell which
+//! those are.
 //!
 //! Either way [`BufRing::on_completion`] turns a completion into [`Segment`]s, each holding one
 //! reference to its buffer.
 //!
 //! # Safety contract
 //!
-//! - The ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the ring is
-//!   not registered any more: unregister first ([`BufRing::unregister`]), and only once no
-//!   receive that selects from this group is outstanding. A `BufRing` dropped while registered
-//!   leaks its memory instead of freeing memory the kernel could still write.
+//! The caller's half is stated once, on [`BufRing::registered`], the `unsafe` constructor:
+//! pass [`BufRing::on_completion`] only what this ring's receive completions say, and
+//! unregister only through the same ring with no receive of the group outstanding. Everything
+//! else is this module's half:
+//!
+//! - The buffer ring and the buffers are `mmap`ed here and unmapped in `Drop`, and only if the
+//!   buffer ring is not registered any more. A `BufRing` dropped while registered leaks its
+//!   memory instead of freeing memory the kernel could still write.
+//! - User space reads a buffer ([`BufRing::data`]) only while it holds a reference to it, and
+//!   only the bytes the kernel has handed over; a buffer goes back to the buffer ring only
+//!   when its last reference is released.
+//! - User space never overwrites an entry the kernel has not taken yet. The buffer ring has
+//!   exactly one entry per buffer, and a buffer id is written back at the tail only after a
+//!   completion handed that buffer over. So the entries between the kernel's head and the
+//!   tail never name more buffers than there are entries, and the tail cannot lap the head.
 //! - Registration and unregistration are made on the thread that submits to the ring
-//!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`).
+//!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`). A ring registers once: a
+//!   second registration would restart the kernel's head against this tail.
 //! - The number of entries is a power of two, at most 32768; each buffer is at most 4 GiB.
 //! - The kernel reads the tail (the `resv` field of entry 0) concurrently: it is only ever
 //!   written with a `Release` store after the entries it covers, and entries are written field
@@ -55,7 +84,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::Submitter;
 
-/// The kernel's `struct io_uring_buf` (16 bytes). Entry 0's `resv` doubles as the ring tail.
+/// The kernel's `struct io_uring_buf` (16 bytes). Entry 0's `resv` doubles as the tail.
 #[repr(C)]
 struct RawBuf {
     addr: u64,
@@ -72,6 +101,7 @@ pub const MAX_ENTRIES: u32 = 32768;
 
 /// Why a buffer ring could not be built.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum BufRingError {
     /// `entries` is zero, not a power of two, or above 32768.
     BadCount(u32),
@@ -79,6 +109,10 @@ pub enum BufRingError {
     BadSize(u32),
     /// `mmap` failed.
     Map(io::Error),
+    /// `IORING_REGISTER_PBUF_RING` failed: `EINVAL` before 5.19 (or for flags the kernel does
+    /// not know), `EEXIST` if the ring already has a buffer group with this id, `ENOMEM` when
+    /// `RLIMIT_MEMLOCK` is too small on older kernels.
+    Register(io::Error),
 }
 
 impl std::fmt::Display for BufRingError {
@@ -90,11 +124,19 @@ impl std::fmt::Display for BufRingError {
             ),
             BufRingError::BadSize(n) => write!(f, "buffer size {n} is not usable"),
             BufRingError::Map(e) => write!(f, "cannot map buffer ring memory: {e}"),
+            BufRingError::Register(e) => write!(f, "cannot register the buffer ring: {e}"),
         }
     }
 }
 
-impl std::error::Error for BufRingError {}
+impl std::error::Error for BufRingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BufRingError::Map(e) | BufRingError::Register(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// An anonymous private mapping, unmapped on drop.
 struct Mapping {
@@ -145,15 +187,29 @@ pub struct Segment {
     pub len: u32,
 }
 
-/// A completion named buffers the ring did not think the kernel had: user space and kernel
-/// disagree about ownership, and nothing was changed.
+/// A completion named buffers the buffer ring did not think the kernel had: user space and
+/// kernel disagree about ownership, and nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnershipError {
     /// The buffer id in question.
     pub bid: u16,
 }
 
-/// A registered ring of provided buffers. See the module docs for the contract.
+impl std::fmt::Display for OwnershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a completion named buffer {} but the buffer ring did not hand it to the kernel",
+            self.bid
+        )
+    }
+}
+
+impl std::error::Error for OwnershipError {}
+
+/// A registered ring of provided buffers: the memory, the entries shared with the kernel, and
+/// who holds each buffer. Made by [`BufRing::registered`]; see the
+/// [module docs](crate::backend::uring::buf_ring) for how a buffer travels and the contract.
 pub struct BufRing {
     ring: Mapping,
     bufs: Mapping,
@@ -166,26 +222,117 @@ pub struct BufRing {
     published_tail: u16,
     /// References held by user space, per buffer id.
     refs: Vec<u16>,
-    /// The buffer is out of the ring: the kernel handed all of it over (per buffer id).
+    /// The buffer is out of the buffer ring: the kernel handed all of it over (per buffer id).
     out: Vec<bool>,
     /// Bytes the kernel has filled so far (incremental mode), per buffer id.
     fill: Vec<u32>,
-    /// Which buffer id was last written into each ring slot (for bundles).
+    /// Which buffer id was last written at each position of the buffer ring (for bundles).
     slot_bid: Vec<u16>,
     /// The ring position (unmasked) each buffer id was last written at.
     bid_pos: Vec<u16>,
     /// Buffers with at least one user-space reference.
     held: usize,
-    /// Buffers out of the ring.
+    /// Buffers out of the buffer ring.
     out_count: usize,
     registered: bool,
+    /// Registered once already: a second registration would restart the kernel's head at 0
+    /// against our tail and hand out entries for buffers user space holds, so it is refused.
+    ever_registered: bool,
 }
 
 impl BufRing {
+    /// Maps `entries` buffers of `buf_size` bytes each and a ring naming all of them, and
+    /// registers it with the kernel as buffer group `bgid` (`IORING_REGISTER_PBUF_RING`, 5.19).
+    /// With `incremental` the kernel may fill each buffer in several pieces
+    /// (`IOU_PBUF_RING_INC`, 6.12). Every buffer starts out in the buffer ring, for the kernel
+    /// to pick.
+    ///
+    /// Call it on the thread that submits to the ring (`IORING_SETUP_SINGLE_ISSUER` refuses
+    /// others with `EEXIST`).
+    ///
+    /// # Safety
+    ///
+    /// From here on the kernel writes into this memory whenever a receive selects a buffer,
+    /// and only the completions tell user space which buffer it wrote. So, for as long as
+    /// the buffer ring stays registered:
+    ///
+    /// - Pass [`on_completion`](Self::on_completion) only what completions of this ring say:
+    ///   the buffer id, result and flags of a receive that selected from group `bgid`, once
+    ///   per completion, with `bundle` set exactly for bundle receives. A made-up buffer id
+    ///   would mark a buffer as handed over while the kernel may still fill it, and
+    ///   [`data`](Self::data) would read memory the kernel is writing.
+    /// - Call [`unregister`](Self::unregister) with this same ring's submitter, and only once
+    ///   no receive that selects from group `bgid` is outstanding (each one has posted its
+    ///   final completion, the one without `IORING_CQE_F_MORE`). Unregistering is what lets
+    ///   `Drop` unmap the memory. If that moment never comes, do not unregister: a `BufRing`
+    ///   dropped while registered leaks its memory rather than free memory the kernel could
+    ///   still write, and so does one whose ring was dropped first.
+    ///
+    /// # Example
+    ///
+    /// One receive into a provided buffer, and the buffer back into the buffer ring:
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsRawFd;
+    /// use io_uring::{cqueue, opcode, squeue, types, IoUring};
+    /// use ringecho::backend::uring::BufRing;
+    ///
+    /// # let Ok(mut ring) = IoUring::new(4) else { return Ok(()) }; // io_uring blocked here
+    /// # /*
+    /// let mut ring = IoUring::new(4)?;
+    /// # */
+    /// // SAFETY: only this ring's receive completions reach `on_completion`; the buffer ring
+    /// // is unregistered once no receive is outstanding.
+    /// let mut bufs = unsafe { BufRing::registered(&ring.submitter(), 8, 1024, 0, false)? };
+    ///
+    /// let (mut peer, ours) = std::os::unix::net::UnixStream::pair()?;
+    /// peer.write_all(b"hi")?;
+    /// let recv = opcode::Recv::new(types::Fd(ours.as_raw_fd()), std::ptr::null_mut(), 1024)
+    ///     .buf_group(0)
+    ///     .build()
+    ///     .flags(squeue::Flags::BUFFER_SELECT);
+    /// // SAFETY: the SQE points at no memory: the kernel picks a buffer from group 0.
+    /// unsafe { ring.submission().push(&recv).expect("room in the queue") };
+    /// ring.submit_and_wait(1)?;
+    /// let cqe = ring.completion().next().expect("a completion");
+    ///
+    /// let bid = cqueue::buffer_select(cqe.flags()).expect("the receive took a buffer");
+    /// let mut segs = Vec::new();
+    /// bufs.on_completion(bid, cqe.result() as u32, cqe.flags(), false, &mut segs)?;
+    /// assert_eq!(bufs.data(bid, 0, segs[0].len), b"hi");
+    /// bufs.release(bid); // the last reference: back at the tail...
+    /// bufs.publish(); // ...and visible to the kernel
+    /// assert_eq!((bufs.held(), bufs.available()), (0, 8));
+    ///
+    /// bufs.unregister(&ring.submitter())?; // nothing outstanding: Drop may unmap now
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BufRingError::BadCount`] and [`BufRingError::BadSize`] for a bad geometry,
+    /// [`BufRingError::Map`] if the memory cannot be mapped, [`BufRingError::Register`] if the
+    /// kernel refuses the registration.
+    pub unsafe fn registered(
+        submitter: &Submitter<'_>,
+        entries: u32,
+        buf_size: u32,
+        bgid: u16,
+        incremental: bool,
+    ) -> Result<BufRing, BufRingError> {
+        let mut br = BufRing::new(entries, buf_size, bgid, incremental)?;
+        br.register(submitter).map_err(BufRingError::Register)?;
+        Ok(br)
+    }
+
     /// Maps a ring of `entries` buffers of `buf_size` bytes each, for buffer group `bgid`.
-    /// With `incremental`, the ring is registered for incremental consumption (6.12).
-    /// Every buffer starts out owned by the ring (after [`register`](Self::register)).
-    pub fn new(
+    /// With `incremental`, the buffer ring is registered for incremental consumption (6.12).
+    /// Every buffer starts out in the buffer ring (after [`register`](Self::register)).
+    ///
+    /// With `register`, the two halves of [`registered`](Self::registered), for the server
+    /// and the load generator, which keep its contract.
+    pub(crate) fn new(
         entries: u32,
         buf_size: u32,
         bgid: u16,
@@ -219,6 +366,7 @@ impl BufRing {
             held: 0,
             out_count: n,
             registered: false,
+            ever_registered: false,
         };
         for bid in 0..entries {
             br.push_entry(bid as u16);
@@ -226,8 +374,14 @@ impl BufRing {
         Ok(br)
     }
 
-    /// Registers the ring with the kernel as buffer group `bgid` and publishes every buffer.
-    pub fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    /// Registers the buffer ring with the kernel as buffer group `bgid` and publishes every
+    /// buffer.
+    /// Safe only for this crate's loops, which keep the contract of
+    /// [`registered`](Self::registered). A second registration is refused with `EEXIST`.
+    pub(crate) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        if self.ever_registered {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
         let flags = if self.incremental {
             IOU_PBUF_RING_INC
         } else {
@@ -244,11 +398,14 @@ impl BufRing {
             )?;
         }
         self.registered = true;
+        self.ever_registered = true;
         self.publish();
         Ok(())
     }
 
-    /// Unregisters the ring. Call only once no receive selecting from this group is outstanding.
+    /// Unregisters the buffer ring, so that `Drop` may unmap its memory. Only with the ring it
+    /// was registered with, and only once no receive selecting from this group is outstanding
+    /// (see [`registered`](Self::registered)).
     pub fn unregister(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
         if self.registered {
             submitter.unregister_buf_ring(self.bgid)?;
@@ -282,16 +439,16 @@ impl BufRing {
         self.held
     }
 
-    /// Buffers in the ring, ready for the kernel to fill (counting unpublished returns).
+    /// Buffers in the buffer ring, ready for the kernel to fill (counting unpublished returns).
     pub fn available(&self) -> usize {
         self.count() as usize - self.out_count
     }
 
     /// Accounts for a receive completion that put `res` bytes into buffer `bid` (and, for a
-    /// `bundle`, the buffers that followed it in the ring); `flags` are the CQE's. Appends one
-    /// [`Segment`] per buffer to `segs`, each holding one new reference that the caller drops
-    /// with [`release`](Self::release) once it has used (or taken its own references to) the
-    /// bytes.
+    /// `bundle`, the buffers that followed it in the buffer ring); `flags` are the CQE's.
+    /// Appends one [`Segment`] per buffer to `segs`, each holding one new reference that the
+    /// caller drops with [`release`](Self::release) once it has used (or taken its own
+    /// references to) the bytes.
     pub fn on_completion(
         &mut self,
         bid: u16,
@@ -379,15 +536,20 @@ impl BufRing {
         *r += 1;
     }
 
-    /// Adds `n` references to a held buffer.
+    /// Adds `n` references to a held buffer: say, one per reply that will be sent from it.
+    ///
+    /// # Panics
+    ///
+    /// If nobody holds `bid`: the buffer may be in the buffer ring, where the kernel can fill
+    /// it.
     pub fn add_refs(&mut self, bid: u16, n: u16) {
         let r = &mut self.refs[bid as usize];
-        debug_assert!(*r > 0, "add_refs on a buffer nobody holds");
+        assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r += n;
     }
 
     /// Drops one reference. When the last one goes and the kernel is done with the buffer, it
-    /// goes back in the ring (published at the next [`publish`](Self::publish)).
+    /// goes back in the buffer ring (published at the next [`publish`](Self::publish)).
     pub fn release(&mut self, bid: u16) {
         let b = bid as usize;
         debug_assert!(self.refs[b] > 0, "release of a buffer nobody holds");
@@ -404,10 +566,18 @@ impl BufRing {
     }
 
     /// `len` bytes at `offset` of buffer `bid`, which the caller holds a reference to.
+    ///
+    /// # Panics
+    ///
+    /// If nobody holds `bid`, or the range is outside the buffer (outside what the kernel has
+    /// filled so far, for an incremental ring).
     pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
         let b = bid as usize;
         assert!(self.refs[b] > 0, "reading a buffer nobody holds");
-        assert!(u64::from(offset) + u64::from(len) <= u64::from(self.buf_size));
+        let end = u64::from(offset) + u64::from(len);
+        assert!(end <= u64::from(self.buf_size));
+        // An incremental buffer may still be in the ring, the kernel filling it past `fill`.
+        assert!(!self.incremental || end <= u64::from(self.fill[b]));
         // SAFETY: the caller holds a reference to `bid`, and the range lies in bytes the kernel
         // has filled and handed over (it writes only past `fill` in incremental mode, nowhere in
         // a buffer out of the ring); the range is inside the buffer, inside the `bufs` mapping.

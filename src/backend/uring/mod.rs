@@ -1,14 +1,31 @@
 //! The io_uring backend: one ring per shard, one completion dispatcher, one loop.
 //!
-//! Each loop turn: publish returned buffers, move queued SQEs into the submission ring, make
+//! # Pieces that work on their own
+//!
+//! - [`build_ring`] creates a ring with the most efficient task-running mode the kernel
+//!   accepts and reports what the kernel can do ([`Features`]); [`probe`] does the same for a
+//!   throw-away ring.
+//! - [`BufRing`] (module [`buf_ring`]) owns a provided-buffer ring and knows, buffer by
+//!   buffer, whether the kernel or user space holds it. It works with any
+//!   [`io_uring::IoUring`]: `examples/buf_ring.rs` uses it alone.
+//! - [`ops`] builds the SQEs the server submits, and [`Token`] is what
+//!   they carry in `user_data`.
+//!
+//! `examples/uring_echo.rs` is a complete echo server made of these pieces alone.
+//!
+//! # The server's loop
+//!
+//! Crate-private, in `src/backend/uring/mod.rs`. Each loop turn: publish returned buffers,
+//! move queued SQEs into the submission queue (submitting early only if it fills), make
 //! **one** `io_uring_enter` that submits them and waits for completions, then handle every
-//! completion. Handling a completion updates the connection's [`Conn`] and then *reconciles*:
-//! compares what the connection wants (a send, a receive, a close) with what is in flight, and
-//! queues the SQEs that close the gap (see `UringShard::sync`).
+//! completion. Handling one updates the connection's `Conn` and then *reconciles*: compares
+//! what the connection wants (a send, a receive, a close) with what is in flight, and queues
+//! the SQEs that close the gap (see `UringShard::sync`). The
+//! [crate docs](crate#the-life-of-a-message) follow one message through it.
 
-mod buf_ring;
+pub mod buf_ring;
 mod driver;
-mod ops;
+pub mod ops;
 mod setup;
 pub(crate) mod udp;
 
@@ -20,10 +37,11 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, cqueue, squeue};
 use slab::Slab;
 
+pub use crate::sys::KernelVersion;
 pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
-use crate::backend::idle_sweep_period;
+use crate::backend::Timers;
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -64,7 +82,8 @@ enum Phase {
 /// A connection as the io_uring backend sees it.
 struct Slot<P> {
     conn: Conn<P>,
-    /// Direct-descriptor index in the registered file table.
+    /// File slot: the direct descriptor's index in the registered file table, chosen by the
+    /// kernel at accept. Not the connection key (the index of this entry in `conns`).
     fd: u32,
     generation: u32,
     recv: RecvState,
@@ -131,26 +150,19 @@ struct UringShard<P> {
     batch_max: u32,
     batch_wait_us: u32,
     drain_timeout: Duration,
-    lingering_close: Duration,
     shutdown_fd: RawFd,
     /// SQEs decided this turn, submitted by the next enter.
     pending: Vec<squeue::Entry>,
-    /// Connections a protocol closed, waiting for the peer's FIN until the deadline (in
-    /// deadline order, since every one waits `lingering_close`).
-    lingering: std::collections::VecDeque<(usize, u32, Instant)>,
     /// Connections parked on `-ENOBUFS`, in arrival order.
     parked: std::collections::VecDeque<(usize, u32)>,
     next_generation: u32,
-    accept_retry_at: Option<Instant>,
     /// Shutdown has started.
     draining: bool,
-    /// When owed bytes stop being waited for (taken when it fires).
-    drain_deadline: Option<Instant>,
+    /// Idle, lingering, accept back-off and drain deadlines.
+    timers: Timers,
     counters: Counters,
     /// Read once per loop turn, after the wait.
     now: Instant,
-    idle_timeout: Option<Duration>,
-    next_idle_sweep: Option<Instant>,
 }
 
 /// Runs one io_uring shard until shutdown. Creates the ring and registers everything on the
@@ -244,21 +256,14 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         batch_max: cfg.batch_max.max(1),
         batch_wait_us: cfg.batch_wait_us,
         drain_timeout: cfg.drain_timeout,
-        lingering_close: cfg.lingering_close,
         shutdown_fd: ctx.shutdown_fd,
         pending: Vec::with_capacity(features.sq_entries as usize),
         parked: Default::default(),
-        lingering: Default::default(),
         next_generation: 0,
-        accept_retry_at: None,
         draining: false,
-        drain_deadline: None,
+        timers: Timers::new(cfg.idle_timeout, cfg.lingering_close, Instant::now()),
         counters: Counters::default(),
         now: Instant::now(),
-        idle_timeout: cfg.idle_timeout,
-        next_idle_sweep: cfg
-            .idle_timeout
-            .map(|t| Instant::now() + idle_sweep_period(t)),
         features,
     };
     let result = shard.run(&mut ring, &ctx, cfg.register_ring_fd, startup_line);
@@ -315,15 +320,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 break;
             }
             self.bufs.publish();
-            let deadline = [
-                self.drain_deadline,
-                self.accept_retry_at,
-                self.next_idle_sweep,
-                self.lingering.front().map(|l| l.2),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = self.timers.next();
             driver.turn(
                 &submitter,
                 &mut sq,
@@ -349,56 +346,23 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some(&(key, generation, at)) = self.lingering.front()
-            && at <= now
-        {
-            self.lingering.pop_front();
-            // The peer never closed after our FIN: stop waiting for it.
-            if self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.generation == generation)
-            {
-                self.begin_close(key);
-            }
+        let conns = &self.conns;
+        let due = self.timers.expire(
+            now,
+            |key, generation| conns.get(key).is_some_and(|s| s.generation == generation),
+            || {
+                conns
+                    .iter()
+                    .filter(|(_, s)| s.phase == Phase::Open)
+                    .map(|(k, s)| (k, s.last_active))
+            },
+        );
+        self.counters.idle_closes += due.idle;
+        for key in due.close {
+            self.begin_close(key);
         }
-        if let (Some(at), Some(idle)) = (self.next_idle_sweep, self.idle_timeout)
-            && now >= at
-        {
-            self.next_idle_sweep = Some(now + idle_sweep_period(idle));
-            let idle_keys: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, s)| {
-                    s.phase == Phase::Open && now.duration_since(s.last_active) >= idle
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for key in idle_keys {
-                self.counters.idle_closes += 1;
-                self.begin_close(key);
-            }
-        }
-        if let Some(at) = self.accept_retry_at
-            && now >= at
-        {
-            self.accept_retry_at = None;
+        if due.accept_retry {
             self.update_accepts();
-        }
-        if let Some(at) = self.drain_deadline
-            && now >= at
-        {
-            self.drain_deadline = None;
-            // Drain time is up: close whatever is still open, owed bytes or not.
-            let open: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, s)| s.phase == Phase::Open)
-                .map(|(k, _)| k)
-                .collect();
-            for key in open {
-                self.begin_close(key);
-            }
         }
     }
 
@@ -461,6 +425,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     fn on_shard_cqe(&mut self, tok: Token, res: i32, flags: u32) {
         match tok.op {
             Op::Accept | Op::AcceptOne => {
+                // Accepts carry their listener's index in the generation field (`accept_token`).
                 let idx = tok.generation as usize;
                 let Some(l) = self.listeners.get_mut(idx) else {
                     self.counters.stale_cqes += 1;
@@ -483,7 +448,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     // the accept) are transient; either way, back off rather than spin.
                     self.counters.accept_errors += 1;
                     if ended {
-                        self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                        self.timers.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     }
                 }
                 self.update_accepts();
@@ -544,7 +509,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             slot.recv = RecvState::Idle;
         }
         if res <= 0 {
-            // No data, but a buffer may have been consumed: straight back to the ring.
+            // No data. Such a CQE has not been seen to carry a buffer (a FIN on 6.18: res 0, no
+            // F_BUFFER); if one ever does, it goes straight back to the buffer ring (defensive).
             self.discard_buffers(res, flags);
         }
         match res {
@@ -579,11 +545,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     self.bufs.release(seg.bid);
                     self.counters.record_recv(seg.len as usize, &out);
                     if out.closed_by_protocol.is_some() {
-                        self.lingering.push_back((
-                            key,
-                            slot.generation,
-                            self.now + self.lingering_close,
-                        ));
+                        self.timers.linger(key, slot.generation, self.now);
                     }
                 }
                 self.segs = segs;
@@ -771,7 +733,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// filling (a full table makes the kernel reset the client it just accepted). At the cap
     /// nothing is armed: new clients wait in the backlog until a connection closes.
     fn update_accepts(&mut self) {
-        if self.draining || self.accept_retry_at.is_some() {
+        if self.draining || self.timers.accept_retry_at.is_some() {
             return;
         }
         let active = self.conns.len();
@@ -826,7 +788,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             return;
         }
         self.draining = true;
-        self.drain_deadline = Some(Instant::now() + self.drain_timeout);
+        self.timers.drain_deadline = Some(Instant::now() + self.drain_timeout);
         self.cancel_accepts();
         for l in &mut self.listeners {
             if l.idle() {

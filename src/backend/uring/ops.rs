@@ -2,13 +2,22 @@
 //!
 //! Keeping them here means the event loop reads as decisions ("arm a receive", "send this
 //! span") and the kernel-facing details (flags, fixed files, buffer groups) sit in one place.
+//! Each says which kernel brought it; `fd: u32` is a direct descriptor (its file slot: an index
+//! into the ring's registered file table), `listener: i32` an ordinary file descriptor.
+//!
+//! Building an SQE is safe: it is plain data. Submitting it is not
+//! (`io_uring::SubmissionQueue::push` is `unsafe`): from then until its final completion the
+//! kernel reads the memory it points at, such as a send's bytes, which must stay valid and
+//! unchanged all that time.
 
 use io_uring::{opcode, squeue, types};
 
 use crate::token::{Op, Token};
 
-/// Multishot accept on `listener`, each connection landing in a free slot of the registered file
-/// table (`IORING_FILE_INDEX_ALLOC`); the CQE's `res` is the slot index. 5.19.
+/// Multishot accept on `listener`, each connection landing in a free file slot of the
+/// registered file table (`IORING_FILE_INDEX_ALLOC`); the CQE's `res` is the file slot. 5.19.
+/// `listener_idx` says which of the shard's listening sockets this is; it rides in the
+/// token's generation field ([`accept_token`]).
 pub fn accept_multi(listener: i32, listener_idx: usize) -> squeue::Entry {
     opcode::AcceptMulti::new(types::Fd(listener))
         .allocate_file_index(true)
@@ -16,7 +25,8 @@ pub fn accept_multi(listener: i32, listener_idx: usize) -> squeue::Entry {
         .user_data(accept_token(listener_idx, Op::Accept).encode())
 }
 
-/// The token of listener `idx`'s accepts (the index rides in the generation field); `op` is
+/// The token of listener `idx`'s accepts: [`Token::SHARD`] in the slot field, since an accept
+/// belongs to no connection, and the listener's index in the generation field; `op` is
 /// [`Op::Accept`] (multishot) or [`Op::AcceptOne`] (single-shot).
 pub fn accept_token(idx: usize, op: Op) -> Token {
     Token {
@@ -25,7 +35,7 @@ pub fn accept_token(idx: usize, op: Op) -> Token {
     }
 }
 
-/// A single-shot accept on `listener` into a free file-table slot: exactly one connection,
+/// A single-shot accept on `listener` into a free file slot: exactly one connection,
 /// which is how the connection cap is kept exactly near the cap.
 pub fn accept_one(listener: i32, listener_idx: usize) -> squeue::Entry {
     opcode::Accept::new(
@@ -105,6 +115,18 @@ pub fn cancel(target: Token, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
+/// Cancels every request on direct descriptor `fd` (5.19), so a following close really releases
+/// the socket.
+///
+/// Convenient, but the kernel serves a descriptor match by walking every armed request of the
+/// ring, once per match: closing many connections at once this way is quadratic. The server
+/// cancels by `user_data` instead ([`cancel`]), a hash lookup.
+pub fn cancel_all_on(fd: u32, tok: Token) -> squeue::Entry {
+    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(fd)).all())
+        .build()
+        .user_data(tok.encode())
+}
+
 /// Shuts down the write side of direct descriptor `fd`: the peer gets FIN after every byte
 /// already sent (5.11).
 pub fn shutdown_write(fd: u32, tok: Token) -> squeue::Entry {
@@ -113,7 +135,7 @@ pub fn shutdown_write(fd: u32, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
-/// Closes direct descriptor `fd`, freeing its file-table slot.
+/// Closes direct descriptor `fd`, freeing its file slot.
 pub fn close_fixed(fd: u32, tok: Token) -> squeue::Entry {
     opcode::Close::new(types::Fixed(fd))
         .build()

@@ -54,8 +54,19 @@ pub struct SqPoll {
     pub cpu: Option<u32>,
 }
 
-/// Ring geometry and mode requested by the user.
+/// Ring geometry and mode requested by the user. [`RingConfig::default`] is what the server
+/// uses unless told otherwise; change fields from there:
+///
+/// ```
+/// use ringecho::backend::uring::{RingConfig, RingMode};
+///
+/// let mut cfg = RingConfig::default();
+/// cfg.sq_entries = 64;
+/// cfg.cq_entries = 256;
+/// cfg.mode = RingMode::CoopTaskrun;
+/// ```
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct RingConfig {
     /// Submission queue entries.
     pub sq_entries: u32,
@@ -65,6 +76,19 @@ pub struct RingConfig {
     pub mode: RingMode,
     /// Use a submission-queue polling thread instead of a task-running mode.
     pub sqpoll: Option<SqPoll>,
+}
+
+impl Default for RingConfig {
+    /// 1024 submission entries, 4096 completion entries (multishot requests post many
+    /// completions per submission), the best task-running mode the kernel accepts, no SQPOLL.
+    fn default() -> RingConfig {
+        RingConfig {
+            sq_entries: 1024,
+            cq_entries: 4096,
+            mode: RingMode::Auto,
+            sqpoll: None,
+        }
+    }
 }
 
 impl RingConfig {
@@ -81,6 +105,7 @@ impl RingConfig {
 
 /// What this kernel and this ring can do, detected once at start-up.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Features {
     /// Running kernel.
     pub kernel: KernelVersion,
@@ -241,6 +266,7 @@ fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
 
 /// One row of `ringecho probe`: a feature, when it arrived, and how ringecho uses it.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FeatureRow {
     /// Short name.
     pub name: &'static str,

@@ -1,0 +1,376 @@
+//! The io_uring datagram transport: one ring per client thread (the TCP client's geometry and
+//! helpers), one multishot receive per socket into a provided-buffer ring ([`BufRing`]), and
+//! one `sendmsg` SQE per datagram.
+//!
+//! A connected UDP socket gets only the server's datagrams, and a receive on a datagram socket
+//! completes with exactly one datagram, so a plain multishot `recv` does what the server's
+//! `recvmsg` does without the header parsing: each completion is one echo. Buffers are larger
+//! than `--size`, so an echo that came back longer than it was sent shows as longer (and fails
+//! the check) instead of being cut to size.
+//!
+//! # Memory the kernel holds
+//!
+//! - A send reads its datagram through a `msghdr` with two `iovec`s: the 16-byte header, copied
+//!   into the slot's `DgramMsg`, and the body, in the `'static` pattern table. Slots live in
+//!   one boxed slice made at start-up, never resized; a slot is rewritten only after its last
+//!   send completed (the flow does not reuse a slot with a send outstanding).
+//! - Receives fill provided buffers owned by the [`BufRing`], each handed back as soon as its
+//!   datagram is checked, within the same turn. The ring is unregistered (and its memory freed)
+//!   only when no receive is outstanding; otherwise it is leaked (see [`BufRing`]), as are the
+//!   send slots if a send is.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::flow::HEADER;
+use super::{DgramEvent, DgramSend, DgramTransport};
+use crate::backend::uring::{BufRing, RingMode, Segment, build_ring};
+use crate::error::Error;
+use crate::loadgen::uring::{
+    BGID, enter, flush, register_bufs, require_client_features, ring_config,
+};
+use crate::loadgen::worker::WorkerPlan;
+
+/// Provided-buffer memory per thread is kept under this.
+const MAX_BUF_MEMORY: usize = 64 << 20;
+
+const OP_RECV: u8 = 1;
+const OP_SEND: u8 = 2;
+const OP_CANCEL: u8 = 3;
+
+/// `user_data`: socket index, slot, operation. Socket indices are never reused within a run.
+fn token(i: usize, slot: u16, op: u8) -> u64 {
+    ((i as u64) << 24) | (u64::from(slot) << 8) | u64::from(op)
+}
+
+/// Buffer geometry: one buffer holds a datagram with room to spare (an echo longer than
+/// `size` must look longer, not be cut to size), a few buffers per datagram in flight.
+fn buf_geometry(in_flight: usize, size: u64) -> (u32, u32) {
+    let buf_size = (size + 1).next_power_of_two().clamp(256, 1 << 16) as u32;
+    let mut count = (in_flight * 2 + 64).next_power_of_two().clamp(64, 32768);
+    while count > 64 && count * buf_size as usize > MAX_BUF_MEMORY {
+        count /= 2;
+    }
+    (count as u32, buf_size)
+}
+
+/// What one send hands the kernel.
+struct DgramMsg {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; 2],
+    head: [u8; HEADER],
+}
+
+#[derive(Default)]
+struct USock {
+    socket: Option<UdpSocket>,
+    recv: bool,
+    /// Sends outstanding.
+    sends: u32,
+    closing: bool,
+}
+
+/// The io_uring datagram transport of one worker thread. Create and drop it on that thread.
+pub struct UdpUring {
+    // Field order is drop order: the ring goes before the buffer memory and the send slots.
+    ring: IoUring,
+    bufs: BufRing,
+    segs: Vec<Segment>,
+    socks: Vec<USock>,
+    /// Send slots, `depth` per socket; never resized.
+    msgs: Box<[DgramMsg]>,
+    depth: usize,
+    target: SocketAddr,
+    multishot: bool,
+    pending: Vec<squeue::Entry>,
+    rearm: Vec<usize>,
+    closed: Vec<usize>,
+    cqes: Vec<cqueue::Entry>,
+    syscalls: u64,
+}
+
+impl UdpUring {
+    /// A ring, buffer ring and send slots for `socks` sockets.
+    pub fn new(plan: &WorkerPlan, socks: usize, mode: RingMode) -> Result<UdpUring, Error> {
+        let depth = plan.depth.max(1) as usize;
+        let (ring, features) = build_ring(&ring_config(socks * depth.min(64), mode))?;
+        require_client_features(&features)?;
+        let (count, buf_size) = buf_geometry(socks * depth, plan.size);
+        let bufs = register_bufs(&ring, count, buf_size)?;
+        let msgs = (0..socks * depth)
+            .map(|_| DgramMsg {
+                // SAFETY: msghdr is plain old data; all zero is an empty header.
+                hdr: unsafe { std::mem::zeroed() },
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 2],
+                head: [0; HEADER],
+            })
+            .collect();
+        Ok(UdpUring {
+            ring,
+            bufs,
+            segs: Vec::with_capacity(1),
+            socks: (0..socks).map(|_| USock::default()).collect(),
+            msgs,
+            depth,
+            target: plan.addr,
+            multishot: features.multishot_recv,
+            pending: Vec::with_capacity(features.sq_entries as usize),
+            rearm: Vec::new(),
+            closed: Vec::new(),
+            cqes: Vec::new(),
+            syscalls: 0,
+        })
+    }
+
+    fn arm_recv(&mut self, i: usize) {
+        let s = &mut self.socks[i];
+        let Some(sock) = &s.socket else { return };
+        if s.recv || s.closing {
+            return;
+        }
+        let fd = types::Fd(sock.as_raw_fd());
+        let sqe = if self.multishot {
+            opcode::RecvMulti::new(fd, BGID).build()
+        } else {
+            // 5.19 has no multishot receive: one buffer per receive, re-armed after each.
+            opcode::Recv::new(fd, std::ptr::null_mut(), self.bufs.buf_size())
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        self.pending.push(sqe.user_data(token(i, 0, OP_RECV)));
+        s.recv = true;
+    }
+
+    /// Closes `i`'s socket once nothing on it is outstanding; true if it did.
+    fn try_release(&mut self, i: usize) -> bool {
+        let s = &mut self.socks[i];
+        if s.closing && !s.recv && s.sends == 0 && s.socket.is_some() {
+            s.socket = None;
+            self.syscalls += 1;
+            return true;
+        }
+        false
+    }
+
+    fn on_recv(&mut self, i: usize, res: i32, flags: u32, on: &mut dyn FnMut(DgramEvent<'_>)) {
+        let more = cqueue::more(flags);
+        let s = &mut self.socks[i];
+        if !more {
+            s.recv = false;
+        }
+        let closing = s.closing;
+        self.segs.clear();
+        let bid = cqueue::buffer_select(flags).filter(|&b| {
+            self.bufs
+                .on_completion(b, res.max(0) as u32, flags, false, &mut self.segs)
+                .is_ok()
+        });
+        if res >= 0 {
+            match bid {
+                Some(b) => {
+                    if !closing {
+                        on(DgramEvent::Datagram(i, self.bufs.data(b, 0, res as u32)));
+                    }
+                    // Checked (or ignored): straight back to the ring.
+                    self.bufs.release(b);
+                }
+                // A zero-length datagram may come without a buffer.
+                None if res == 0 && !closing => on(DgramEvent::Datagram(i, &[])),
+                None if !closing => {
+                    // Data without a buffer we can account for: stop trusting this socket
+                    // rather than read memory the kernel may own.
+                    on(DgramEvent::Failed(
+                        i,
+                        io::Error::from_raw_os_error(libc::EIO),
+                    ));
+                }
+                None => {}
+            }
+            if !more {
+                // A zero-length datagram (or a full completion queue) ends a multishot receive.
+                self.rearm.push(i);
+            }
+            return;
+        }
+        if let Some(b) = bid {
+            self.bufs.release(b);
+        }
+        match -res {
+            // Out of buffers: every buffer goes back this turn, so re-arm.
+            libc::ENOBUFS => self.rearm.push(i),
+            libc::ECANCELED => {}
+            e if !closing => on(DgramEvent::Failed(i, io::Error::from_raw_os_error(e))),
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, ud: u64, res: i32, flags: u32, on: &mut dyn FnMut(DgramEvent<'_>)) {
+        let i = (ud >> 24) as usize;
+        let slot = (ud >> 8) as u16;
+        let op = ud as u8;
+        if op == OP_CANCEL || i >= self.socks.len() {
+            return;
+        }
+        match op {
+            OP_RECV => self.on_recv(i, res, flags, on),
+            OP_SEND => {
+                let s = &mut self.socks[i];
+                s.sends = s.sends.saturating_sub(1);
+                let r = if res >= 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                };
+                // The flow learns even while closing: it frees the slot.
+                on(DgramEvent::Sent(i, slot, r));
+            }
+            _ => return,
+        }
+        if self.try_release(i) {
+            on(DgramEvent::Closed(i));
+        }
+    }
+}
+
+impl DgramTransport for UdpUring {
+    fn open(&mut self, i: usize) -> io::Result<()> {
+        self.syscalls += 3;
+        let local: SocketAddr = if self.target.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = UdpSocket::bind(local)?;
+        sock.connect(self.target)?;
+        self.socks[i].socket = Some(sock);
+        self.arm_recv(i);
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        i: usize,
+        slot: u16,
+        head: &[u8; HEADER],
+        body: &'static [u8],
+    ) -> io::Result<DgramSend> {
+        let s = &mut self.socks[i];
+        let Some(sock) = &s.socket else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let m = &mut self.msgs[i * self.depth + slot as usize % self.depth];
+        m.head = *head;
+        m.iov = [
+            libc::iovec {
+                iov_base: m.head.as_mut_ptr().cast(),
+                iov_len: HEADER,
+            },
+            libc::iovec {
+                iov_base: body.as_ptr() as *mut libc::c_void,
+                iov_len: body.len(),
+            },
+        ];
+        m.hdr.msg_iov = m.iov.as_mut_ptr();
+        m.hdr.msg_iovlen = if body.is_empty() { 1 } else { 2 };
+        self.pending.push(
+            opcode::SendMsg::new(types::Fd(sock.as_raw_fd()), &m.hdr)
+                .build()
+                .user_data(token(i, slot, OP_SEND)),
+        );
+        s.sends += 1;
+        Ok(DgramSend::Pending)
+    }
+
+    fn close(&mut self, i: usize) {
+        let s = &mut self.socks[i];
+        if s.closing {
+            return;
+        }
+        s.closing = true;
+        // Sends finish on their own (a datagram send does not wait for the peer); the
+        // multishot receive would not, so it is cancelled.
+        if s.recv {
+            self.pending.push(
+                opcode::AsyncCancel::new(token(i, 0, OP_RECV))
+                    .build()
+                    .user_data(token(i, 0, OP_CANCEL)),
+            );
+        }
+        if self.try_release(i) {
+            self.closed.push(i);
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration, on: &mut dyn FnMut(DgramEvent<'_>)) -> Result<(), Error> {
+        let ready = std::mem::take(&mut self.closed);
+        for &i in &ready {
+            on(DgramEvent::Closed(i));
+        }
+        let mut rearm = std::mem::take(&mut self.rearm);
+        for i in rearm.drain(..) {
+            self.arm_recv(i);
+        }
+        self.rearm = rearm;
+        self.bufs.publish();
+        // SAFETY: SQEs point at send slots in `self.msgs` (rewritten only after the slot's
+        // send completed, dropped after the ring) and at the 'static pattern table; receives
+        // use provided buffers owned by `self.bufs`, which stays registered (or is leaked)
+        // while any receive is outstanding.
+        unsafe { flush(&mut self.ring, &mut self.pending, &mut self.syscalls) }?;
+        let timeout = if ready.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        enter(&self.ring, timeout, &mut self.syscalls)?;
+        // Copy the completions out first: handling them queues SQEs, which needs `self`.
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion());
+        for cqe in cqes.drain(..) {
+            self.dispatch(cqe.user_data(), cqe.result(), cqe.flags(), on);
+        }
+        self.cqes = cqes;
+        Ok(())
+    }
+
+    fn syscalls(&self) -> u64 {
+        self.syscalls
+    }
+}
+
+impl Drop for UdpUring {
+    fn drop(&mut self) {
+        if !self.socks.iter().any(|s| s.recv) {
+            let _ = self.bufs.unregister(&self.ring.submitter());
+        }
+        if self.socks.iter().any(|s| s.sends > 0) {
+            // The kernel may still read a send's header and iovecs: leak them.
+            std::mem::forget(std::mem::take(&mut self.msgs));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_hold_a_datagram_and_more() {
+        for size in [16u64, 64, 1400, 4096, 65_507, 65_527] {
+            let (count, buf) = buf_geometry(50, size);
+            assert!(u64::from(buf) > size || buf == 1 << 16, "{size}: {buf}");
+            assert!(count.is_power_of_two() && count >= 64);
+            assert!(count as usize * buf as usize <= MAX_BUF_MEMORY);
+        }
+        assert_eq!(token(3, 7, OP_SEND) >> 24, 3);
+        assert_eq!((token(3, 7, OP_SEND) >> 8) as u16, 7);
+    }
+}
