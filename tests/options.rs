@@ -15,51 +15,82 @@ use std::time::{Duration, Instant};
 
 use common::{Server, for_each_backend};
 
-/// How long a 12-byte echo takes, `trials` times, from a server with 8-byte buffers.
+/// How long two pipelined HTTP requests take to answer, `trials` times.
 ///
-/// The server receives the message in two pieces (8 + 4 bytes) and sends two small replies.
-/// With Nagle on the server's socket the second waits until the client acknowledges the first,
-/// and the client, which has nothing to send, delays that ACK (about 40 ms on Linux). With
-/// TCP_NODELAY both go out at once.
-fn split_echo_times(server: &Server, trials: usize) -> Vec<Duration> {
+/// With `--protocol http --http-body 5000`, each response is one 5 KB reply sent on its own, so
+/// one client write of two requests makes the server send twice. With Nagle on the server's
+/// socket the second send, smaller than a segment, waits until the client acknowledges the
+/// first, and the client, which has nothing to send, delays that ACK (about 40 ms on Linux).
+/// With TCP_NODELAY both go out at once.
+fn pipelined_http_times(server: &Server, trials: usize) -> Vec<Duration> {
     let mut s = server.connect();
-    let mut buf = [0u8; 12];
-    // Ordinary round trips first, so the client's TCP leaves its quick-ACK start-up mode.
-    for _ in 0..32 {
-        s.write_all(b"w").unwrap();
-        s.read_exact(&mut buf[..1]).unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut one = Vec::new();
+    // Ordinary round trips first, so the client's TCP leaves its quick-ACK start-up mode; the
+    // first also tells how long one response is.
+    for i in 0..32 {
+        s.write_all(request).unwrap();
+        if i == 0 {
+            one = read_http_response(&mut s);
+        } else {
+            let mut buf = vec![0u8; one.len()];
+            s.read_exact(&mut buf).unwrap();
+        }
     }
+    let two = [&request[..], &request[..]].concat();
     let mut times = Vec::new();
+    let mut buf = vec![0u8; 2 * one.len()];
     for _ in 0..trials {
         let t = Instant::now();
-        s.write_all(b"hello, nagle").unwrap();
+        s.write_all(&two).unwrap();
         s.read_exact(&mut buf).unwrap();
         times.push(t.elapsed());
-        assert_eq!(&buf, b"hello, nagle");
+        assert_eq!(&buf[..one.len()], &one[..]);
     }
     times
+}
+
+/// Reads one HTTP response with a `Content-Length` body.
+fn read_http_response(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a Content-Length header");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    got.extend(body);
+    got
 }
 
 #[test]
 fn nodelay_is_on_by_default_and_can_be_turned_off() {
     for_each_backend(|b| {
-        let server = b.start(&["--buf-size", "8"]);
-        let mut on = split_echo_times(&server, 5);
+        let http = ["--protocol", "http", "--http-body", "5000"];
+        let server = b.start(&http);
+        let mut on = pipelined_http_times(&server, 5);
         on.sort();
         drop(server);
-        let server = b.start(&["--buf-size", "8", "--nodelay", "false"]);
-        let mut off = split_echo_times(&server, 5);
+        let server = b.start(&[&http[..], &["--nodelay", "false"]].concat());
+        let mut off = pipelined_http_times(&server, 5);
         off.sort();
-        eprintln!("split echo: nodelay {on:?}; nagle {off:?}");
+        eprintln!("two pipelined responses: nodelay {on:?}; nagle {off:?}");
         // Generous bounds: the effect is a ~40 ms delayed-ACK timer against sub-millisecond
         // loopback round trips; the median is robust to a noisy machine.
         assert!(
             on[2] < Duration::from_millis(20),
-            "with TCP_NODELAY the echo is immediate: {on:?}"
+            "with TCP_NODELAY both responses go at once: {on:?}"
         );
         assert!(
             off[2] >= Duration::from_millis(20),
-            "without TCP_NODELAY the second piece waits for the delayed ACK: {off:?}"
+            "without TCP_NODELAY the second waits for the delayed ACK: {off:?}"
         );
     });
 }

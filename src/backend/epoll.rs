@@ -26,6 +26,14 @@ use crate::stats::Counters;
 use crate::sys::syscall;
 use crate::token::{GENERATION_MASK, Op, Token};
 
+/// The shard's read buffer: `--buf-size`, but at least 64 KiB. An edge-triggered reader must
+/// read until a read comes back short, so a buffer that a message fills exactly costs an extra
+/// `read` that returns `EAGAIN`; a competent epoll server reads into a large buffer, and so
+/// does this one (io_uring's provided buffers have no such cost).
+fn read_buffer_size(buf_size: u32) -> usize {
+    (buf_size as usize).max(64 * 1024)
+}
+
 /// Events fetched per `epoll_wait`.
 const MAX_EVENTS: usize = 512;
 /// Reads per connection per turn before others get a go (the rest waits on the ready list).
@@ -128,7 +136,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     if ctx.index == 0 {
         eprintln!(
             "ringecho: epoll shards={} edge-triggered read_buffer={}B max_conns={max_conns} (per shard)",
-            ctx.shards, cfg.buf_size
+            ctx.shards,
+            read_buffer_size(cfg.buf_size)
         );
     }
     let mut shard = EpollShard {
@@ -140,7 +149,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             max_pending: cfg.max_pending,
         },
         max_conns,
-        scratch: vec![0; cfg.buf_size as usize],
+        scratch: vec![0; read_buffer_size(cfg.buf_size)],
         ready: Default::default(),
         accept_paused: false,
         accept_pause_logged: false,
