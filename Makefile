@@ -1,7 +1,7 @@
 # What CI runs is `.ci/run`: the README's test command plus `make check`.
 CARGO ?= cargo
 
-.PHONY: build test check run bench fmt
+.PHONY: build test check run bench bench-quick bench-smoke bench-features bench-peers fmt
 
 build:
 	$(CARGO) build --release
@@ -20,5 +20,45 @@ run:
 fmt:
 	$(CARGO) fmt --all
 
-bench: build
-	@echo "the comparison harness arrives with the epoll backend; see README"
+# The comparison harness, benches/compare (README: "Comparing servers"). Every variable is
+# optional; values must not contain single quotes. Servers are separated by `;`:
+#   make bench CASES='50x128x1 100x64x16' DURATION=3 ROUNDS=3
+#   make bench SERVERS='uring; epoll; nobatch=uring --batch-wait-us 0'
+#   make bench PEERS='tokio=target/peers/release/tokio-echo'       (after `make bench-peers`)
+# Other harness flags (`cargo bench --bench compare -- --help`) go in BENCH_ARGS.
+# Results: target/bench/latest.md and target/bench/<timestamp>.json.
+BENCH_FLAGS = $(if $(CASES),--cases '$(CASES)') $(if $(SERVERS),--servers '$(SERVERS)') \
+	$(if $(PEERS),--peers '$(PEERS)') $(if $(ROUNDS),--rounds $(ROUNDS)) \
+	$(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(WARMUP)) \
+	$(if $(CLIENT_BACKEND),--client-backend $(CLIENT_BACKEND)) $(BENCH_ARGS)
+
+bench:
+	$(CARGO) bench --bench compare -- $(BENCH_FLAGS)
+
+# Half a minute: two cases, 1 s windows (for trying things, not for figures).
+bench-quick:
+	$(MAKE) bench CASES='$(or $(CASES),50x128x1 100x64x16)' DURATION=$(or $(DURATION),1) \
+		WARMUP=$(or $(WARMUP),0.5)
+
+# What CI runs through `cargo test`: the harness's self-check and one tiny case end to end.
+bench-smoke:
+	$(CARGO) test --bench compare
+
+# Issue 6: each io_uring feature on and off, side by side in one run.
+FEATURE_SERVERS = uring; nobatch=uring --batch-wait-us 0; coop=uring --ring-mode coop-taskrun; \
+	plain=uring --ring-mode plain; sqpoll=uring --sqpoll; singleshot=uring --no-multishot-recv; \
+	bundle=uring --recv-bundle; incremental=uring --buf-incremental; \
+	zc=uring --zc-threshold 1024; no-ringfd=uring --no-register-ring-fd; \
+	threads2=uring --threads 2; epoll
+bench-features:
+	$(MAKE) bench SERVERS='$(or $(SERVERS),$(FEATURE_SERVERS))' \
+		CASES='$(or $(CASES),50x128x1 500x128x1 50x4096x1 100x64x16)' \
+		DURATION=$(or $(DURATION),5)
+
+# The peer echo servers of ../shared/peers (read-only there), built into target/peers.
+PEERS_DIR ?= ../shared/peers
+bench-peers:
+	for p in tokio-echo epoll-echo monoio-echo; do \
+		$(CARGO) build --release --manifest-path $(PEERS_DIR)/$$p/Cargo.toml \
+			--target-dir target/peers || exit 1; \
+	done
