@@ -25,12 +25,14 @@ fmt:
 #   make bench CASES='50x128x1 100x64x16' DURATION=3 ROUNDS=3
 #   make bench SERVERS='uring; epoll; nobatch=uring --batch-wait-us 0'
 #   make bench PEERS='tokio=target/peers/release/tokio-echo'       (after `make bench-peers`)
+# On a shared host, MAX_OTHER_CPUS=0.2 repeats runs during which other work used > 0.2 CPU.
 # Other harness flags (`cargo bench --bench compare -- --help`) go in BENCH_ARGS.
 # Results: target/bench/latest.md and target/bench/<timestamp>.json.
 BENCH_FLAGS = $(if $(CASES),--cases '$(CASES)') $(if $(SERVERS),--servers '$(SERVERS)') \
 	$(if $(PEERS),--peers '$(PEERS)') $(if $(ROUNDS),--rounds $(ROUNDS)) \
 	$(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(WARMUP)) \
-	$(if $(CLIENT_BACKEND),--client-backend $(CLIENT_BACKEND)) $(BENCH_ARGS)
+	$(if $(CLIENT_BACKEND),--client-backend $(CLIENT_BACKEND)) \
+	$(if $(MAX_OTHER_CPUS),--max-other-cpus $(MAX_OTHER_CPUS)) $(BENCH_ARGS)
 
 bench:
 	$(CARGO) bench --bench compare -- $(BENCH_FLAGS)

@@ -81,6 +81,14 @@ struct Args {
     /// Length of the syscall-count pass for external servers, seconds.
     #[arg(long, default_value_t = 2.0)]
     perf_duration: f64,
+    /// Repeat a measured run when other work on the machine (neither server nor client) used
+    /// more than this many CPUs during its window; the noisy attempt is kept in the JSON but
+    /// left out of the figures. For shared hosts. Off by default.
+    #[arg(long, value_name = "CPUS")]
+    max_other_cpus: Option<f64>,
+    /// How often one run may be repeated for --max-other-cpus (then the last attempt counts).
+    #[arg(long, default_value_t = 4)]
+    noise_retries: usize,
     /// Run the self-check instead of the comparison.
     #[arg(long)]
     smoke: bool,
@@ -126,6 +134,10 @@ pub struct Plan {
     pub perf_duration: f64,
     /// Output directory.
     pub out_dir: PathBuf,
+    /// Repeat runs where other work used more CPUs than this.
+    pub max_other_cpus: Option<f64>,
+    /// ...at most this often per run.
+    pub noise_retries: usize,
 }
 
 fn plan(args: &Args) -> Result<Plan, String> {
@@ -156,6 +168,12 @@ fn plan(args: &Args) -> Result<Plan, String> {
     }
     if !(args.perf_duration.is_finite() && args.perf_duration > 0.0) {
         return Err("--perf-duration must be a positive number of seconds".into());
+    }
+    if args
+        .max_other_cpus
+        .is_some_and(|c| !(c.is_finite() && c >= 0.0))
+    {
+        return Err("--max-other-cpus must be zero or a positive number of CPUs".into());
     }
     if args.client_threads == 0 {
         return Err("--client-threads must be at least 1".into());
@@ -189,6 +207,8 @@ fn plan(args: &Args) -> Result<Plan, String> {
         perf,
         perf_duration: args.perf_duration,
         out_dir: args.out_dir.clone(),
+        max_other_cpus: args.max_other_cpus,
+        noise_retries: args.noise_retries,
     })
 }
 
@@ -233,6 +253,7 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
         load: (procfs::loadavg(), None),
         perf: plan.perf.clone(),
         perf_duration: plan.perf_duration,
+        max_other_cpus: plan.max_other_cpus,
     };
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|e| format!("{}: {e}", plan.out_dir.display()))?;
@@ -276,19 +297,34 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plan.servers.len()];
         for round in 0..plan.rounds {
             for (i, server) in plan.servers.iter().enumerate() {
-                let r = run::run_once(
-                    &plan.settings,
-                    case,
-                    server,
-                    Some(round),
-                    false,
-                    plan.settings.duration,
-                );
-                done += 1;
-                if !quiet {
-                    progress(done, total, case, server, &r);
+                let mut attempt = 0;
+                loop {
+                    let mut r = run::run_once(
+                        &plan.settings,
+                        case,
+                        server,
+                        Some(round),
+                        false,
+                        plan.settings.duration,
+                    );
+                    let noisy = too_noisy(plan, &r, case);
+                    let retry = noisy.is_some() && attempt < plan.noise_retries;
+                    if retry {
+                        r.discarded = noisy;
+                    } else {
+                        done += 1;
+                    }
+                    if !quiet {
+                        progress(done, total, case, server, &r);
+                    }
+                    runs[i].push(r);
+                    if !retry {
+                        break;
+                    }
+                    attempt += 1;
+                    // Give the other work a moment to finish before trying again.
+                    std::thread::sleep(Duration::from_secs(2 * attempt as u64));
                 }
-                runs[i].push(r);
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
@@ -320,6 +356,13 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
     Ok((meta, results, json_path))
 }
 
+/// Why `run` is too noisy to keep under `--max-other-cpus`, if it is.
+fn too_noisy(plan: &Plan, run: &Run, case: Case) -> Option<String> {
+    let limit = plan.max_other_cpus?;
+    let other = *metrics::Metrics::of(run, case)?.values.get("other_cpus")?;
+    (other > limit).then(|| format!("other work used {other:.2} CPUs (limit {limit})"))
+}
+
 fn write_outputs(
     plan: &Plan,
     meta: &Meta,
@@ -343,6 +386,13 @@ fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
         Some(n) => format!("round {}", n + 1),
         None => "syscalls".to_string(),
     };
+    if let Some(why) = &r.discarded {
+        eprintln!(
+            "[{done:>3}/{total}] {case:<10} {kind:<8} {:<14} repeating: {why}",
+            server.name
+        );
+        return;
+    }
     let line = match metrics::Metrics::of(r, case) {
         Some(m) => {
             let v = |k: &str| m.values.get(k).copied();
@@ -355,6 +405,9 @@ fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
             );
             if let Some(sc) = v("syscalls_per_msg") {
                 s.push_str(&format!("  {} syscalls/msg", report::fmt_sig(sc)));
+            }
+            if let Some(o) = v("other_cpus") {
+                s.push_str(&format!("  other {o:.2} CPUs"));
             }
             s.push_str(if m.verified { "  ok" } else { "  NOT VERIFIED" });
             if let Some(e) = &r.error {

@@ -48,6 +48,9 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A run during which other work used more CPUs than this is flagged as taken on a busy machine.
+pub const BUSY_OTHER_CPUS: f64 = 0.25;
+
 /// One run's figures (absent where not measured) and whether it verified.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -173,8 +176,12 @@ pub struct Summary {
     pub verified: usize,
     /// Rounds that produced a measurement.
     pub measured: usize,
-    /// Rounds run.
+    /// Rounds run (repeated attempts not counted).
     pub rounds: usize,
+    /// Attempts repeated because other work made them noisy (left out of the figures).
+    pub discarded: usize,
+    /// Kept rounds during which other work used more than [`BUSY_OTHER_CPUS`].
+    pub busy: usize,
     /// Distinct problems (errors, failed verification), first seen first.
     pub problems: Vec<String>,
 }
@@ -187,6 +194,8 @@ impl Summary {
             verified: 0,
             measured: 0,
             rounds: 0,
+            discarded: 0,
+            busy: 0,
             problems: Vec::new(),
         };
         let note = |p: String, problems: &mut Vec<String>| {
@@ -197,6 +206,10 @@ impl Summary {
         let mut rounds: Vec<Metrics> = Vec::new();
         let mut counts: Vec<Metrics> = Vec::new();
         for run in runs {
+            if run.discarded.is_some() {
+                s.discarded += 1;
+                continue;
+            }
             if let Some(e) = &run.error {
                 note(e.clone(), &mut s.problems);
             }
@@ -210,6 +223,11 @@ impl Summary {
             }
             if run.round.is_some() {
                 s.measured += 1;
+                s.busy += usize::from(
+                    m.values
+                        .get("other_cpus")
+                        .is_some_and(|o| *o > BUSY_OTHER_CPUS),
+                );
                 s.verified += usize::from(m.verified);
                 rounds.push(m);
             } else {

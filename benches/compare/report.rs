@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use ringecho::stats::Counters;
 
 use crate::json::Json;
-use crate::metrics::{METRICS, Metrics, Stat, Summary};
+use crate::metrics::{BUSY_OTHER_CPUS, METRICS, Metrics, Stat, Summary};
 use crate::run::{Run, Settings};
 use crate::spec::{Case, Server};
 
@@ -44,6 +44,8 @@ pub struct Meta {
     pub perf: Result<(), String>,
     /// Seconds of each syscall-count pass.
     pub perf_duration: f64,
+    /// `--max-other-cpus`, if set.
+    pub max_other_cpus: Option<f64>,
 }
 
 /// One server's runs in one case.
@@ -157,6 +159,7 @@ pub fn json(meta: &Meta, servers: &[Server], cases: &[CaseResult]) -> Json {
         .set("server_cpus", cpus_json(s.server_cpus.as_deref()))
         .set("loadavg_start", meta.load.0)
         .set("loadavg_end", meta.load.1)
+        .set("max_other_cpus", meta.max_other_cpus)
         .set(
             "external_syscalls",
             match &meta.perf {
@@ -217,6 +220,8 @@ fn server_json(r: &ServerResult, case: Case) -> Json {
     j.set("server", r.name.as_str())
         .set("rounds", r.summary.rounds)
         .set("measured", r.summary.measured)
+        .set("discarded_noisy", r.summary.discarded)
+        .set("busy", r.summary.busy)
         .set("verified", r.summary.verified);
     let mut stats = Json::obj();
     for (k, s) in &r.summary.stats {
@@ -248,6 +253,7 @@ fn server_json(r: &ServerResult, case: Case) -> Json {
                     },
                 )
                 .set("error", run.error.clone())
+                .set("discarded", run.discarded.clone())
                 .set("server_cpus", cpus_json(run.server_cpus.as_deref()))
                 .set("server_exit", run.server_exit.clone())
                 .set("client_exit", run.client_exit.map(|c| c as f64))
@@ -345,6 +351,28 @@ pub fn markdown(meta: &Meta, servers: &[Server], cases: &[CaseResult]) -> String
         load(meta.load.0),
         load(meta.load.1)
     );
+
+    let all = cases.iter().flat_map(|c| c.servers.iter());
+    let measured: usize = all.clone().map(|r| r.summary.measured).sum();
+    let busy: usize = all.clone().map(|r| r.summary.busy).sum();
+    let discarded: usize = all.map(|r| r.summary.discarded).sum();
+    if busy > 0 {
+        let _ = writeln!(
+            md,
+            "⚠ **Busy machine**: in {busy} of {measured} measured runs other work used more than \
+             {BUSY_OTHER_CPUS} CPU; throughput and latency of those runs say more about the \
+             machine than about the servers. CPU per message and syscalls per message hold up \
+             best.\n"
+        );
+    }
+    if discarded > 0 {
+        let _ = writeln!(
+            md,
+            "{discarded} noisy attempt(s) were repeated (`--max-other-cpus {}`); they are in the \
+             JSON, marked `discarded`, and not in these figures.\n",
+            meta.max_other_cpus.map_or("?".into(), |c| c.to_string())
+        );
+    }
 
     glance(&mut md, servers, cases, first);
     targets(&mut md, cases);

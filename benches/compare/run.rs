@@ -58,6 +58,8 @@ impl Settings {
 pub struct Run {
     /// Round (0-based), or None for a syscall-count pass.
     pub round: Option<usize>,
+    /// Why the run was repeated and left out of the figures (other work on the machine).
+    pub discarded: Option<String>,
     /// Why the run produced no measurement (server did not start, client crashed, ...).
     pub error: Option<String>,
     /// The server's `ringecho:` start-up line (what it got from the kernel).

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use ringecho::stats::Counters;
 
 use crate::json::Json;
-use crate::metrics::{Metrics, Stat};
+use crate::metrics::{Metrics, Stat, Summary};
 use crate::procfs::{parse_sockstat_tcp_mem, parse_status_kib};
 use crate::report::{NOISE_NOTE, fmt_rate, fmt_ratio, fmt_sig};
 use crate::run::{Run, parse_perf_count};
@@ -275,6 +275,13 @@ fn units() -> Result<(), String> {
         "1 µs/msg × 1000 msgs in 1 s: {:?}",
         m.values.get("other_cpus")
     );
+    let mut noisy = run.clone();
+    noisy.discarded = Some("other work".into());
+    let s = Summary::of(&[run.clone(), noisy], case);
+    ensure!(
+        (s.rounds, s.measured, s.verified, s.discarded, s.busy) == (1, 1, 1, 1, 0),
+        "a repeated attempt is left out: {s:?}"
+    );
     let mut bad = run.clone();
     bad.client_exit = Some(1);
     bad.client
@@ -326,6 +333,8 @@ fn end_to_end() -> Result<(), String> {
         perf: crate::run::perf_available(),
         perf_duration: 0.5,
         out_dir: out_dir.clone(),
+        max_other_cpus: None,
+        noise_retries: 0,
     };
     let (_, results, json_path) = crate::execute(&plan, false)?;
     let check = || -> Result<(), String> {
