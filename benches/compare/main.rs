@@ -81,9 +81,10 @@ struct Args {
     /// Length of the syscall-count pass for external servers, seconds.
     #[arg(long, default_value_t = 2.0)]
     perf_duration: f64,
-    /// Repeat a measured run when other work on the machine (neither server nor client) used
-    /// more than this many CPUs during its window; the noisy attempt is kept in the JSON but
-    /// left out of the figures. For shared hosts. Off by default.
+    /// For shared hosts: before each measured run, wait (up to 2 min) until other work uses at
+    /// most this many CPUs, and repeat a run during which other work (neither server nor
+    /// client) used more; the noisy attempt is kept in the JSON but left out of the figures.
+    /// Off by default.
     #[arg(long, value_name = "CPUS")]
     max_other_cpus: Option<f64>,
     /// How often one run may be repeated for --max-other-cpus (then the last attempt counts).
@@ -299,6 +300,9 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
             for (i, server) in plan.servers.iter().enumerate() {
                 let mut attempt = 0;
                 loop {
+                    if let Some(limit) = plan.max_other_cpus {
+                        wait_for_quiet(limit, quiet);
+                    }
                     let mut r = run::run_once(
                         &plan.settings,
                         case,
@@ -354,6 +358,27 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
         write_outputs(plan, &meta, &results, &json_path, &stamp)?;
     }
     Ok((meta, results, json_path))
+}
+
+/// Waits (up to two minutes) until other work on the machine uses at most `limit` CPUs.
+fn wait_for_quiet(limit: f64, quiet: bool) {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    while let Some(busy) = procfs::busy_cpus(Duration::from_secs(1)) {
+        if busy <= limit {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            if !quiet {
+                eprintln!("compare: still busy ({busy:.2} CPUs) after 2 min; running anyway");
+            }
+            return;
+        }
+        if !said && !quiet {
+            eprintln!("compare: other work is using {busy:.2} CPUs; waiting for <= {limit}");
+            said = true;
+        }
+    }
 }
 
 /// Why `run` is too noisy to keep under `--max-other-cpus`, if it is.
