@@ -43,8 +43,16 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     ("rss_peak_kib", "server peak resident set (VmHWM), KiB"),
     (
-        "tcp_mem_peak_kib",
-        "peak kernel TCP socket memory while the client ran (/proc/net/sockstat `TCP: mem`, sampled every 100 ms), KiB: the whole machine, client and server sockets, and the kernel moves it to the global count in per-CPU batches of up to 1 MiB (`SK_MEMORY_PCPU_RESERVE`), so differences below about 2 MiB mean nothing",
+        "tcp_mem_kib",
+        "kernel TCP socket memory the run added: peak while the client ran minus the level before it (/proc/net/sockstat `TCP: mem`, sampled every 100 ms), KiB. Machine-wide (client and server sockets, and anyone else's), and the kernel moves it to the global count in per-CPU batches of up to 1 MiB (`SK_MEMORY_PCPU_RESERVE`), so differences below about 2 MiB mean nothing",
+    ),
+    (
+        "server_busy",
+        "server CPU time over the window, in CPUs (near 1: the one-shard server is the bottleneck)",
+    ),
+    (
+        "client_busy",
+        "load generator CPU time over the window, in CPUs (near its thread count: the client is the bottleneck, and msgs/s cannot show a cheaper server)",
     ),
 ];
 
@@ -105,7 +113,17 @@ impl Metrics {
             );
         }
         put("rss_peak_kib", run.rss_peak_kib.map(|v| v as f64));
-        put("tcp_mem_peak_kib", run.tcp_mem_peak_kib.map(|v| v as f64));
+        put(
+            "tcp_mem_kib",
+            run.tcp_mem_peak_kib
+                .map(|p| p.saturating_sub(run.tcp_mem_base_kib.unwrap_or(0)) as f64),
+        );
+        let busy = |per_msg: Option<f64>| {
+            let window = c.num("window_s").filter(|w| *w > 0.0)?;
+            Some(per_msg? * c.num("msgs")? / 1e6 / window)
+        };
+        put("server_busy", busy(c.num("server_cpu_us_per_msg")));
+        put("client_busy", busy(c.num("client_cpu_us_per_msg")));
 
         let clean = c.get("error") == Some(&Json::Null);
         let checked = c.get("verify") == Some(&Json::Bool(true));

@@ -121,6 +121,11 @@ fn fmt_median(s: Option<&Stat>, f: fn(f64) -> String) -> String {
     s.map_or_else(|| "n/a".into(), |s| f(s.median))
 }
 
+fn busy_cell(server: Option<&Stat>, client: Option<&Stat>) -> String {
+    let f = |s: Option<&Stat>| s.map_or("n/a".into(), |s| format!("{:.2}", s.median));
+    format!("{}/{}", f(server), f(client))
+}
+
 fn fmt_kib(v: f64) -> String {
     format!("{v:.0}")
 }
@@ -259,6 +264,7 @@ fn server_json(r: &ServerResult, case: Case) -> Json {
                 .set("client_exit", run.client_exit.map(|c| c as f64))
                 .set("startup", run.startup.clone())
                 .set("tcp_mem_base_kib", run.tcp_mem_base_kib)
+                .set("tcp_mem_peak_kib", run.tcp_mem_peak_kib)
                 .set("perf_syscalls", run.perf_syscalls);
             if let Some(m) = Metrics::of(run, case) {
                 let mut mj = Json::obj();
@@ -383,9 +389,9 @@ pub fn markdown(meta: &Meta, servers: &[Server], cases: &[CaseResult]) -> String
             md,
             "| server | msgs/s | ×{first} | p50 µs | p99 µs | server CPU µs/msg | ×{first} | \
              total CPU µs/msg | syscalls/msg | ×{first} | completions/enter | RSS peak KiB | \
-             TCP mem KiB | other CPUs | verified |"
+             TCP mem KiB | busy CPUs server/client | other CPUs | verified |"
         );
-        let _ = writeln!(md, "|---|{}", "---:|".repeat(14));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(15));
         let base = c.servers.first().map(|r| &r.summary);
         let base_median = |k: &str| base.and_then(|b| b.median(k));
         for r in &c.servers {
@@ -401,7 +407,7 @@ pub fn markdown(meta: &Meta, servers: &[Server], cases: &[CaseResult]) -> String
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.name,
                 fmt_stat(st("msgs_per_sec"), fmt_rate),
                 rel("msgs_per_sec"),
@@ -414,7 +420,8 @@ pub fn markdown(meta: &Meta, servers: &[Server], cases: &[CaseResult]) -> String
                 rel("syscalls_per_msg"),
                 fmt_median(st("completions_per_enter"), fmt_sig),
                 fmt_median(st("rss_peak_kib"), fmt_kib),
-                fmt_median(st("tcp_mem_peak_kib"), fmt_kib),
+                fmt_median(st("tcp_mem_kib"), fmt_kib),
+                busy_cell(st("server_busy"), st("client_busy")),
                 fmt_stat(st("other_cpus"), |v| format!("{v:.2}")),
                 verified
             );
