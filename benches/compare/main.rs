@@ -39,7 +39,9 @@ use spec::{Case, Launch, Server};
                   is the baseline of every ratio.\n\nExample:\n  cargo bench --bench compare -- \
                   --cases 50x128x1 --duration 3 \\\n    --servers 'uring; epoll; \
                   nobatch=uring --batch-wait-us 0' \\\n    --peers \
-                  'tokio=target/peers/release/tokio-echo'"
+                  'tokio=target/peers/release/tokio-echo'\n\nExit status: 0 when every run \
+                  verified, 1 when some run failed or did not verify (the report is written \
+                  anyway), 2 for bad options."
 )]
 struct Args {
     /// Passed by `cargo bench`; without it the program runs its self-check.
@@ -106,7 +108,8 @@ fn main() -> ExitCode {
         return selfcheck::main(&[]);
     }
     match compare(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("compare: error: {e}");
             ExitCode::from(2)
@@ -448,7 +451,9 @@ fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
     );
 }
 
-fn compare(args: &Args) -> Result<(), String> {
+/// Runs the comparison; Ok(false) when some run failed or did not verify (the report is
+/// written either way).
+fn compare(args: &Args) -> Result<bool, String> {
     let plan = plan(args)?;
     let (_, results, json_path) = execute(&plan, false)?;
     let meta_md = std::fs::read_to_string(plan.out_dir.join("latest.md")).unwrap_or_default();
@@ -465,7 +470,7 @@ fn compare(args: &Args) -> Result<(), String> {
     if failed {
         eprintln!("compare: some runs failed or did not verify: see the ⚠ lines");
     }
-    Ok(())
+    Ok(!failed)
 }
 
 /// `git rev-parse --short HEAD`, with `-dirty` for uncommitted changes to tracked files.

@@ -122,6 +122,9 @@ fn fmt_median(s: Option<&Stat>, f: fn(f64) -> String) -> String {
 }
 
 fn busy_cell(server: Option<&Stat>, client: Option<&Stat>) -> String {
+    if server.is_none() && client.is_none() {
+        return "n/a".into();
+    }
     let f = |s: Option<&Stat>| s.map_or("n/a".into(), |s| format!("{:.2}", s.median));
     format!("{}/{}", f(server), f(client))
 }

@@ -175,9 +175,7 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         prepare(&mut cmd, cpus);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", server.name))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
         let stderr = drain(child.stderr.take().expect("stderr is piped"));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
@@ -206,7 +204,7 @@ impl ServerProcess {
                     }
                     _ => format!("exited ({status}) before listening"),
                 };
-                Err(format!("{}: {why}: {}", server.name, tail(&err, 3)))
+                Err(format!("{why}: {}", tail(&err, 3)))
             }
         }
     }
