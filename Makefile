@@ -60,7 +60,9 @@ bench-features:
 # The peer echo servers of ../shared/peers (read-only there), built into target/peers.
 PEERS_DIR ?= ../shared/peers
 bench-peers:
-	for p in tokio-echo epoll-echo monoio-echo; do \
+	@failed=; for p in tokio-echo epoll-echo monoio-echo; do \
 		$(CARGO) build --release --manifest-path $(PEERS_DIR)/$$p/Cargo.toml \
-			--target-dir target/peers || exit 1; \
-	done
+			--target-dir target/peers || failed="$$failed $$p"; \
+	done; \
+	ls target/peers/release/*-echo 2>/dev/null; \
+	if [ -n "$$failed" ]; then echo "bench-peers: could not build:$$failed" >&2; exit 1; fi
