@@ -1,7 +1,8 @@
 # What CI runs is `.ci/run`: the README's test command plus `make check`.
 CARGO ?= cargo
 
-.PHONY: build test check run bench fmt soak torture fuzz miri
+.PHONY: build test check run bench bench-quick bench-smoke bench-features bench-peers fmt \
+	soak torture fuzz miri
 
 build:
 	$(CARGO) build --release
@@ -20,18 +21,61 @@ run:
 fmt:
 	$(CARGO) fmt --all
 
-bench: build
-	@echo "the comparison harness arrives with the epoll backend; see README"
+# The comparison harness, benches/compare (README: "Comparing servers"). Every variable is
+# optional; values must not contain single quotes. Servers are separated by `;`:
+#   make bench CASES='50x128x1 100x64x16' DURATION=3 ROUNDS=3
+#   make bench SERVERS='uring; epoll; nobatch=uring --batch-wait-us 0'
+#   make bench PEERS='tokio=target/peers/release/tokio-echo'       (after `make bench-peers`)
+# On a shared host, MAX_OTHER_CPUS=0.2 repeats runs during which other work used > 0.2 CPU.
+# Other harness flags (`cargo bench --bench compare -- --help`) go in BENCH_ARGS.
+# Results: target/bench/latest.md and target/bench/<timestamp>.json.
+BENCH_FLAGS = $(if $(CASES),--cases '$(CASES)') $(if $(SERVERS),--servers '$(SERVERS)') \
+	$(if $(PEERS),--peers '$(PEERS)') $(if $(ROUNDS),--rounds $(ROUNDS)) \
+	$(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(WARMUP)) \
+	$(if $(CLIENT_BACKEND),--client-backend $(CLIENT_BACKEND)) \
+	$(if $(MAX_OTHER_CPUS),--max-other-cpus $(MAX_OTHER_CPUS)) $(BENCH_ARGS)
+
+bench:
+	$(CARGO) bench --bench compare -- $(BENCH_FLAGS)
+
+# Half a minute: two cases, 1 s windows (for trying things, not for figures).
+bench-quick:
+	$(MAKE) bench CASES='$(or $(CASES),50x128x1 100x64x16)' DURATION=$(or $(DURATION),1) \
+		WARMUP=$(or $(WARMUP),0.5)
+
+# What CI runs through `cargo test`: the harness's self-check and one tiny case end to end.
+bench-smoke:
+	$(CARGO) test --bench compare
+
+# Issue 6: each io_uring feature on and off, side by side in one run.
+FEATURE_SERVERS = uring; nobatch=uring --batch-wait-us 0; coop=uring --ring-mode coop-taskrun; \
+	plain=uring --ring-mode plain; sqpoll=uring --sqpoll; singleshot=uring --no-multishot-recv; \
+	bundle=uring --recv-bundle; incremental=uring --buf-incremental; \
+	zc=uring --zc-threshold 1024; no-ringfd=uring --no-register-ring-fd; \
+	threads2=uring --threads 2; epoll
+bench-features:
+	$(MAKE) bench SERVERS='$(or $(SERVERS),$(FEATURE_SERVERS))' \
+		CASES='$(or $(CASES),50x128x1 500x128x1 50x4096x1 100x64x16)' \
+		DURATION=$(or $(DURATION),5)
+
+# The peer echo servers of ../shared/peers (read-only there), built into target/peers.
+PEERS_DIR ?= ../shared/peers
+bench-peers:
+	@failed=; for p in tokio-echo epoll-echo monoio-echo; do \
+		$(CARGO) build --release --manifest-path $(PEERS_DIR)/$$p/Cargo.toml \
+			--target-dir target/peers || failed="$$failed $$p"; \
+	done; \
+	ls target/peers/release/*-echo 2>/dev/null; \
+	if [ -n "$$failed" ]; then echo "bench-peers: could not build:$$failed" >&2; exit 1; fi
 
 # ---- reliability (issue 9) ----------------------------------------------------------------
-# `make soak DURATION=SECS [SOAK_BACKENDS="uring epoll"]`: mixed load for DURATION seconds per
+# `make soak DURATION=SECS [SOAK_BACKENDS="uring epoll"]` (default 600): mixed load for DURATION s per
 # backend; samples RSS, socket counts, active connections and buffer-ring occupancy every second
 # into target/soak/soak-BACKEND.csv and prints a flatness verdict (tests/soak.rs).
-DURATION ?= 600
 SOAK_BACKENDS ?= uring epoll
 
 soak:
-	SOAK_DURATION=$(DURATION) SOAK_BACKENDS="$(SOAK_BACKENDS)" SOAK_DIR=$(CURDIR)/target/soak \
+	SOAK_DURATION=$(or $(DURATION),600) SOAK_BACKENDS="$(SOAK_BACKENDS)" SOAK_DIR=$(CURDIR)/target/soak \
 		$(CARGO) test --release --test soak -- --ignored --nocapture --test-threads 1
 
 # `make torture [TORTURE_SCALE=N]`: long, large and privileged scenarios on both backends

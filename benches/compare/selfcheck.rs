@@ -1,0 +1,405 @@
+//! What `cargo test` (and `make bench-smoke`) runs: the harness's parsers and formatters on
+//! known inputs, then one tiny case end to end against ringecho's two backends and one server
+//! started the way external servers are, checking every output file. A few seconds.
+
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ringecho::stats::Counters;
+
+use crate::json::Json;
+use crate::metrics::{Metrics, Stat, Summary};
+use crate::procfs::{parse_proc_stat, parse_sockstat_tcp_mem, parse_status_kib};
+use crate::report::{NOISE_NOTE, fmt_rate, fmt_ratio, fmt_sig};
+use crate::run::{Run, parse_perf_count};
+use crate::spec::{Case, Launch, Server, parse_cases, parse_servers};
+
+const NAME: &str = "compare_smoke";
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Entry point, with libtest's arguments understood well enough for `cargo test` (a name
+/// filter, `--exact`, `--skip`, `--list`, `--ignored`).
+pub fn main(args: &[String]) -> ExitCode {
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let (mut exact, mut list, mut ignored) = (false, false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--list" => list = true,
+            "--exact" => exact = true,
+            "--ignored" => ignored = true,
+            "--skip" => skips.extend(it.next().cloned()),
+            "--test-threads" | "--format" | "--color" | "--logfile" | "-Z" | "--shuffle-seed" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            a => filters.push(a.to_string()),
+        }
+    }
+    if list {
+        println!("{NAME}: test");
+        return ExitCode::SUCCESS;
+    }
+    let matches = |f: &String| {
+        if exact {
+            f == NAME
+        } else {
+            NAME.contains(f.as_str())
+        }
+    };
+    let selected = !ignored
+        && (filters.is_empty() || filters.iter().any(matches))
+        && !skips.iter().any(|s| NAME.contains(s.as_str()));
+    if !selected {
+        println!("running 0 tests\n\ntest result: ok. 0 passed; 0 failed; 1 filtered out\n");
+        return ExitCode::SUCCESS;
+    }
+    println!("running 1 test");
+    let result = units().and_then(|()| end_to_end());
+    match result {
+        Ok(()) => {
+            println!("test {NAME} ... ok\n\ntest result: ok. 1 passed; 0 failed\n");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("test {NAME} ... FAILED\n\n{e}\n\ntest result: FAILED. 0 passed; 1 failed\n");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn units() -> Result<(), String> {
+    // Cases.
+    let d = parse_cases(crate::spec::DEFAULT_CASES)?;
+    ensure!(d.len() == 5, "default matrix has 5 cases: {d:?}");
+    ensure!(
+        d[4] == Case {
+            conns: 100,
+            size: 64,
+            depth: 16
+        },
+        "100x64x16: {:?}",
+        d[4]
+    );
+    ensure!(
+        parse_cases("50×128, 1x64x1")?
+            == vec![
+                Case {
+                    conns: 50,
+                    size: 128,
+                    depth: 1
+                },
+                Case {
+                    conns: 1,
+                    size: 64,
+                    depth: 1
+                }
+            ],
+        "× and a default depth"
+    );
+    for bad in ["0x64x1", "50x", "abc", "1x2x3x4", "", "50x-1x1"] {
+        ensure!(parse_cases(bad).is_err(), "case {bad:?} should be refused");
+    }
+
+    // Servers.
+    let s = parse_servers("uring; epoll;nb=uring --batch-wait-us 0\nraw=--backend epoll")?;
+    ensure!(s.len() == 4, "four servers: {s:?}");
+    ensure!(
+        s[2].launch
+            == Launch::Ringecho {
+                flags: ["--backend", "uring", "--batch-wait-us", "0"]
+                    .map(String::from)
+                    .to_vec()
+            },
+        "a uring variant: {:?}",
+        s[2]
+    );
+    ensure!(
+        s[0].ringecho_args("A") == ["--addr", "A", "--threads", "1", "--backend", "uring"],
+        "one shard unless asked: {:?}",
+        s[0].ringecho_args("A")
+    );
+    let t = parse_servers("t2=uring --threads 2; t3=--threads=3")?;
+    ensure!(
+        t[0].threads() == 2 && t[1].threads() == 3,
+        "threads of variants"
+    );
+    ensure!(
+        !t[0].ringecho_args("A")[2..].starts_with(&["--threads".to_string(), "1".to_string()]),
+        "a variant's --threads is not doubled: {:?}",
+        t[0].ringecho_args("A")
+    );
+    let e = parse_servers("tokio=/x/tokio-echo; custom=/x/srv --port {addr} -v")?;
+    ensure!(
+        e[0].command_line(std::path::Path::new("re")) == "/x/tokio-echo 127.0.0.1:0",
+        "address appended: {}",
+        e[0].command_line(std::path::Path::new("re"))
+    );
+    ensure!(
+        e[1].command_line(std::path::Path::new("re")) == "/x/srv --port 127.0.0.1:0 -v",
+        "address substituted: {}",
+        e[1].command_line(std::path::Path::new("re"))
+    );
+    ensure!(!e[0].self_counting(), "external servers do not count");
+    for bad in [
+        "uring; uring",
+        "bogus",
+        "=uring",
+        "x=",
+        "a b=uring",
+        "x=uring --addr 1.2.3.4:5",
+        "x=--stats-interval=1",
+    ] {
+        ensure!(
+            parse_servers(bad).is_err(),
+            "server list {bad:?} should be refused"
+        );
+    }
+
+    // JSON.
+    let sample = r#"{"msgs":673234,"msgs_per_sec":336617,"p50_us":142.591,"rate":null,
+        "verify":true,"error":null,"s":"a\"b\\c\u0041\n","arr":[1,[2,{"k":-1.5e3}]]}"#;
+    let j = Json::parse(sample)?;
+    ensure!(j.num("msgs_per_sec") == Some(336617.0), "number");
+    ensure!(j.num("p50_us") == Some(142.591), "decimal");
+    ensure!(j.get("rate") == Some(&Json::Null), "null");
+    ensure!(
+        j.str("s") == Some("a\"b\\cA\n"),
+        "escapes: {:?}",
+        j.str("s")
+    );
+    ensure!(
+        Json::parse(&j.to_text())? == j && Json::parse(&j.to_pretty())? == j,
+        "round trip"
+    );
+    let deep = "[".repeat(10_000);
+    for bad in [
+        "{",
+        "[1,]",
+        "{\"a\" 1}",
+        "tru",
+        "\"open",
+        "1 2",
+        "{\"a\":}",
+        &deep,
+    ] {
+        ensure!(Json::parse(bad).is_err(), "JSON {bad:?} should be refused");
+    }
+
+    // Statistics and formats.
+    let st = Stat::of(&[3.0, 1.0, f64::NAN, 2.0]).ok_or("stat")?;
+    ensure!(
+        (st.median, st.min, st.max, st.n) == (2.0, 1.0, 3.0, 3),
+        "odd median: {st:?}"
+    );
+    ensure!(
+        Stat::of(&[4.0, 1.0, 3.0, 2.0]).map(|s| s.median) == Some(2.5),
+        "even median"
+    );
+    ensure!(Stat::of(&[]).is_none(), "no values, no stat");
+    ensure!(fmt_sig(0.024_13) == "0.0241", "{}", fmt_sig(0.024_13));
+    ensure!(
+        fmt_sig(2.413) == "2.41" && fmt_sig(241.3) == "241",
+        "fmt_sig"
+    );
+    ensure!(
+        fmt_rate(336_617.0) == "336.6k" && fmt_rate(2_013_000.0) == "2.01M",
+        "fmt_rate"
+    );
+    ensure!(
+        fmt_ratio(1.04) == "×1.04" && fmt_ratio(64.2) == "×64.2",
+        "fmt_ratio"
+    );
+    ensure!(
+        crate::utc_stamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000)) == "20231114-221320",
+        "timestamp"
+    );
+
+    // /proc and perf parsers.
+    let sockstat =
+        "sockets: used 13\nTCP: inuse 1 orphan 0 tw 3248 alloc 1 mem 193\nUDP: inuse 0 mem 7\n";
+    ensure!(parse_sockstat_tcp_mem(sockstat) == Some(193), "sockstat");
+    let stat = "cpu  100 5 50 1000 7 3 2 1 9 0\ncpu0 50 2 25 500 3 1 1 0 0 0\ncpu1 50 3 25 500 4 2 1 1 0 0\nintr 5\n";
+    ensure!(
+        parse_proc_stat(stat) == Some((161, 1168, 2)),
+        "/proc/stat: {:?}",
+        parse_proc_stat(stat)
+    );
+    ensure!(parse_sockstat_tcp_mem("garbage").is_none(), "bad sockstat");
+    let status = "Name:\tx\nVmHWMx:\t1 kB\nVmHWM:\t   3964 kB\nVmRSS:\t 3000 kB\n";
+    ensure!(parse_status_kib(status, "VmHWM") == Some(3964), "VmHWM");
+    ensure!(
+        parse_perf_count("\n20000,,raw_syscalls:sys_enter,2409324915,100.00,,\n") == Some(20000),
+        "perf count"
+    );
+    ensure!(
+        parse_perf_count("<not counted>,,raw_syscalls:sys_enter,0,0.00,,").is_none(),
+        "perf not counted"
+    );
+
+    // One run's figures.
+    let case = Case {
+        conns: 2,
+        size: 100,
+        depth: 1,
+    };
+    let run = Run {
+        round: Some(0),
+        client_exit: Some(0),
+        client: Some(Json::parse(
+            r#"{"msgs":1000,"window_s":1,"msgs_per_sec":1000,"verify":true,"error":null,
+               "server_cpu_us_per_msg":2,"client_cpu_us_per_msg":3,"machine_cpu_us_per_msg":6}"#,
+        )?),
+        counters: Some(Counters::parse(
+            "bytes_out=50000 syscalls=25 enters=20 events=900",
+        )),
+        ..Run::default()
+    };
+    let m = Metrics::of(&run, case).ok_or("metrics")?;
+    ensure!(m.verified, "a clean run verifies");
+    ensure!(
+        m.values.get("syscalls_per_msg") == Some(&0.05),
+        "25 syscalls / 500 messages: {:?}",
+        m.values
+    );
+    ensure!(
+        m.values.get("completions_per_enter") == Some(&45.0),
+        "900 / 20"
+    );
+    ensure!(
+        m.values
+            .get("other_cpus")
+            .is_some_and(|v| (v - 0.001).abs() < 1e-9),
+        "1 µs/msg × 1000 msgs in 1 s: {:?}",
+        m.values.get("other_cpus")
+    );
+    let mut noisy = run.clone();
+    noisy.discarded = Some("other work".into());
+    let s = Summary::of(&[run.clone(), noisy], case);
+    ensure!(
+        (s.rounds, s.measured, s.verified, s.discarded, s.busy) == (1, 1, 1, 1, 0),
+        "a repeated attempt is left out: {s:?}"
+    );
+    let mut bad = run.clone();
+    bad.client_exit = Some(1);
+    bad.client
+        .as_mut()
+        .map(|c| c.set("error", "byte 7 differs"));
+    let m = Metrics::of(&bad, case).ok_or("metrics")?;
+    ensure!(
+        !m.verified && m.problem.as_deref() == Some("byte 7 differs"),
+        "a failed run says why: {:?}",
+        m.problem
+    );
+    Ok(())
+}
+
+fn end_to_end() -> Result<(), String> {
+    let bin = crate::default_ringecho();
+    let out_dir =
+        std::env::temp_dir().join(format!("ringecho-compare-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let mut servers = parse_servers("uring; epoll")?;
+    // A ringecho started the way an external server is: exercises that path without any peer.
+    servers.push(Server {
+        name: "ext".into(),
+        launch: Launch::External {
+            program: bin.display().to_string(),
+            args: [
+                "serve",
+                "--backend",
+                "epoll",
+                "--threads",
+                "1",
+                "--addr",
+                "{addr}",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+    });
+    let plan = crate::Plan {
+        cases: vec![Case {
+            conns: 2,
+            size: 64,
+            depth: 2,
+        }],
+        servers,
+        // The epoll client works where io_uring is blocked (CI containers).
+        settings: crate::settings_for(bin, 0.5, 0.2, "epoll", 1),
+        rounds: 2,
+        perf: crate::run::perf_available(),
+        perf_duration: 0.5,
+        out_dir: out_dir.clone(),
+        max_other_cpus: None,
+        noise_retries: 0,
+    };
+    let (_, results, json_path) = crate::execute(&plan, false)?;
+    let check = || -> Result<(), String> {
+        let text = std::fs::read_to_string(&json_path).map_err(|e| e.to_string())?;
+        let doc = Json::parse(&text)?;
+        let cases = doc.arr("cases").ok_or("no cases in the JSON")?;
+        ensure!(cases.len() == 1, "one case");
+        let rs = cases[0].arr("results").ok_or("no results")?;
+        ensure!(rs.len() == 3, "three servers: {}", rs.len());
+        let md = std::fs::read_to_string(out_dir.join("latest.md")).map_err(|e| e.to_string())?;
+        ensure!(md.contains(NOISE_NOTE), "the noise note is in latest.md");
+        for r in &results[0].servers {
+            let s = &r.summary;
+            if r.name == "uring" && s.problems.iter().any(|p| p.contains("(exit 2)")) {
+                println!(
+                    "{NAME}: io_uring unavailable here, uring skipped: {:?}",
+                    s.problems
+                );
+                continue;
+            }
+            ensure!(
+                s.rounds == 2 && s.verified == 2,
+                "{}: {} of {} rounds verified: {:?}",
+                r.name,
+                s.verified,
+                s.rounds,
+                s.problems
+            );
+            ensure!(
+                s.median("msgs_per_sec").is_some_and(|v| v > 0.0),
+                "{}: no throughput",
+                r.name
+            );
+            ensure!(
+                s.median("server_cpu_us_per_msg").is_some(),
+                "{}: no server CPU",
+                r.name
+            );
+            let counted = r.name != "ext" || plan.perf.is_ok();
+            ensure!(
+                !counted || s.median("syscalls_per_msg").is_some_and(|v| v > 0.0),
+                "{}: no syscalls per message",
+                r.name
+            );
+            ensure!(
+                md.lines()
+                    .any(|l| l.starts_with(&format!("| {} |", r.name))),
+                "{}: no row in latest.md",
+                r.name
+            );
+        }
+        Ok(())
+    };
+    let result = check();
+    match &result {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&out_dir);
+        }
+        Err(_) => println!("{NAME}: outputs kept in {}", out_dir.display()),
+    }
+    result
+}
