@@ -50,7 +50,7 @@ bench-smoke:
 # Issue 6: each io_uring feature on and off, side by side in one run.
 FEATURE_SERVERS = uring; nobatch=uring --batch-wait-us 0; coop=uring --ring-mode coop-taskrun; \
 	plain=uring --ring-mode plain; sqpoll=uring --sqpoll; singleshot=uring --no-multishot-recv; \
-	bundle=uring --recv-bundle; incremental=uring --buf-incremental; \
+	bundle=uring --recv-bundle; whole-bufs=uring --no-buf-incremental; \
 	zc=uring --zc-threshold 1024; no-ringfd=uring --no-register-ring-fd; \
 	threads2=uring --threads 2; epoll
 bench-features:

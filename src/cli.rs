@@ -201,14 +201,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     pub sqpoll_cpu: Option<u32>,
 
-    /// Receive in bundles: one completion may cover several buffers (6.10).
+    /// Receive in bundles: one completion may cover several buffers (6.10). Bundles take whole
+    /// buffers, so this turns incremental consumption off.
     #[arg(long)]
     pub recv_bundle: bool,
 
-    /// Consume provided buffers incrementally (6.12): small messages share a buffer instead of
-    /// each taking a whole one, so --buf-size can be large without wasting memory.
+    /// Give each receive whole buffers instead of consuming buffers incrementally. By default
+    /// (where the kernel can, 6.12) small messages share a buffer, which keeps the buffer
+    /// ring's working set small and cache-warm.
     #[arg(long)]
-    pub buf_incremental: bool,
+    pub no_buf_incremental: bool,
 
     /// Do not register the ring fd (each io_uring_enter then looks the fd up).
     #[arg(long)]
@@ -308,7 +310,7 @@ impl ServeArgs {
             .multishot_recv(!self.no_multishot_recv)
             .register_ring_fd(!self.no_register_ring_fd)
             .recv_bundle(self.recv_bundle)
-            .buf_incremental(self.buf_incremental)
+            .buf_incremental(!self.no_buf_incremental)
             .batch_max(self.batch_max)
             .batch_wait_us(self.batch_wait_us)
             .drain_timeout(self.drain_timeout)

@@ -197,8 +197,8 @@
 //! (each line with a written prefix in front of it, say) queues two replies in the same
 //! buffer. A buffer is either *in the buffer ring* (the kernel may fill it; user space must
 //! not read it) or *held* (a CQE handed it over; it stays out of the buffer ring until its last
-//! reference is released). The exception is incremental consumption (`--buf-incremental`,
-//! 6.12): the kernel fills a buffer in pieces across several CQEs, so one buffer can be in the
+//! reference is released). The exception is incremental consumption (the default where the
+//! kernel has it, 6.12): the kernel fills a buffer in pieces across several CQEs, so one buffer can be in the
 //! buffer ring and held at once, its pieces held by their replies, perhaps of several
 //! connections, while the kernel keeps filling the rest.
 //!
@@ -353,19 +353,19 @@
 //! [fixed]: https://docs.rs/io-uring/0.7/io_uring/types/struct.Fixed.html
 //! [conn]: ../src/ringecho/conn/mod.rs.html
 //! [epoll]: ../src/ringecho/backend/epoll.rs.html
-//! [run-shard]: ../src/ringecho/backend/uring/mod.rs.html#170-282 "run_shard"
-//! [shard-run]: ../src/ringecho/backend/uring/mod.rs.html#285-342 "UringShard::run"
-//! [dispatch]: ../src/ringecho/backend/uring/mod.rs.html#371-423 "UringShard::dispatch"
-//! [on-shard-cqe]: ../src/ringecho/backend/uring/mod.rs.html#425-459 "UringShard::on_shard_cqe"
-//! [on-accepted]: ../src/ringecho/backend/uring/mod.rs.html#461-482 "UringShard::on_accepted"
-//! [on-recv]: ../src/ringecho/backend/uring/mod.rs.html#504-571 "UringShard::on_recv"
-//! [on-send]: ../src/ringecho/backend/uring/mod.rs.html#573-591 "UringShard::on_send"
-//! [on-closed]: ../src/ringecho/backend/uring/mod.rs.html#593-600 "UringShard::on_closed"
-//! [sync]: ../src/ringecho/backend/uring/mod.rs.html#606-676 "UringShard::sync"
-//! [begin-close]: ../src/ringecho/backend/uring/mod.rs.html#687-705 "UringShard::begin_close"
-//! [rearm-parked]: ../src/ringecho/backend/uring/mod.rs.html#708-723 "UringShard::rearm_parked"
-//! [update-accepts]: ../src/ringecho/backend/uring/mod.rs.html#735-771 "UringShard::update_accepts"
-//! [multishot-floor]: ../src/ringecho/backend/uring/mod.rs.html#812-815 "multishot_floor"
+//! [run-shard]: ../src/ringecho/backend/uring/mod.rs.html#170-283 "run_shard"
+//! [shard-run]: ../src/ringecho/backend/uring/mod.rs.html#286-343 "UringShard::run"
+//! [dispatch]: ../src/ringecho/backend/uring/mod.rs.html#372-424 "UringShard::dispatch"
+//! [on-shard-cqe]: ../src/ringecho/backend/uring/mod.rs.html#426-460 "UringShard::on_shard_cqe"
+//! [on-accepted]: ../src/ringecho/backend/uring/mod.rs.html#462-483 "UringShard::on_accepted"
+//! [on-recv]: ../src/ringecho/backend/uring/mod.rs.html#505-572 "UringShard::on_recv"
+//! [on-send]: ../src/ringecho/backend/uring/mod.rs.html#574-592 "UringShard::on_send"
+//! [on-closed]: ../src/ringecho/backend/uring/mod.rs.html#594-601 "UringShard::on_closed"
+//! [sync]: ../src/ringecho/backend/uring/mod.rs.html#607-677 "UringShard::sync"
+//! [begin-close]: ../src/ringecho/backend/uring/mod.rs.html#688-706 "UringShard::begin_close"
+//! [rearm-parked]: ../src/ringecho/backend/uring/mod.rs.html#709-724 "UringShard::rearm_parked"
+//! [update-accepts]: ../src/ringecho/backend/uring/mod.rs.html#736-772 "UringShard::update_accepts"
+//! [multishot-floor]: ../src/ringecho/backend/uring/mod.rs.html#813-816 "multishot_floor"
 //! [turn]: ../src/ringecho/backend/uring/driver.rs.html#52-91 "Driver::turn"
 //! [flush]: ../src/ringecho/backend/uring/driver.rs.html#156-192 "Driver::flush"
 //! [reap]: ../src/ringecho/backend/uring/driver.rs.html#197-208 "reap"

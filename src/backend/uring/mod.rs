@@ -179,8 +179,9 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     ring.submitter()
         .register_files_sparse(table)
         .map_err(|e| Error::io(format!("cannot register a file table of {table} slots"), e))?;
-    let incremental = cfg.buf_incremental && features.buf_ring_inc;
-    let recv_bundle = cfg.recv_bundle && features.recv_bundle && !incremental;
+    // Bundles hand over whole buffers: asking for them turns incremental consumption off.
+    let recv_bundle = cfg.recv_bundle && features.recv_bundle;
+    let incremental = cfg.buf_incremental && features.buf_ring_inc && !recv_bundle;
     let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID, incremental)
         .map_err(|e| Error::Config(e.to_string()))?;
     bufs.register(&ring.submitter()).map_err(|e| {

@@ -375,8 +375,8 @@ impl Features {
                 "incremental buffer consumption",
                 "6.12",
                 self.buf_ring_inc,
-                "no",
-                "--buf-incremental",
+                "yes",
+                "--no-buf-incremental",
             ),
             row("send_zc", "6.0", self.send_zc, "no", "--zc-threshold"),
         ]
