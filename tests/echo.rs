@@ -257,6 +257,32 @@ fn every_ring_mode_and_unbatched_waits_echo_exactly() {
     });
 }
 
+/// The buffer-ring and send variants besides the default (incremental consumption): whole
+/// buffers, bundles (several buffers per completion), small buffers with each, zero-copy sends
+/// (two completions per send), SQPOLL, and an unregistered ring fd.
+#[test]
+fn buffer_ring_and_send_variants_echo_exactly() {
+    with_backend("uring", |b| {
+        for args in [
+            &["--no-buf-incremental"][..],
+            &["--no-buf-incremental", "--buf-size", "512", "--buf-count", "64"],
+            &["--recv-bundle"],
+            &["--recv-bundle", "--buf-size", "512", "--buf-count", "64"],
+            &["--recv-bundle", "--no-multishot-recv", "--buf-size", "512"],
+            &["--buf-size", "1000", "--buf-count", "8"],
+            &["--zc-threshold", "1024"],
+            &["--sqpoll=10"],
+            &["--no-register-ring-fd"],
+        ] {
+            let server = b.start(args);
+            let banner = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(5));
+            drop(server);
+            eprintln!("{args:?}: {banner}");
+            echo_with(b, args, 256 * 1024);
+        }
+    });
+}
+
 /// `ringecho` with no subcommand serves; so does a server on IPv6 loopback.
 #[test]
 fn serves_without_a_subcommand_and_on_ipv6() {
