@@ -265,7 +265,13 @@ fn buffer_ring_and_send_variants_echo_exactly() {
     with_backend("uring", |b| {
         for args in [
             &["--no-buf-incremental"][..],
-            &["--no-buf-incremental", "--buf-size", "512", "--buf-count", "64"],
+            &[
+                "--no-buf-incremental",
+                "--buf-size",
+                "512",
+                "--buf-count",
+                "64",
+            ],
             &["--recv-bundle"],
             &["--recv-bundle", "--buf-size", "512", "--buf-count", "64"],
             &["--recv-bundle", "--no-multishot-recv", "--buf-size", "512"],
