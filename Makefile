@@ -51,8 +51,8 @@ bench-smoke:
 FEATURE_SERVERS = uring; nobatch=uring --batch-wait-us 0; coop=uring --ring-mode coop-taskrun; \
 	plain=uring --ring-mode plain; sqpoll=uring --sqpoll; singleshot=uring --no-multishot-recv; \
 	bundle=uring --recv-bundle; whole-bufs=uring --no-buf-incremental; \
-	zc=uring --zc-threshold 1024; no-ringfd=uring --no-register-ring-fd; \
-	threads2=uring --threads 2; epoll
+	zc=uring --zc-threshold 1024; ringfd=uring --register-ring-fd; \
+	copy=uring --buf-budget 0; ring4096=uring --buf-count 4096; threads2=uring --threads 2; epoll
 bench-features:
 	$(MAKE) bench SERVERS='$(or $(SERVERS),$(FEATURE_SERVERS))' \
 		CASES='$(or $(CASES),50x128x1 500x128x1 50x4096x1 100x64x16)' \

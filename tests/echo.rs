@@ -259,7 +259,7 @@ fn every_ring_mode_and_unbatched_waits_echo_exactly() {
 
 /// The buffer-ring and send variants besides the default (incremental consumption): whole
 /// buffers, bundles (several buffers per completion), small buffers with each, zero-copy sends
-/// (two completions per send), SQPOLL, and an unregistered ring fd.
+/// (two completions per send), SQPOLL, and a registered ring fd.
 #[test]
 fn buffer_ring_and_send_variants_echo_exactly() {
     with_backend("uring", |b| {
@@ -278,7 +278,7 @@ fn buffer_ring_and_send_variants_echo_exactly() {
             &["--buf-size", "1000", "--buf-count", "8"],
             &["--zc-threshold", "1024"],
             &["--sqpoll=10"],
-            &["--no-register-ring-fd"],
+            &["--register-ring-fd"],
         ] {
             let server = b.start(args);
             let banner = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(5));

@@ -51,7 +51,7 @@ fn wait_no_server_sockets(server: &Server) {
 
 #[test]
 fn ten_thousand_short_connections_leak_nothing() {
-    /// More cycles than the default --buf-count (4096): each receives into one buffer.
+    /// More cycles than the default --buf-count (1024): each receives into one buffer.
     const WARM_UP: u64 = 5000;
     for_each_backend(|b| {
         let _g = exclusive();
@@ -60,7 +60,7 @@ fn ten_thousand_short_connections_leak_nothing() {
             // Warm-up: the slab, the allocator and the kernel's caches reach their working size,
             // and every provided buffer has been received into once. The buffer ring hands
             // buffers out in FIFO order, so RSS climbs by one buffer per receive until the whole
-            // ring (4096 x 4 KiB = 16 MiB by default) is resident; that is not a leak.
+            // ring (1024 x 4 KiB = 4 MiB by default) is resident; that is not a leak.
             cycles(server.addr, WARM_UP, 4);
             server.wait_stats("warm-up closed", Duration::from_secs(10), |c| {
                 c.closed >= WARM_UP

@@ -354,8 +354,8 @@ impl Features {
                 "registered ring fd",
                 "5.18",
                 self.reg_ring_fd,
-                "yes",
-                "--no-register-ring-fd",
+                "no",
+                "--register-ring-fd",
             ),
             row(
                 "min-wait batching (MIN_TIMEOUT)",
