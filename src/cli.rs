@@ -207,8 +207,8 @@ pub struct ServeArgs {
     pub recv_bundle: bool,
 
     /// Give each receive whole buffers instead of consuming buffers incrementally. By default
-    /// (where the kernel can, 6.12) small messages share a buffer, which keeps the buffer
-    /// ring's working set small and cache-warm.
+    /// (where the kernel can, 6.12) small messages share a buffer, so the ring runs dry far
+    /// later when many connections hold a little data each.
     #[arg(long)]
     pub no_buf_incremental: bool,
 

@@ -378,7 +378,8 @@ impl ServerBuilder {
 
     /// Consume provided buffers incrementally where the kernel can (6.12; default on;
     /// `--no-buf-incremental` turns it off): small messages share a buffer instead of each
-    /// taking a whole one, which keeps the buffer ring's working set small and cache-warm.
+    /// taking a whole one, so the ring runs dry far later when many connections hold a
+    /// little data each.
     pub fn buf_incremental(&mut self, on: bool) -> &mut Self {
         self.cfg.buf_incremental = on;
         self
