@@ -1,6 +1,7 @@
 //! Just enough JSON: a value tree, a writer, and a parser (for `ringecho bench --json` and for
 //! reading our own output back in the self-check). No dependency beyond std.
 
+use ringecho::loadgen::report::escape_into;
 use std::fmt::Write as _;
 
 /// A JSON value. Objects keep their keys in insertion order.
@@ -206,24 +207,6 @@ impl Json {
         }
         Ok(v)
     }
-}
-
-fn escape_into(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 struct Parser<'a> {

@@ -442,7 +442,9 @@ impl JsonObject {
     }
 }
 
-fn escape_into(out: &mut String, v: &str) {
+/// Appends `v` to `out` as a JSON string literal (quoted and escaped). Shared with the
+/// comparison harness (`benches/compare`), which writes its own JSON documents.
+pub fn escape_into(out: &mut String, v: &str) {
     out.push('"');
     for c in v.chars() {
         match c {
