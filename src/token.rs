@@ -70,6 +70,21 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every operation, in discriminant order (for tests that walk them all).
+    pub const ALL: [Op; 11] = [
+        Op::Accept,
+        Op::Recv,
+        Op::Send,
+        Op::CancelRecv,
+        Op::CancelAll,
+        Op::Close,
+        Op::CancelAccept,
+        Op::Shutdown,
+        Op::SendNotif,
+        Op::AcceptOne,
+        Op::ShutdownWrite,
+    ];
+
     fn from_u8(v: u8) -> Option<Op> {
         Some(match v {
             1 => Op::Accept,
@@ -150,19 +165,7 @@ impl Token {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 11] = [
-        Op::Accept,
-        Op::Recv,
-        Op::Send,
-        Op::CancelRecv,
-        Op::CancelAll,
-        Op::Close,
-        Op::CancelAccept,
-        Op::Shutdown,
-        Op::SendNotif,
-        Op::AcceptOne,
-        Op::ShutdownWrite,
-    ];
+    const OPS: [Op; 11] = Op::ALL;
 
     #[test]
     fn round_trips_every_op_and_extreme_fields() {
