@@ -9,63 +9,9 @@ use bench_support::*;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use ringecho::loadgen::pattern;
+use ringecho::loadgen::{JSON_FIELDS, pattern};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// The JSON fields the README documents. A field missing here is a broken promise.
-const DOCUMENTED_FIELDS: &[&str] = &[
-    "version",
-    "kernel",
-    "addr",
-    "backend",
-    "mode",
-    "conns",
-    "size",
-    "depth",
-    "threads",
-    "duration_s",
-    "warmup_s",
-    "rate",
-    "verify",
-    "window_s",
-    "msgs",
-    "msgs_per_sec",
-    "mb_per_sec",
-    "latency_from",
-    "p50_us",
-    "p90_us",
-    "p99_us",
-    "p999_us",
-    "max_us",
-    "mean_us",
-    "msgs_sent",
-    "msgs_received",
-    "conns_established",
-    "errors",
-    "connect_failures",
-    "refused",
-    "connect_timeouts",
-    "resets",
-    "short_reads",
-    "timeouts",
-    "verify_errors",
-    "other_errors",
-    "client_cpu_us_per_msg",
-    "client_cpu_util",
-    "machine_cpu_us_per_msg",
-    "server_cpu_us_per_msg",
-    "syscalls_per_msg",
-    "transport",
-    "protocol",
-    "udp_loss_timeout_s",
-    "dgrams_lost",
-    "loss_pct",
-    "dgrams_late",
-    "dgrams_duplicate",
-    "dgrams_reordered",
-    "error",
-];
 
 #[test]
 fn against_ringecho_counts_match_and_every_output_parses() {
@@ -108,14 +54,14 @@ fn against_ringecho_counts_match_and_every_output_parses() {
             run.stderr
         );
         let j = parse_flat_json(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
-        for f in DOCUMENTED_FIELDS {
+        for f in JSON_FIELDS {
             assert!(
                 j.contains_key(*f),
                 "{backend}: JSON lacks {f}: {}",
                 run.stdout
             );
         }
-        assert_eq!(j.len(), DOCUMENTED_FIELDS.len(), "undocumented JSON fields");
+        assert_eq!(j.len(), JSON_FIELDS.len(), "undocumented JSON fields");
         let sent = j["msgs_sent"].num();
         assert!(sent > 0.0, "{backend}: nothing sent");
         assert_eq!(
@@ -537,12 +483,12 @@ fn base64_helper_decodes() {
 fn json_of(run: &Run, what: &str) -> std::collections::BTreeMap<String, Json> {
     let j = parse_flat_json(&run.stdout)
         .unwrap_or_else(|e| panic!("{what}: {e}: {:?} {:?}", run.stdout, run.stderr));
-    for f in DOCUMENTED_FIELDS {
+    for f in JSON_FIELDS {
         assert!(j.contains_key(*f), "{what}: JSON lacks {f}: {}", run.stdout);
     }
     assert_eq!(
         j.len(),
-        DOCUMENTED_FIELDS.len(),
+        JSON_FIELDS.len(),
         "{what}: undocumented JSON fields"
     );
     j

@@ -199,3 +199,15 @@ fn heading_ids_are_rustdocs() {
         "ring-set-up-defer_taskrun-plain"
     );
 }
+
+/// Every field `ringecho bench --json` writes is named in the README.
+#[test]
+fn readme_names_every_bench_json_field() {
+    let readme = read("README.md");
+    let missing: Vec<&str> = ringecho::loadgen::JSON_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| !readme.contains(&format!("`{f}`")))
+        .collect();
+    assert!(missing.is_empty(), "README does not name: {missing:?}");
+}

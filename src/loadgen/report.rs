@@ -316,7 +316,8 @@ impl Report {
     }
 }
 
-/// The JSON field names, in order (the README documents each).
+/// The JSON field names, in order: the `--json` schema. The README lists each (tests/docs.rs
+/// checks it) and tests/bench.rs checks a run's output has exactly these.
 pub const JSON_FIELDS: &[&str] = &[
     "version",
     "kernel",
