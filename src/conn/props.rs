@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::conn::{Conn, Limits, SendSpan};
+use crate::protocol::testkit::Rng;
 use crate::protocol::{CloseReason, Echo, Framed, Http, MAX_HEAD, Protocol, Replies, Verdict};
 
 /// Cases per property: many natively, few under Miri (which is ~1000x slower).
@@ -25,44 +26,6 @@ fn cases(native: u64) -> u64 {
         (native / 200).max(3)
     } else {
         native
-    }
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// A size biased to the small end and to powers of two and their neighbours.
-    fn size(&mut self, max: usize) -> usize {
-        match self.below(4) {
-            0 => self.below(4.min(max + 1)),
-            1 => {
-                let p = 1usize << self.below(usize::BITS as usize - 1);
-                (p.saturating_add(self.below(3)).saturating_sub(1)).min(max)
-            }
-            _ => self.below(max + 1),
-        }
     }
 }
 
@@ -159,7 +122,7 @@ fn span_bytes(span: &SendSpan<'_>, ring: &Ring) -> (*const u8, Vec<u8>) {
 
 /// One random life of a connection; panics with the seed on the first broken invariant.
 fn conn_life(seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let limits = Limits {
         max_pending: 1 + rng.size(300),
     };
@@ -184,7 +147,7 @@ fn conn_life(seed: u64) {
                     rng.bytes(n)
                 };
                 let was_ending = c.is_ending();
-                let zero_copy = rng.chance(2);
+                let zero_copy = rng.one_in(2);
                 let owed0 = c.owed();
                 let out = if zero_copy {
                     // The data sits in a provided buffer, at some offset.
@@ -236,13 +199,13 @@ fn conn_life(seed: u64) {
                     in_flight = Some(InFlight { ptr, bytes });
                     assert!(c.next_send().is_none(), "{}: two sends in flight", ctx());
                 }
-                if let Some(f) = in_flight.take_if(|_| rng.chance(2)) {
+                if let Some(f) = in_flight.take_if(|_| rng.one_in(2)) {
                     // The in-flight memory was neither moved nor changed meanwhile.
                     // SAFETY: the connection promises the span stays valid and untouched
                     // until `on_sent`; this reads it as the kernel would. Miri checks it.
                     let now = unsafe { std::slice::from_raw_parts(f.ptr, f.bytes.len()) };
                     assert_eq!(now, &f.bytes[..], "{}: in-flight bytes changed", ctx());
-                    if rng.chance(40) {
+                    if rng.one_in(40) {
                         c.on_send_failed();
                         failed = true;
                     } else {
@@ -263,7 +226,7 @@ fn conn_life(seed: u64) {
                 eof = true;
                 assert!(!c.recv_wanted(), "{}", ctx());
             }
-            8 if rng.chance(4) => {
+            8 if rng.one_in(4) => {
                 c.begin_shutdown();
                 ending = true;
             }
@@ -299,14 +262,14 @@ fn conn_life(seed: u64) {
         }
         if c.wants_fin() {
             assert!(c.is_ending() && !eof && c.owed() == 0, "{}", ctx());
-            if rng.chance(2) {
+            if rng.one_in(2) {
                 c.on_fin_sent();
                 assert!(!c.wants_fin(), "{}", ctx());
             }
         }
     }
     // The end: either everything is sent, or the backend drops what is left.
-    if failed || rng.chance(3) {
+    if failed || rng.one_in(3) {
         if let Some(f) = in_flight.take() {
             // A send outstanding at close completes (or is cancelled) before the release.
             let _ = f;
@@ -371,7 +334,7 @@ fn run_stream<P: Protocol>(
     let drain = |c: &mut Conn<P>, ring: &mut Ring, sent: &mut Vec<u8>, rng: &mut Rng| {
         while let Some(span) = c.next_send() {
             let (_, bytes) = span_bytes(&span, ring);
-            let n = if rng.chance(3) {
+            let n = if rng.one_in(3) {
                 1 + rng.below(bytes.len())
             } else {
                 bytes.len()
@@ -384,7 +347,7 @@ fn run_stream<P: Protocol>(
         let n = (1 + rng.size(600)).min(stream.len() - at);
         let piece = &stream[at..at + n];
         at += n;
-        let out = if rng.chance(2) {
+        let out = if rng.one_in(2) {
             let bid = ring.next;
             ring.next = ring.next.wrapping_add(1);
             ring.bufs.insert(bid, (piece.to_vec(), 0));
@@ -403,7 +366,7 @@ fn run_stream<P: Protocol>(
             closed = Some(r);
         }
         assert!(bounded(c.protocol()), "protocol state grew past its bound");
-        if rng.chance(2) {
+        if rng.one_in(2) {
             drain(&mut c, &mut ring, &mut sent, rng);
         }
     }
@@ -421,7 +384,7 @@ fn split_invariant<P: Protocol>(
     cuts: usize,
     bounded: impl Fn(&P) -> bool + Copy,
 ) -> (Vec<u8>, Option<CloseReason>) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let reference = {
         let mut c = Conn::new(make());
         let limits = Limits {
@@ -456,7 +419,7 @@ fn split_invariant<P: Protocol>(
 #[test]
 fn echo_returns_every_byte_however_it_arrives() {
     for seed in 0..cases(2_000) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let n = rng.size(5000);
         let stream = rng.bytes(n);
         let (out, closed) = split_invariant(|| Echo, &stream, seed, 3, |_| true);
@@ -475,19 +438,19 @@ fn framed_stream(rng: &mut Rng, max_frame: u32) -> Vec<u8> {
             1 => max_frame,
             2 => max_frame.saturating_add(1),
             3 => u32::MAX,
-            4 => rng.next() as u32,
+            4 => rng.next_u64() as u32,
             _ => rng.below(max_frame.min(3000) as usize + 1) as u32,
         };
         s.extend_from_slice(&len.to_be_bytes());
         let body = (len as usize).min(3000);
-        let body = if rng.chance(6) {
+        let body = if rng.one_in(6) {
             rng.below(body + 1)
         } else {
             body
         };
         s.extend(rng.bytes(body));
     }
-    if rng.chance(3) {
+    if rng.one_in(3) {
         let extra = rng.below(4);
         s.extend(rng.bytes(extra));
     }
@@ -497,7 +460,7 @@ fn framed_stream(rng: &mut Rng, max_frame: u32) -> Vec<u8> {
 #[test]
 fn framed_under_boundary_lengths_and_random_cuts() {
     for seed in 0..cases(3_000) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let max_frame = match rng.below(4) {
             0 => 0,
             1 => 1,
@@ -561,14 +524,14 @@ fn http_stream(rng: &mut Rng) -> Vec<u8> {
     for _ in 0..1 + rng.below(5) {
         let pick = |rng: &mut Rng, set: &[&[u8]], valid: usize| -> Vec<u8> {
             // Mostly the first `valid` entries, which are well-formed.
-            let i = if rng.chance(12) {
+            let i = if rng.one_in(12) {
                 rng.below(set.len())
             } else {
                 rng.below(valid)
             };
             set[i].to_vec()
         };
-        if rng.chance(8) {
+        if rng.one_in(8) {
             s.extend_from_slice(b"\r\n");
         }
         s.extend(pick(rng, METHODS, 4));
@@ -576,10 +539,10 @@ fn http_stream(rng: &mut Rng) -> Vec<u8> {
         s.extend(pick(rng, TARGETS, 3));
         s.push(b' ');
         s.extend(pick(rng, VERSIONS, 2));
-        let eol: &[u8] = if rng.chance(5) { b"\n" } else { b"\r\n" };
+        let eol: &[u8] = if rng.one_in(5) { b"\n" } else { b"\r\n" };
         s.extend_from_slice(eol);
         let mut body = 0;
-        if !rng.chance(12) {
+        if !rng.one_in(12) {
             s.extend_from_slice(b"Host: x");
             s.extend_from_slice(eol);
         }
@@ -591,7 +554,7 @@ fn http_stream(rng: &mut Rng) -> Vec<u8> {
             s.extend(h);
             s.extend_from_slice(eol);
         }
-        if rng.chance(10) {
+        if rng.one_in(10) {
             // A very long header: near and over the 8 KiB head limit.
             let n = MAX_HEAD - 64 + rng.below(128);
             s.extend_from_slice(b"X-Long: ");
@@ -603,7 +566,7 @@ fn http_stream(rng: &mut Rng) -> Vec<u8> {
         s.extend(b"GET /\r\n".iter().copied().cycle().take(body));
     }
     // Random corruption, in a third of the streams: flipped, inserted or deleted bytes.
-    let corruptions = if rng.chance(3) { 1 + rng.below(3) } else { 0 };
+    let corruptions = if rng.one_in(3) { 1 + rng.below(3) } else { 0 };
     for _ in 0..corruptions {
         if s.is_empty() {
             break;
@@ -624,7 +587,7 @@ fn http_stream(rng: &mut Rng) -> Vec<u8> {
 fn http_under_adversarial_heads_and_random_cuts() {
     let mut outcomes: HashMap<String, u64> = HashMap::new();
     for seed in 0..cases(5_000) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let stream = http_stream(&mut rng);
         let (out, closed) = split_invariant(
             || Http::new(13),

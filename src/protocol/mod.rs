@@ -181,6 +181,19 @@ pub(crate) mod testkit {
             (0..n).map(|_| self.next_u64() as u8).collect()
         }
 
+        /// A size in `0..=max` biased to the small end and to powers of two and their
+        /// neighbours.
+        pub fn size(&mut self, max: usize) -> usize {
+            match self.below(4) {
+                0 => self.below(4.min(max + 1)),
+                1 => {
+                    let p = 1usize << self.below(usize::BITS as usize - 1);
+                    (p.saturating_add(self.below(3)).saturating_sub(1)).min(max)
+                }
+                _ => self.below(max + 1),
+            }
+        }
+
         /// Cuts `len` bytes into random pieces: many tiny ones, some large.
         pub fn splits(&mut self, len: usize) -> Vec<std::ops::Range<usize>> {
             let mut out = Vec::new();
