@@ -4,6 +4,9 @@
 //!
 //! No syscalls, no threads: `make miri` runs this file under Miri (with fewer cases).
 
+mod common;
+
+use common::Rng;
 use ringecho::stats::Counters;
 use ringecho::token::{Op, Token};
 
@@ -16,30 +19,12 @@ fn cases(native: u64) -> u64 {
     }
 }
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 // ---- tokens and the stats line ---------------------------------------------------------------
 
 #[test]
 fn tokens_round_trip_and_any_user_data_decodes_without_panic() {
     let ops = Op::ALL;
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     for _ in 0..cases(100_000) {
         let t = Token::conn(
             (rng.next() as u32 % Token::SHARD) as usize,
@@ -56,7 +41,7 @@ fn tokens_round_trip_and_any_user_data_decodes_without_panic() {
 
 #[test]
 fn stats_lines_parse_garbage_without_panic_and_round_trip() {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let alphabet = b"=abcdefghijklmnopqrstuvwxyz_0123456789 -:\t\xff";
     for _ in 0..cases(20_000) {
         let n = rng.below(200);
