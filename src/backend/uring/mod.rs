@@ -269,14 +269,26 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     };
     let result = shard.run(&mut ring, &ctx, cfg.register_ring_fd, startup_line);
     ctx.stats.publish(&shard.counters);
+    // Every connection is closed and every accept ended: no receive can pick a buffer.
+    finish_shard(ring, shard, |s| &mut s.bufs, result)
+}
+
+/// How a shard (TCP or UDP) gives its memory back once its loop has returned `result`. After a
+/// clean run no receive is armed, so the buffer ring is unregistered; then the ring goes before
+/// `shard`, which owns the buffer memory, so the memory is unmapped only after the kernel let
+/// go of the ring. After a failed run the buffer ring stays registered, and `BufRing`'s `Drop`
+/// leaks the memory rather than free what the kernel might still write.
+pub(crate) fn finish_shard<S>(
+    ring: IoUring,
+    mut shard: S,
+    bufs: impl FnOnce(&mut S) -> &mut BufRing,
+    result: Result<(), Error>,
+) -> Result<(), Error> {
     if result.is_ok() {
-        // Every connection is closed and every accept ended: no receive can pick a buffer.
-        shard
-            .bufs
+        bufs(&mut shard)
             .unregister(&ring.submitter())
             .map_err(|e| Error::io("cannot unregister the buffer ring", e))?;
     }
-    // The ring goes first: buffer memory is unmapped only after the kernel let go of the ring.
     drop(ring);
     drop(shard);
     result

@@ -19,7 +19,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::buf_ring::{BufRing, Segment};
 use super::driver::{self, Driver};
-use super::{BGID, build_ring, ops};
+use super::{BGID, build_ring, finish_shard, ops};
 use crate::error::Error;
 use crate::server::{ServerConfig, ShardContext, ShardEvent};
 use crate::stats::Counters;
@@ -146,15 +146,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
     let mut driver = Driver::new(&features, cfg.batch_max, cfg.batch_wait_us);
     let result = shard.run(&mut ring, &mut driver, &ctx);
     ctx.stats.publish(&shard.counters);
-    if result.is_ok() {
-        shard
-            .bufs
-            .unregister(&ring.submitter())
-            .map_err(|e| Error::io("cannot unregister the buffer ring", e))?;
-    }
-    drop(ring);
-    drop(shard);
-    result
+    finish_shard(ring, shard, |s| &mut s.bufs, result)
 }
 
 impl UdpShard {
