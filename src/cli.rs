@@ -1,6 +1,6 @@
 //! Command-line interface. The flag docs here are the `--help` text.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -8,6 +8,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use ringecho::backend::Backend;
 use ringecho::backend::uring::{RingMode, SqPoll};
 use ringecho::loadgen::BenchArgs;
+use ringecho::loadgen::args::parse_addr;
 use ringecho::protocol::{DEFAULT_HTTP_BODY, DEFAULT_MAX_FRAME};
 use ringecho::server::{DEFAULT_ADDR, Keepalive, Server, ServerBuilder, SocketOptions};
 
@@ -31,21 +32,6 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
     Bench(Box<BenchArgs>),
-}
-
-/// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse() {
-        return Ok(a);
-    }
-    match s.to_socket_addrs() {
-        Ok(mut it) => it
-            .next()
-            .ok_or_else(|| format!("'{s}' resolves to no address")),
-        Err(_) => Err(format!(
-            "'{s}' is not HOST:PORT (for example 127.0.0.1:7878 or [::1]:7878)"
-        )),
-    }
 }
 
 fn parse_pow2(s: &str) -> Result<u32, String> {
