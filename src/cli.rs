@@ -208,12 +208,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_positive_u32)]
     pub zc_threshold: Option<u32>,
 
-    /// When busy, wait for up to this many completions per enter.
+    /// With --batch-wait-us: after a busy turn, wait for up to this many completions per enter.
     #[arg(long, default_value_t = 32, value_parser = parse_positive_u32)]
     pub batch_max: u32,
 
-    /// ...but no longer than this many microseconds once one has arrived (0: no batching).
-    #[arg(long, default_value_t = 50)]
+    /// Opt-in completion batching: after a busy turn, hold completions that are ready for up to
+    /// this many microseconds to collect --batch-max of them (fewer syscalls, more latency;
+    /// kernel-notes.md has the price). 0, the default: never hold a ready completion.
+    #[arg(long, default_value_t = 0, value_name = "MICROS")]
     pub batch_wait_us: u32,
 
     /// Print a stats line to stderr every SECS seconds (a final line is always printed).

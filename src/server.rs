@@ -118,7 +118,7 @@ impl Default for ServerConfig {
             recv_bundle: false,
             buf_incremental: true,
             batch_max: 32,
-            batch_wait_us: 50,
+            batch_wait_us: 0,
             stats_interval: None,
             drain_timeout: Duration::from_secs(5),
             lingering_close: Duration::from_secs(5),

@@ -20,11 +20,14 @@
 //!
 //! # The in-flight invariant
 //!
-//! Between `next_send` returning a chunk and the matching `on_sent`/`on_send_failed`, that front
-//! chunk's memory is being read by the kernel (io_uring) and is neither moved, resized nor
-//! freed: new heap bytes are never appended to a chunk that is in flight, and chunks are only
-//! dropped by `on_sent` or by `release_all`, which the backend calls only once no operation on
-//! the connection is outstanding.
+//! One send is outstanding at a time, and it may cover several chunks: [`Conn::next_sends`]
+//! hands out the spans of up to `max` chunks from the front (a backend sends them with one
+//! vectored call: io_uring's `sendmsg`, epoll's `writev`), [`Conn::next_send`] just the front
+//! one. Between handing them out and the matching `on_sent`/`on_send_failed`, those chunks'
+//! memory is being read by the kernel (io_uring) and is neither moved, resized nor freed: new
+//! heap bytes are never appended to a chunk that is in flight, an echo never extends one, and
+//! chunks are only dropped by `on_sent` or by `release_all`, which the backend calls only once
+//! no operation on the connection is outstanding.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -115,23 +118,45 @@ pub enum SendSpan<'a> {
     Mem(&'a [u8]),
 }
 
+/// The bytes `chunk` still owes, as a backend sends them.
+fn span_of(chunk: &Chunk) -> SendSpan<'_> {
+    match chunk {
+        Chunk::Ring { bid, start, end } => SendSpan::Ring {
+            bid: *bid,
+            offset: *start,
+            len: end - start,
+        },
+        Chunk::Heap { buf, start } => SendSpan::Mem(&buf[*start..]),
+        Chunk::Static { bytes, start } => SendSpan::Mem(&bytes[*start..]),
+        Chunk::Shared { bytes, start, end } => SendSpan::Mem(&bytes[*start..*end]),
+    }
+}
+
 /// The ordered bytes a connection owes its peer.
 #[derive(Debug, Default)]
 struct OutQueue {
     chunks: VecDeque<Chunk>,
     owed: usize,
-    /// The front chunk is being sent (see the in-flight invariant).
-    sending: bool,
+    /// How many chunks, from the front, the outstanding send covers (0: no send outstanding;
+    /// see the in-flight invariant).
+    in_flight: usize,
     /// Capacity kept from a finished heap chunk, reused by the next one.
     spare: Vec<u8>,
 }
 
 impl OutQueue {
-    /// May new heap bytes be appended to the back chunk? Not if it is the one in flight.
+    /// Is the back chunk part of the outstanding send (so it must not change)?
+    fn back_in_flight(&self) -> bool {
+        self.chunks.len() <= self.in_flight
+    }
+
+    /// May new heap bytes be appended to the back chunk? Not if it is in flight.
     fn back_heap_appendable(&mut self) -> Option<&mut Vec<u8>> {
-        let in_flight_is_back = self.sending && self.chunks.len() == 1;
+        if self.back_in_flight() {
+            return None;
+        }
         match self.chunks.back_mut() {
-            Some(Chunk::Heap { buf, .. }) if !in_flight_is_back => Some(buf),
+            Some(Chunk::Heap { buf, .. }) => Some(buf),
             _ => None,
         }
     }
@@ -187,7 +212,7 @@ impl Replies<'_> {
         self.q.owed += bytes.len();
         let (start, end) = (base + range.start as u32, base + range.end as u32);
         // Contiguous echoes of one buffer share one chunk (and one reference).
-        let in_flight_is_back = self.q.sending && self.q.chunks.len() == 1;
+        let in_flight_is_back = self.q.back_in_flight();
         if let Some(Chunk::Ring { bid: b, end: e, .. }) = self.q.chunks.back_mut()
             && *b == bid
             && *e == start
@@ -374,44 +399,56 @@ impl<P: Protocol> Conn<P> {
     pub fn begin_shutdown(&mut self) {
         if self.ending.is_none() {
             self.ending = Some(Ending::Shutdown);
-            self.close_now = self.q.chunks.is_empty() && !self.q.sending;
+            self.close_now = self.q.chunks.is_empty();
         }
     }
 
     /// The front chunk to send now, if one is owed and no send is outstanding. Marks it in
     /// flight until [`on_sent`](Self::on_sent) or [`on_send_failed`](Self::on_send_failed).
     pub fn next_send(&mut self) -> Option<SendSpan<'_>> {
-        if self.q.sending {
+        if self.q.in_flight > 0 {
             return None;
         }
         let front = self.q.chunks.front()?;
-        self.q.sending = true;
-        Some(match front {
-            Chunk::Ring { bid, start, end } => SendSpan::Ring {
-                bid: *bid,
-                offset: *start,
-                len: end - start,
-            },
-            Chunk::Heap { buf, start } => SendSpan::Mem(&buf[*start..]),
-            Chunk::Static { bytes, start } => SendSpan::Mem(&bytes[*start..]),
-            Chunk::Shared { bytes, start, end } => SendSpan::Mem(&bytes[*start..*end]),
-        })
+        self.q.in_flight = 1;
+        Some(span_of(front))
     }
 
-    /// The outstanding send wrote `n` bytes (a short send leaves the rest at the front).
-    /// When that finishes a ring chunk, calls `release` with its buffer id: the chunk's one
-    /// reference is dropped. Whether that was the buffer's last reference is for the caller's
-    /// count to say.
+    /// Starts one send of up to `max` owed chunks from the front, if any are owed and no send
+    /// is outstanding: calls `each` with their spans, in order, marks them in flight until
+    /// [`on_sent`](Self::on_sent) or [`on_send_failed`](Self::on_send_failed), and returns how
+    /// many. The backend sends them with one vectored call, so everything a connection owes
+    /// goes out in one operation while bytes stay in order (one send outstanding at a time).
+    pub fn next_sends(&mut self, max: usize, mut each: impl FnMut(SendSpan<'_>)) -> usize {
+        if self.q.in_flight > 0 {
+            return 0;
+        }
+        let n = self.q.chunks.len().min(max);
+        for chunk in self.q.chunks.iter().take(n) {
+            each(span_of(chunk));
+        }
+        self.q.in_flight = n;
+        n
+    }
+
+    /// The outstanding send wrote `n` bytes, from the front of the chunks it covered (a short
+    /// send leaves the rest owed). For each ring chunk it finishes, calls `release` with the
+    /// buffer id: the chunk's one reference is dropped. Whether that was the buffer's last
+    /// reference is for the caller's count to say.
     pub fn on_sent(&mut self, n: usize, limits: &Limits, mut release: impl FnMut(u16)) {
-        debug_assert!(self.q.sending, "on_sent without an outstanding send");
-        self.q.sending = false;
-        let Some(front) = self.q.chunks.front_mut() else {
-            return;
-        };
-        let n = n.min(front.remaining());
-        front.advance(n);
-        self.q.owed -= n;
-        if front.remaining() == 0 {
+        debug_assert!(self.q.in_flight > 0, "on_sent without an outstanding send");
+        let mut left = n;
+        for _ in 0..std::mem::take(&mut self.q.in_flight) {
+            let Some(front) = self.q.chunks.front_mut() else {
+                break;
+            };
+            let k = left.min(front.remaining());
+            front.advance(k);
+            self.q.owed -= k;
+            left -= k;
+            if front.remaining() > 0 {
+                break;
+            }
             match self.q.chunks.pop_front() {
                 Some(Chunk::Ring { bid, .. }) => release(bid),
                 Some(Chunk::Heap { buf, .. }) if buf.capacity() > self.q.spare.capacity() => {
@@ -420,12 +457,13 @@ impl<P: Protocol> Conn<P> {
                 _ => {}
             }
         }
+        debug_assert_eq!(left, 0, "on_sent: more bytes than the send covered");
         self.update_backpressure(limits);
     }
 
     /// The outstanding send failed; the connection is going to close.
     pub fn on_send_failed(&mut self) {
-        self.q.sending = false;
+        self.q.in_flight = 0;
     }
 
     /// Should the backend have a receive armed? Until the peer's FIN, except while paused by
@@ -440,11 +478,7 @@ impl<P: Protocol> Conn<P> {
     /// has sent everything it owes, while the peer has not closed: the peer then sees every
     /// byte, then end of stream, and closes its side, which lets this one close cleanly.
     pub fn wants_fin(&self) -> bool {
-        self.ending.is_some()
-            && !self.fin_sent
-            && !self.peer_eof
-            && self.q.chunks.is_empty()
-            && !self.q.sending
+        self.ending.is_some() && !self.fin_sent && !self.peer_eof && self.q.chunks.is_empty()
     }
 
     /// The backend has shut down the write side.
@@ -462,7 +496,7 @@ impl<P: Protocol> Conn<P> {
     /// backend closes the connection (the peer has seen every byte; a close now sends FIN, or
     /// completes the one already sent). A peer that never closes is the backend's to time out.
     pub fn is_done(&self) -> bool {
-        (self.peer_eof || self.close_now) && self.q.chunks.is_empty() && !self.q.sending
+        (self.peer_eof || self.close_now) && self.q.chunks.is_empty()
     }
 
     /// Whether receiving is paused by back-pressure.
@@ -482,15 +516,14 @@ impl<P: Protocol> Conn<P> {
     }
 
     /// Whether a send is outstanding.
-    #[allow(dead_code)] // a query the backends do not need today
     pub fn is_sending(&self) -> bool {
-        self.q.sending
+        self.q.in_flight > 0
     }
 
     /// Drops everything owed, calling `release` for each provided-buffer reference. The backend
     /// calls this only when no operation on the connection is outstanding.
     pub fn release_all(&mut self, mut release: impl FnMut(u16)) {
-        debug_assert!(!self.q.sending, "release_all with a send in flight");
+        debug_assert_eq!(self.q.in_flight, 0, "release_all with a send in flight");
         for chunk in self.q.chunks.drain(..) {
             if let Chunk::Ring { bid, .. } = chunk {
                 release(bid);
@@ -595,6 +628,35 @@ mod tests {
         c.on_sent(4, &LIM, |_| unreachable!());
         assert_eq!(c.owed(), 0);
         assert!(c.next_send().is_none());
+    }
+
+    #[test]
+    fn one_send_covers_several_chunks_and_a_short_one_resumes_mid_chunk() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"abc", Some((1, 0)), &LIM);
+        c.on_recv(b"de", Some((2, 0)), &LIM);
+        c.on_recv(b"fg", None, &LIM);
+        let mut spans = vec![];
+        assert_eq!(c.next_sends(8, |s| spans.push(format!("{s:?}"))), 3);
+        assert_eq!(spans.len(), 3);
+        assert_eq!(c.next_sends(8, |_| {}), 0, "one send outstanding at a time");
+        // Neither an echo nor a copy may change a chunk of the outstanding send.
+        assert_eq!(c.on_recv(b"h", Some((2, 2)), &LIM).ring_refs, 1);
+        c.on_recv(b"i", None, &LIM);
+        let mut released = vec![];
+        c.on_sent(4, &LIM, |b| released.push(b));
+        assert_eq!(released, vec![1], "abc sent in full, de only in part");
+        let mut rest = vec![];
+        c.next_sends(8, |s| {
+            rest.push(match s {
+                SendSpan::Ring { bid, offset, len } => format!("ring {bid} {offset}+{len}"),
+                SendSpan::Mem(b) => String::from_utf8_lossy(b).into_owned(),
+            })
+        });
+        assert_eq!(rest, ["ring 2 1+1", "fg", "ring 2 2+1", "i"]);
+        c.on_sent(5, &LIM, |b| released.push(b));
+        assert_eq!(released, vec![1, 2, 2]);
+        assert_eq!(c.owed(), 0);
     }
 
     #[test]

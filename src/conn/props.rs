@@ -99,9 +99,11 @@ impl Ring {
     }
 }
 
-/// The span in flight, as the kernel would see it: where it points, and what it held.
+/// The send in flight, as the kernel would see it: where each of its spans points, and what
+/// they held.
 struct InFlight {
-    ptr: *const u8,
+    spans: Vec<(*const u8, Vec<u8>)>,
+    /// All the spans' bytes, in order.
     bytes: Vec<u8>,
 }
 
@@ -190,21 +192,40 @@ fn conn_life(seed: u64) {
             }
             // A send completes: in full, short, or zero bytes.
             4..=6 => {
-                if in_flight.is_none()
-                    && !failed
-                    && let Some(span) = c.next_send()
-                {
-                    let (ptr, bytes) = span_bytes(&span, &ring);
-                    assert!(!bytes.is_empty(), "{}: an empty send", ctx());
-                    in_flight = Some(InFlight { ptr, bytes });
-                    assert!(c.next_send().is_none(), "{}: two sends in flight", ctx());
+                if in_flight.is_none() && !failed {
+                    // One chunk (`next_send`) or a vectored send of several (`next_sends`).
+                    let mut spans = Vec::new();
+                    if rng.one_in(2) {
+                        if let Some(span) = c.next_send() {
+                            spans.push(span_bytes(&span, &ring));
+                        }
+                    } else {
+                        let max = 1 + rng.below(4);
+                        let n = c.next_sends(max, |span| spans.push(span_bytes(&span, &ring)));
+                        assert_eq!(n, spans.len(), "{}", ctx());
+                        assert!(n <= max, "{}: more spans than asked for", ctx());
+                    }
+                    if !spans.is_empty() {
+                        assert!(
+                            spans.iter().all(|(_, b)| !b.is_empty()),
+                            "{}: an empty send",
+                            ctx()
+                        );
+                        let bytes = spans.iter().flat_map(|(_, b)| b.clone()).collect();
+                        in_flight = Some(InFlight { spans, bytes });
+                        assert!(c.next_send().is_none(), "{}: two sends in flight", ctx());
+                        assert_eq!(c.next_sends(8, |_| {}), 0, "{}: two sends", ctx());
+                    }
                 }
                 if let Some(f) = in_flight.take_if(|_| rng.one_in(2)) {
                     // The in-flight memory was neither moved nor changed meanwhile.
-                    // SAFETY: the connection promises the span stays valid and untouched
-                    // until `on_sent`; this reads it as the kernel would. Miri checks it.
-                    let now = unsafe { std::slice::from_raw_parts(f.ptr, f.bytes.len()) };
-                    assert_eq!(now, &f.bytes[..], "{}: in-flight bytes changed", ctx());
+                    for (ptr, bytes) in &f.spans {
+                        // SAFETY: the connection promises every span of the send stays valid
+                        // and untouched until `on_sent`; this reads them as the kernel would.
+                        // Miri checks it.
+                        let now = unsafe { std::slice::from_raw_parts(*ptr, bytes.len()) };
+                        assert_eq!(now, &bytes[..], "{}: in-flight bytes changed", ctx());
+                    }
                     if rng.one_in(40) {
                         c.on_send_failed();
                         failed = true;

@@ -449,6 +449,13 @@ impl BufRing {
     /// Appends one [`Segment`] per buffer to `segs`, each holding one new reference that the
     /// caller drops with [`release`](Self::release) once it has used (or taken its own
     /// references to) the bytes.
+    ///
+    /// Where the bytes lie: in an incremental ring they start where the kernel's last fill of
+    /// `bid` ended, otherwise at its start; a bundle's bytes run on into the buffers at the
+    /// positions that followed `bid`'s, from their starts, each filled before the next. Every
+    /// buffer but the last is then used up and out of the ring; the last one too, unless the
+    /// ring is incremental and the kernel set `IORING_CQE_F_BUF_MORE` (it keeps filling the
+    /// rest of it).
     pub fn on_completion(
         &mut self,
         bid: u16,
@@ -457,73 +464,71 @@ impl BufRing {
         bundle: bool,
         segs: &mut Vec<Segment>,
     ) -> Result<(), OwnershipError> {
-        let b = bid as usize;
-        if b >= self.refs.len() {
-            return Err(OwnershipError { bid });
+        let first = segs.len();
+        let laid_out = self.lay_out(bid, res, bundle, segs);
+        if let Err(e) = laid_out {
+            // A disagreement changes nothing.
+            segs.truncate(first);
+            return Err(e);
         }
-        if self.incremental {
-            // The kernel filled `res` bytes after what it filled before; the buffer leaves the
-            // ring only when the kernel says it is done with it (no BUF_MORE).
-            if self.out[b] || self.fill[b].saturating_add(res) > self.buf_size {
-                return Err(OwnershipError { bid });
-            }
-            segs.push(Segment {
-                bid,
-                offset: self.fill[b],
-                len: res,
-            });
-            self.fill[b] += res;
-            if !io_uring::cqueue::buffer_more(flags) {
-                self.out[b] = true;
+        let last = segs.len() - 1;
+        for (k, seg) in segs.iter().enumerate().skip(first) {
+            let i = seg.bid as usize;
+            self.fill[i] += seg.len;
+            let kernel_keeps_it =
+                k == last && self.incremental && io_uring::cqueue::buffer_more(flags);
+            if !kernel_keeps_it {
+                self.out[i] = true;
                 self.out_count += 1;
             }
-            self.add_ref(bid);
-            return Ok(());
+            self.add_ref(seg.bid);
         }
-        let n = if bundle {
-            (res.div_ceil(self.buf_size)).max(1) as usize
-        } else {
-            1
-        };
-        if n > self.count() as usize {
+        Ok(())
+    }
+
+    /// The segments a completion of `res` bytes starting in `bid` covers (see
+    /// [`on_completion`](Self::on_completion)), checked against what the buffer ring handed
+    /// the kernel; appended to `segs`, nothing else changed.
+    fn lay_out(
+        &self,
+        bid: u16,
+        res: u32,
+        bundle: bool,
+        segs: &mut Vec<Segment>,
+    ) -> Result<(), OwnershipError> {
+        let b = bid as usize;
+        if b >= self.refs.len() || self.out[b] {
             return Err(OwnershipError { bid });
         }
-        let mask = self.entries.wrapping_sub(1);
+        // Only an incremental ring has a partly filled buffer; otherwise `fill` is 0.
+        let offset = self.fill[b];
+        let len = res.min(self.buf_size - offset);
+        if len < res && !bundle {
+            return Err(OwnershipError { bid });
+        }
+        segs.push(Segment { bid, offset, len });
+        let mut left = res - len;
         let start = self.bid_pos[b];
-        let slot_bid = &self.slot_bid;
-        let nth = |k: usize| {
-            if k == 0 {
-                bid
-            } else {
-                slot_bid[(start.wrapping_add(k as u16) & mask) as usize]
+        let mask = self.entries.wrapping_sub(1);
+        let mut k: u16 = 0;
+        while left > 0 {
+            k += 1;
+            if u32::from(k) >= self.count() {
+                return Err(OwnershipError { bid });
             }
-        };
-        // Check every buffer first, so a disagreement changes nothing.
-        for k in 0..n {
-            let id = nth(k);
-            if self.out[id as usize]
-                || (k > 0 && self.bid_pos[id as usize] != start.wrapping_add(k as u16))
-            {
+            let pos = start.wrapping_add(k);
+            let id = self.slot_bid[(pos & mask) as usize];
+            let i = id as usize;
+            if self.out[i] || self.bid_pos[i] != pos || self.fill[i] != 0 {
                 return Err(OwnershipError { bid: id });
             }
-        }
-        let mut left = res;
-        for k in 0..n {
-            let id = if k == 0 {
-                bid
-            } else {
-                self.slot_bid[(start.wrapping_add(k as u16) & mask) as usize]
-            };
             let len = left.min(self.buf_size);
-            left -= len;
             segs.push(Segment {
                 bid: id,
                 offset: 0,
                 len,
             });
-            self.out[id as usize] = true;
-            self.out_count += 1;
-            self.add_ref(id);
+            left -= len;
         }
         Ok(())
     }
@@ -799,5 +804,42 @@ mod tests {
         // A bundle that would run into a buffer already out is refused, changing nothing.
         assert!(br.on_completion(0, 20, 0, true, &mut vec![]).is_err());
         assert_eq!(br.available(), 1);
+    }
+
+    #[test]
+    fn incremental_bundles_start_where_the_last_fill_ended_and_run_into_the_next_buffers() {
+        let mut br = BufRing::new(4, 10, 0, true).unwrap();
+        let mut segs = vec![];
+        br.on_completion(0, 4, F_BUF_MORE, true, &mut segs).unwrap();
+        // 6 bytes finish buffer 0, 10 fill buffer 1, 3 start buffer 2, which the kernel keeps.
+        br.on_completion(0, 19, F_BUF_MORE, true, &mut segs)
+            .unwrap();
+        let seg = |bid, offset, len| Segment { bid, offset, len };
+        assert_eq!(
+            segs,
+            [seg(0, 0, 4), seg(0, 4, 6), seg(1, 0, 10), seg(2, 0, 3)]
+        );
+        assert_eq!(
+            br.available(),
+            2,
+            "buffers 0 and 1 are out, 2 is still filling"
+        );
+        // Buffer 2 goes on from byte 3; ending exactly at its end without BUF_MORE uses it up.
+        br.on_completion(2, 7, 0, true, &mut segs).unwrap();
+        assert_eq!(segs[4], seg(2, 3, 7));
+        assert_eq!(br.available(), 1);
+        for s in &segs {
+            br.release(s.bid);
+        }
+        assert_eq!((br.held(), br.available()), (0, 4));
+        // Without BUF_MORE the last buffer of a bundle is out even if not full.
+        segs.clear();
+        br.on_completion(3, 12, 0, true, &mut segs).unwrap();
+        assert_eq!(segs, [seg(3, 0, 10), seg(0, 0, 2)]);
+        assert_eq!(br.available(), 2);
+        // More than the buffers that follow can hold is refused, changing nothing.
+        let before = segs.clone();
+        assert!(br.on_completion(1, 41, 0, true, &mut segs).is_err());
+        assert_eq!((segs, br.available()), (before, 2));
     }
 }

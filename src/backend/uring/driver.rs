@@ -4,25 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use io_uring::{CompletionQueue, SubmissionQueue, Submitter, cqueue, opcode, squeue, types};
+use io_uring::{CompletionQueue, SubmissionQueue, Submitter, cqueue, squeue, types};
 
 use super::setup::{Features, RingMode};
 use crate::error::Error;
 use crate::stats::Counters;
 
-/// A turn that handled at least this many completions counts as busy (batch the next wait).
+/// A turn that handled at least this many completions counts as busy: with `--batch-wait-us`,
+/// the next wait asks for a batch.
 const BUSY_TURN: usize = 8;
-
-/// After a quiet turn that submitted sends, how long to wait past their completions for the
-/// next one (see `Driver::wait_policy`).
-const QUIET_SEND_WAIT_US: u32 = 1000;
-
-/// Operations that usually complete inside the enter that submits them.
-const SEND_OPCODES: [u8; 3] = [
-    opcode::Send::CODE,
-    opcode::SendZc::CODE,
-    opcode::SendMsg::CODE,
-];
 
 /// Waiting and batching policy, plus what the kernel reported last time.
 pub(crate) struct Driver {
@@ -70,12 +60,6 @@ impl Driver {
         deadline: Option<Instant>,
         counters: &mut Counters,
     ) -> Result<(), Error> {
-        // Sends usually complete during the enter that submits them; counted so a quiet turn can
-        // wait past their completions for the receive that matters (see `wait_policy`).
-        let sends = pending
-            .iter()
-            .filter(|e| SEND_OPCODES.contains(&(e.get_opcode() as u8)))
-            .count();
         self.flush(submitter, sq, pending, counters)?;
         if self.sqpoll && {
             cq.sync();
@@ -93,7 +77,7 @@ impl Driver {
         } else {
             let now = Instant::now();
             let timeout = deadline.map(|d| d.saturating_duration_since(now));
-            let (want, min_wait_us, timeout) = self.wait_policy(last_turn, sends, timeout);
+            let (want, min_wait_us, timeout) = self.wait_policy(last_turn, timeout);
             self.enter(submitter, want, timeout, min_wait_us, counters)?;
         }
         if sq.cq_overflow() {
@@ -109,33 +93,25 @@ impl Driver {
 
     /// How to wait this turn: `(want, min_wait_us, timeout)`.
     ///
-    /// After a busy turn, ask for a batch: up to `batch_max` completions, but return once
-    /// `batch_wait_us` passed with at least one (`IORING_FEAT_MIN_TIMEOUT`, 6.12), or, on older
-    /// kernels, when a timeout of `batch_wait_us` expires.
+    /// By default, for one completion: the enter returns as soon as there is anything to do,
+    /// with every completion that is ready by then (with `DEFER_TASKRUN` the kernel posts them
+    /// all inside this enter), and sleeps only when there is nothing, until the next timer
+    /// (`timeout`). No ready completion ever waits on a timer to save a syscall; under load the
+    /// batches form by themselves, because each enter collects everything that completed since
+    /// the last one.
     ///
-    /// After a quiet turn, wait for one completion more than the `sends` this enter submits:
-    /// a send to a socket with room completes inside the enter that submits it, so waiting for
-    /// just one completion would return at once with it, and a second enter would wait for the
-    /// peer's next message. The enter returns when that next completion comes, or after at
-    /// most `QUIET_SEND_WAIT_US` if it does not (a send left short, say, whose rest must go
-    /// out; the peer has the bytes already sent either way). One enter per message instead of
-    /// two for a lone connection.
+    /// With `--batch-wait-us` (opt-in, a CPU-for-latency trade; kernel-notes.md gives its
+    /// price): after a busy turn, ask for up to `batch_max` completions, but return once
+    /// `batch_wait_us` passed with at least one (`IORING_FEAT_MIN_TIMEOUT`, 6.12), or, on older
+    /// kernels, when a timeout of `batch_wait_us` expires. That holds ready completions for up
+    /// to `batch_wait_us`.
     fn wait_policy(
         &self,
         last_turn: usize,
-        sends: usize,
         timeout: Option<Duration>,
     ) -> (usize, u32, Option<Duration>) {
-        if self.batch_wait_us == 0 {
+        if self.batch_wait_us == 0 || last_turn < BUSY_TURN {
             return (1, 0, timeout);
-        }
-        if last_turn < BUSY_TURN {
-            if sends == 0 {
-                return (1, 0, timeout);
-            }
-            let window = Duration::from_micros(u64::from(QUIET_SEND_WAIT_US));
-            let timeout = timeout.map_or(window, |d| d.min(window));
-            return (sends + 1, 0, Some(timeout));
         }
         let window = Duration::from_micros(u64::from(self.batch_wait_us));
         if self.min_timeout {

@@ -54,6 +54,9 @@ use driver::Driver;
 const BGID: u16 = 0;
 /// After an accept ended on an error, wait this long before re-arming it.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+/// Most bytes one send carries (its completion reports the count as an `i32`); whatever is
+/// owed beyond goes out with the next send.
+const MAX_SEND_BYTES: usize = 1 << 30;
 
 /// Where a connection's receive stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +94,11 @@ struct Slot<P> {
     /// Operations on this connection whose final CQE has not arrived.
     ops: u32,
     /// Length of the outstanding send (to detect short sends).
-    send_len: u32,
+    send_len: u64,
+    /// The outstanding vectored send's `msghdr` and `iovec`s (returned at its final CQE).
+    send_vec: Option<Box<ops::SendVec>>,
+    /// Queued in `UringShard::dirty`: its sends are decided before the next enter.
+    dirty: bool,
     /// A zero-copy send's result, held until its buffer-release notification.
     zc_result: Option<i32>,
     /// A receive completed at least once (so arming again counts as a re-arm).
@@ -153,6 +160,13 @@ struct UringShard<P> {
     shutdown_fd: RawFd,
     /// SQEs decided this turn, submitted by the next enter.
     pending: Vec<squeue::Entry>,
+    /// Connections that may owe bytes with no send outstanding, in the order they asked; each
+    /// gets one send for everything it owes just before the enter (`start_sends`).
+    dirty: Vec<(usize, u32)>,
+    /// Spare `SendVec`s: one is lent to each connection with a vectored send outstanding.
+    /// Boxed: the kernel reads one at its address while it is lent, wherever the box moves.
+    #[allow(clippy::vec_box)]
+    send_vecs: Vec<Box<ops::SendVec>>,
     /// Connections parked on `-ENOBUFS`, in arrival order.
     parked: std::collections::VecDeque<(usize, u32)>,
     next_generation: u32,
@@ -179,9 +193,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     ring.submitter()
         .register_files_sparse(table)
         .map_err(|e| Error::io(format!("cannot register a file table of {table} slots"), e))?;
-    // Bundles hand over whole buffers: asking for them turns incremental consumption off.
     let recv_bundle = cfg.recv_bundle && features.recv_bundle;
-    let incremental = cfg.buf_incremental && features.buf_ring_inc && !recv_bundle;
+    let incremental = cfg.buf_incremental && features.buf_ring_inc;
     let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID, incremental)
         .map_err(|e| Error::Config(e.to_string()))?;
     bufs.register(&ring.submitter()).map_err(|e| {
@@ -259,6 +272,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         drain_timeout: cfg.drain_timeout,
         shutdown_fd: ctx.shutdown_fd,
         pending: Vec::with_capacity(features.sq_entries as usize),
+        dirty: Vec::new(),
+        send_vecs: Vec::new(),
         parked: Default::default(),
         next_generation: 0,
         draining: false,
@@ -332,6 +347,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             if self.is_finished() {
                 break;
             }
+            self.start_sends();
             self.bufs.publish();
             let deadline = self.timers.next();
             driver.turn(
@@ -487,6 +503,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             phase: Phase::Open,
             ops: 0,
             send_len: 0,
+            send_vec: None,
+            dirty: false,
             zc_result: None,
             received: false,
             last_active: self.now,
@@ -585,6 +603,9 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     fn on_send(&mut self, key: usize, res: i32) {
         let slot = &mut self.conns[key];
+        if let Some(v) = slot.send_vec.take() {
+            self.send_vecs.push(v);
+        }
         if res < 0 || (res == 0 && slot.send_len > 0) {
             slot.conn.on_send_failed();
             if res != -libc::ECANCELED {
@@ -595,7 +616,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         self.counters.sends += 1;
         self.counters.bytes_out += res as u64;
         slot.last_active = self.now;
-        if (res as u32) < slot.send_len {
+        if (res as u64) < slot.send_len {
             self.counters.short_sends += 1;
         }
         let bufs = &mut self.bufs;
@@ -636,18 +657,11 @@ impl<P: Protocol + Clone> UringShard<P> {
         if slot.conn.is_done() {
             return self.begin_close(key);
         }
-        if let Some(span) = slot.conn.next_send() {
-            let (ptr, len) = match span {
-                SendSpan::Ring { bid, offset, len } => (self.bufs.addr(bid, offset), len),
-                SendSpan::Mem(b) => (b.as_ptr(), b.len().min(u32::MAX as usize) as u32),
-            };
-            slot.send_len = len;
-            slot.ops += 1;
-            let tok = Token::conn(key, slot.generation, Op::Send);
-            self.pending.push(match self.zc_threshold {
-                Some(t) if len >= t => ops::send_zc(slot.fd, ptr, len, tok),
-                _ => ops::send(slot.fd, ptr, len, tok),
-            });
+        if !slot.dirty && !slot.conn.is_sending() && slot.conn.owed() > 0 {
+            // The send goes out just before the enter, covering whatever else arrives for this
+            // connection in the meantime (`start_sends`).
+            slot.dirty = true;
+            self.dirty.push((key, slot.generation));
         }
         let want = slot.conn.recv_wanted();
         match (slot.recv, want) {
@@ -686,6 +700,64 @@ impl<P: Protocol + Clone> UringShard<P> {
             let tok = Token::conn(key, slot.generation, Op::ShutdownWrite);
             self.pending.push(ops::shutdown_write(slot.fd, tok));
         }
+    }
+
+    /// Gives every connection that owes bytes, and has no send outstanding, one send covering
+    /// everything it owes (up to `SEND_VEC_MAX` chunks). Runs once per loop turn, just before
+    /// the enter, so the replies to every completion of the turn go out together: one send per
+    /// connection per turn rather than one per received buffer.
+    fn start_sends(&mut self) {
+        for i in 0..self.dirty.len() {
+            let (key, generation) = self.dirty[i];
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if slot.generation != generation {
+                continue;
+            }
+            slot.dirty = false;
+            if slot.phase != Phase::Open || slot.conn.is_sending() {
+                continue;
+            }
+            let mut v = self.send_vecs.pop().unwrap_or_else(ops::SendVec::new);
+            v.clear();
+            let bufs = &self.bufs;
+            slot.conn.next_sends(ops::SEND_VEC_MAX, |span| {
+                let (ptr, len) = match span {
+                    SendSpan::Ring { bid, offset, len } => (bufs.addr(bid, offset), len as usize),
+                    SendSpan::Mem(b) => (b.as_ptr(), b.len()),
+                };
+                // Past the cap the rest of the chunks stay owed: the send completes short of
+                // them and the next one carries them.
+                let room = MAX_SEND_BYTES - v.bytes() as usize;
+                v.push(ptr, len.min(room));
+            });
+            if v.is_empty() {
+                self.send_vecs.push(v);
+                continue;
+            }
+            slot.send_len = v.bytes();
+            slot.ops += 1;
+            let tok = Token::conn(key, slot.generation, Op::Send);
+            let sqe = match v.single() {
+                Some((ptr, len)) => {
+                    let len = len as u32;
+                    let sqe = match self.zc_threshold {
+                        Some(t) if len >= t => ops::send_zc(slot.fd, ptr, len, tok),
+                        _ => ops::send(slot.fd, ptr, len, tok),
+                    };
+                    self.send_vecs.push(v);
+                    sqe
+                }
+                None => {
+                    let sqe = ops::send_vectored(slot.fd, &mut v, tok);
+                    slot.send_vec = Some(v);
+                    sqe
+                }
+            };
+            self.pending.push(sqe);
+        }
+        self.dirty.clear();
     }
 
     /// Starts closing connection `key`: cancel its receive and its send, then (in `sync`, once

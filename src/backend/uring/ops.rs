@@ -90,10 +90,97 @@ pub fn recv_single(fd: u32, bgid: u16, len: u32, tok: Token) -> squeue::Entry {
 
 /// Send `len` bytes at `ptr` on direct descriptor `fd`.
 ///
+/// With `MSG_WAITALL` the kernel finishes a short send itself: when the socket's send buffer
+/// fills part-way, it waits for room and goes on, and completes once every byte is sent (or
+/// with the count sent so far, if the connection fails). A kernel without that support (before
+/// 5.18) completes short and the caller sends the rest, which is correct either way.
+///
 /// The caller guarantees the memory stays valid and unchanged until the send's CQE.
 pub fn send(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
     opcode::Send::new(types::Fixed(fd), ptr, len)
-        .flags(libc::MSG_NOSIGNAL)
+        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+        .build()
+        .user_data(tok.encode())
+}
+
+/// Most spans one vectored send carries.
+pub const SEND_VEC_MAX: usize = 64;
+
+/// The memory a vectored send points at: a `msghdr` and its `iovec` array. Boxed, so its
+/// address stays put while the kernel reads it (a connection keeps its box until the send's
+/// final CQE, then hands it back for reuse).
+pub struct SendVec {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; SEND_VEC_MAX],
+    len: usize,
+    bytes: u64,
+}
+
+impl SendVec {
+    /// An empty vector.
+    pub fn new() -> Box<SendVec> {
+        // SAFETY: msghdr and iovec are plain C structs for which all-zero bytes are valid
+        // (null pointers, zero lengths).
+        let (hdr, iov) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        Box::new(SendVec {
+            hdr,
+            iov,
+            len: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Forgets every span.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.bytes = 0;
+    }
+
+    /// Appends `len` bytes at `ptr`. False (and nothing appended) when full.
+    pub fn push(&mut self, ptr: *const u8, len: usize) -> bool {
+        if self.len == SEND_VEC_MAX {
+            return false;
+        }
+        self.iov[self.len] = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        self.len += 1;
+        self.bytes += len as u64;
+        true
+    }
+
+    /// Spans appended.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no span was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the spans cover.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The only span, if there is exactly one.
+    pub fn single(&self) -> Option<(*const u8, usize)> {
+        (self.len == 1).then(|| (self.iov[0].iov_base as *const u8, self.iov[0].iov_len))
+    }
+}
+
+/// Sends every span of `v`, in order, on direct descriptor `fd` with one `sendmsg` (5.19 for
+/// fixed files), with `MSG_WAITALL` as [`send`] does.
+///
+/// The caller guarantees that `v`, and the memory each span names, stay valid and unchanged
+/// until the send's CQE.
+pub fn send_vectored(fd: u32, v: &mut SendVec, tok: Token) -> squeue::Entry {
+    v.hdr.msg_iov = v.iov.as_mut_ptr();
+    v.hdr.msg_iovlen = v.len as _;
+    opcode::SendMsg::new(types::Fixed(fd), &v.hdr)
+        .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
         .build()
         .user_data(tok.encode())
 }
@@ -103,7 +190,7 @@ pub fn send(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
 /// kernel no longer reads the memory. The caller keeps the memory until the notification.
 pub fn send_zc(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
     opcode::SendZc::new(types::Fixed(fd), ptr, len)
-        .flags(libc::MSG_NOSIGNAL)
+        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
         .build()
         .user_data(tok.encode())
 }
