@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::backend::Timers;
+use crate::backend::{SEND_VEC_MAX, Timers};
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -354,20 +354,42 @@ impl<P: Protocol + Clone> EpollShard<P> {
         }
     }
 
-    /// Writes owed bytes until done or the socket is full. False if the connection was closed.
+    /// Writes owed bytes until done or the socket is full, everything owed in one call (a
+    /// `sendmsg` over the owed chunks, as the io_uring backend sends them). False if the
+    /// connection was closed.
     fn flush(&mut self, key: usize) -> bool {
         let slot = &mut self.conns[key];
         while slot.writable {
             let fd = slot.fd.as_raw_fd();
-            let Some(span) = slot.conn.next_send() else {
+            // SAFETY: iovec is plain old data; zeroed entries are valid and only the first
+            // `n` are passed to the kernel.
+            let mut iov: [libc::iovec; SEND_VEC_MAX] = unsafe { std::mem::zeroed() };
+            let (mut len, mut k) = (0, 0);
+            let n = slot.conn.next_sends(SEND_VEC_MAX, |span| {
+                let SendSpan::Mem(bytes) = span else {
+                    unreachable!("the epoll backend never passes a buffer id to on_recv");
+                };
+                len += bytes.len();
+                iov[k] = libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                };
+                k += 1;
+            });
+            if n == 0 {
                 break;
-            };
-            let SendSpan::Mem(bytes) = span else {
-                unreachable!("the epoll backend never passes a buffer id to on_recv");
-            };
-            let len = bytes.len();
+            }
             self.counters.syscalls += 1;
-            match syscall!(send(fd, bytes.as_ptr().cast(), len, libc::MSG_NOSIGNAL)) {
+            // SAFETY: a zeroed msghdr is valid (no address, no control data); its iovecs name
+            // the connection's owed chunks, which stay put until `on_sent`/`on_send_failed`
+            // below (the in-flight invariant), i.e. for the whole call.
+            let sent = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = n as _;
+                syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL))
+            };
+            match sent {
                 Ok(n) => {
                     let n = n as usize;
                     self.counters.sends += 1;

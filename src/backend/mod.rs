@@ -11,9 +11,13 @@
 //!   provided-buffer id when the bytes are in one and the shard's budget of buffers held for
 //!   owed data allows zero-copy replies; otherwise the connection copies what it must keep.
 //! - **End of stream** (a zero-length receive) goes to `Conn::on_eof`.
-//! - **Sending**: the backend asks `Conn::next_send` and has at most one send of that span
-//!   outstanding; its result goes to `Conn::on_sent` (bytes written, possibly fewer than
-//!   asked) or `Conn::on_send_failed`. The span's memory must stay untouched until then.
+//! - **Sending**: the backend asks `Conn::next_sends` for the spans of up to
+//!   [`SEND_VEC_MAX`] owed chunks and sends them with one vectored call (everything owed in
+//!   one operation), with at most one send outstanding per connection so bytes stay in order;
+//!   its result goes to `Conn::on_sent` (bytes written, possibly fewer than asked) or
+//!   `Conn::on_send_failed`. The spans' memory stays untouched until then. io_uring asks once
+//!   per loop turn, after every completion of the turn was handled, so one send carries the
+//!   replies to all of them.
 //! - **Receiving** is armed while `Conn::recv_wanted` says so, and stopped (cancelled, or
 //!   simply not re-armed) when it stops saying so. Bytes that arrive anyway (racing a
 //!   cancellation) are still delivered.
@@ -32,6 +36,11 @@
 
 pub(crate) mod epoll;
 pub mod uring;
+
+/// Most owed chunks one send carries (an `iovec` each). A chunk is a run of bytes in one
+/// provided buffer or one reply, so a send carries up to 64 of them: 256 KiB of 4 KiB
+/// buffers, or 64 pipelined replies.
+pub const SEND_VEC_MAX: usize = 64;
 
 use std::collections::VecDeque;
 use std::fmt;

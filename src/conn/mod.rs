@@ -405,6 +405,8 @@ impl<P: Protocol> Conn<P> {
 
     /// The front chunk to send now, if one is owed and no send is outstanding. Marks it in
     /// flight until [`on_sent`](Self::on_sent) or [`on_send_failed`](Self::on_send_failed).
+    /// [`next_sends`](Self::next_sends) with one chunk.
+    #[allow(dead_code)] // the backends send every owed chunk at once; tests and fuzzers use it
     pub fn next_send(&mut self) -> Option<SendSpan<'_>> {
         if self.q.in_flight > 0 {
             return None;

@@ -103,8 +103,7 @@ pub fn send(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
-/// Most spans one vectored send carries.
-pub const SEND_VEC_MAX: usize = 64;
+pub use crate::backend::SEND_VEC_MAX;
 
 /// The memory a vectored send points at: a `msghdr` and its `iovec` array. Boxed, so its
 /// address stays put while the kernel reads it (a connection keeps its box until the send's
