@@ -31,16 +31,20 @@ fmt:
 # Results: target/bench/latest.md and target/bench/<timestamp>.json.
 BENCH_FLAGS = $(if $(CASES),--cases '$(CASES)') $(if $(SERVERS),--servers '$(SERVERS)') \
 	$(if $(PEERS),--peers '$(PEERS)') $(if $(ROUNDS),--rounds $(ROUNDS)) \
-	$(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(WARMUP)) \
+	--duration $(or $(DURATION),5) $(if $(WARMUP),--warmup $(WARMUP)) \
 	$(if $(CLIENT_BACKEND),--client-backend $(CLIENT_BACKEND)) \
 	$(if $(MAX_OTHER_CPUS),--max-other-cpus $(MAX_OTHER_CPUS)) $(BENCH_ARGS)
+
+# The peers `make bench-peers` built, if any, unless PEERS is given (PEERS= compares none).
+BUILT_PEERS = $(strip $(foreach p,tokio monoio epoll,$(if $(wildcard target/peers/release/$(p)-echo),$(if $(filter epoll,$(p)),epoll-echo,$(p))=target/peers/release/$(p)-echo;)))
+PEERS ?= $(BUILT_PEERS)
 
 bench:
 	$(CARGO) bench --bench compare -- $(BENCH_FLAGS)
 
 # Half a minute: two cases, 1 s windows (for trying things, not for figures).
 bench-quick:
-	$(MAKE) bench CASES='$(or $(CASES),50x128x1 100x64x16)' DURATION=$(or $(DURATION),1) \
+	$(MAKE) bench PEERS= CASES='$(or $(CASES),50x128x1 100x64x16)' DURATION=$(or $(DURATION),1) \
 		WARMUP=$(or $(WARMUP),0.5)
 
 # What CI runs through `cargo test`: the harness's self-check and one tiny case end to end.
@@ -54,7 +58,7 @@ FEATURE_SERVERS = uring; nobatch=uring --batch-wait-us 0; coop=uring --ring-mode
 	zc=uring --zc-threshold 1024; ringfd=uring --register-ring-fd; \
 	copy=uring --buf-budget 0; ring4096=uring --buf-count 4096; threads2=uring --threads 2; epoll
 bench-features:
-	$(MAKE) bench SERVERS='$(or $(SERVERS),$(FEATURE_SERVERS))' \
+	$(MAKE) bench PEERS= SERVERS='$(or $(SERVERS),$(FEATURE_SERVERS))' \
 		CASES='$(or $(CASES),50x128x1 500x128x1 50x4096x1 100x64x16)' \
 		DURATION=$(or $(DURATION),5)
 

@@ -268,8 +268,18 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
         .iter()
         .map(|s| !s.self_counting() && plan.perf.is_ok())
         .collect();
-    let total = plan.cases.len()
-        * (plan.rounds * plan.servers.len() + count_pass.iter().filter(|c| **c).count());
+    let total: usize = plan
+        .cases
+        .iter()
+        .map(|case| {
+            plan.servers
+                .iter()
+                .zip(&count_pass)
+                .filter(|(s, _)| s.skips(case).is_none())
+                .map(|(_, count)| plan.rounds + usize::from(*count))
+                .sum::<usize>()
+        })
+        .sum();
     if !quiet {
         let s = &plan.settings;
         let secs = total as f64 * (s.duration + s.warmup + 0.6);
@@ -301,6 +311,9 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plan.servers.len()];
         for round in 0..plan.rounds {
             for (i, server) in plan.servers.iter().enumerate() {
+                if server.skips(&case).is_some() {
+                    continue;
+                }
                 let mut attempt = 0;
                 loop {
                     if let Some(limit) = plan.max_other_cpus {
@@ -336,7 +349,7 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
             }
         }
         for (i, server) in plan.servers.iter().enumerate() {
-            if !count_pass[i] {
+            if !count_pass[i] || server.skips(&case).is_some() {
                 continue;
             }
             let r = run::run_once(&plan.settings, case, server, None, true, plan.perf_duration);
@@ -353,6 +366,7 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
             .map(|(s, runs)| ServerResult {
                 name: s.name.clone(),
                 summary: metrics::Summary::of(&runs, case),
+                skipped: s.skips(&case),
                 runs,
             })
             .collect();
@@ -416,7 +430,7 @@ fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
     };
     if let Some(why) = &r.discarded {
         eprintln!(
-            "[{done:>3}/{total}] {case:<10} {kind:<8} {:<14} repeating: {why}",
+            "[{done:>3}/{total}] {case:<17} {kind:<8} {:<14} repeating: {why}",
             server.name
         );
         return;
@@ -425,8 +439,12 @@ fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
         Some(m) => {
             let v = |k: &str| m.values.get(k).copied();
             let mut s = format!(
-                "{} msgs/s  p99 {} µs  server {} µs/msg  total {} µs/msg",
+                "{} msgs/s{}  p99 {} µs  server {} µs/msg  total {} µs/msg",
                 v("msgs_per_sec").map_or("n/a".into(), report::fmt_rate),
+                match v("mb_per_sec") {
+                    Some(mb) if case.is_bulk() => format!(" {mb:.0} MB/s"),
+                    _ => String::new(),
+                },
                 v("p99_us").map_or("n/a".into(), report::fmt_sig),
                 v("server_cpu_us_per_msg").map_or("n/a".into(), report::fmt_sig),
                 v("total_cpu_us_per_msg").map_or("n/a".into(), report::fmt_sig),
@@ -446,7 +464,7 @@ fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
         None => format!("FAILED: {}", r.error.as_deref().unwrap_or("no measurement")),
     };
     eprintln!(
-        "[{done:>3}/{total}] {case:<10} {kind:<8} {:<14} {line}",
+        "[{done:>3}/{total}] {case:<17} {kind:<8} {:<14} {line}",
         server.name
     );
 }

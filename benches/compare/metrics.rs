@@ -13,10 +13,23 @@ pub const METRICS: &[(&str, &str)] = &[
         "messages echoed per second in the measured window",
     ),
     (
+        "mb_per_sec",
+        "echoed megabytes (10^6 bytes) per second in the measured window, each byte counted once",
+    ),
+    (
+        "rate_kept",
+        "open loop: messages echoed per second ÷ the rate offered (1.00: the server kept up)",
+    ),
+    (
         "p50_us",
-        "median latency, µs (closed loop: from send to last byte back)",
+        "median latency, µs (closed loop: from send to last byte back; open loop: from each message's intended send time)",
     ),
     ("p99_us", "99th percentile latency, µs"),
+    ("p999_us", "99.9th percentile latency, µs"),
+    (
+        "loss_pct",
+        "UDP: datagrams not echoed within the loss timeout, % of those sent",
+    ),
     (
         "server_cpu_us_per_msg",
         "server process CPU (user+system, /proc/PID/stat) per message, µs",
@@ -81,8 +94,16 @@ impl Metrics {
             }
         };
         put("msgs_per_sec", c.num("msgs_per_sec"));
+        put("mb_per_sec", c.num("mb_per_sec"));
+        put(
+            "rate_kept",
+            case.rate
+                .and_then(|r| Some(c.num("msgs_per_sec")? / f64::from(r))),
+        );
         put("p50_us", c.num("p50_us"));
         put("p99_us", c.num("p99_us"));
+        put("p999_us", c.num("p999_us"));
+        put("loss_pct", c.num("loss_pct"));
         put("server_cpu_us_per_msg", c.num("server_cpu_us_per_msg"));
         put("total_cpu_us_per_msg", c.num("machine_cpu_us_per_msg"));
         put("client_cpu_us_per_msg", c.num("client_cpu_us_per_msg"));

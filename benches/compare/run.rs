@@ -14,7 +14,7 @@ use ringecho::stats::Counters;
 
 use crate::json::Json;
 use crate::procfs;
-use crate::spec::{Case, Launch, Server, external_args};
+use crate::spec::{Case, EXTERNAL_ENV, EXTERNAL_ENV_VALUE, Launch, Server, external_args};
 
 /// How long a server may take to print `listening on`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,17 +157,23 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(settings: &Settings, server: &Server, cpus: Option<&[usize]>) -> Result<Self, String> {
+    fn start(
+        settings: &Settings,
+        server: &Server,
+        case: &Case,
+        cpus: Option<&[usize]>,
+    ) -> Result<Self, String> {
         const ADDR: &str = "127.0.0.1:0";
         let mut cmd = match &server.launch {
             Launch::Ringecho { .. } => {
                 let mut c = Command::new(&settings.ringecho);
-                c.arg("serve").args(server.ringecho_args(ADDR));
+                c.arg("serve").args(server.ringecho_args(ADDR, case));
                 c
             }
             Launch::External { program, args } => {
                 let mut c = Command::new(program);
-                c.args(external_args(args, ADDR));
+                c.args(external_args(args, ADDR))
+                    .env(EXTERNAL_ENV, EXTERNAL_ENV_VALUE);
                 c
             }
         };
@@ -333,6 +339,8 @@ fn run_client(
         .args(["--conns", &case.conns.to_string()])
         .args(["--size", &case.size.to_string()])
         .args(["--depth", &case.depth.to_string()])
+        .args(case.rate.map(|r| format!("--rate={r}")))
+        .args(case.udp.then_some("--udp"))
         .args(["--duration", &duration.to_string()])
         .args(["--warmup", &settings.warmup.to_string()])
         .args(["--threads", &settings.client_threads.to_string()])
@@ -382,7 +390,7 @@ pub fn run_once(
         server_cpus: settings.cpus_for(server.threads()),
         ..Run::default()
     };
-    let proc = match ServerProcess::start(settings, server, run.server_cpus.as_deref()) {
+    let proc = match ServerProcess::start(settings, server, &case, run.server_cpus.as_deref()) {
         Ok(p) => p,
         Err(e) => {
             run.error = Some(e);

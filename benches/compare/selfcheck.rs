@@ -79,33 +79,31 @@ pub fn main(args: &[String]) -> ExitCode {
 fn units() -> Result<(), String> {
     // Cases.
     let d = parse_cases(crate::spec::DEFAULT_CASES)?;
-    ensure!(d.len() == 5, "default matrix has 5 cases: {d:?}");
+    ensure!(d.len() == 12, "default matrix has 12 cases: {d:?}");
+    ensure!(d[4] == Case::tcp(100, 64, 16), "100x64x16: {:?}", d[4]);
     ensure!(
-        d[4] == Case {
-            conns: 100,
-            size: 64,
-            depth: 16
-        },
-        "100x64x16: {:?}",
-        d[4]
-    );
-    ensure!(
-        parse_cases("50×128, 1x64x1")?
-            == vec![
-                Case {
-                    conns: 50,
-                    size: 128,
-                    depth: 1
-                },
-                Case {
-                    conns: 1,
-                    size: 64,
-                    depth: 1
-                }
-            ],
+        parse_cases("50×128, 1x64x1")? == vec![Case::tcp(50, 128, 1), Case::tcp(1, 64, 1)],
         "× and a default depth"
     );
-    for bad in ["0x64x1", "50x", "abc", "1x2x3x4", "", "50x-1x1"] {
+    let open = parse_cases("50x128x16@20000")?[0];
+    ensure!(
+        open == Case {
+            rate: Some(20000),
+            ..Case::tcp(50, 128, 16)
+        } && open.to_string() == "50x128x16@20000",
+        "an open-loop case: {open:?}"
+    );
+    let udp = parse_cases("udp:50x64")?[0];
+    ensure!(
+        udp == Case {
+            udp: true,
+            ..Case::tcp(50, 64, 1)
+        } && udp.to_string() == "udp:50x64x1",
+        "a UDP case: {udp:?}"
+    );
+    for bad in [
+        "0x64x1", "50x", "abc", "1x2x3x4", "", "50x-1x1", "50x128@0", "50x128@", "tcp:1x1",
+    ] {
         ensure!(parse_cases(bad).is_err(), "case {bad:?} should be refused");
     }
 
@@ -122,10 +120,16 @@ fn units() -> Result<(), String> {
         "a uring variant: {:?}",
         s[2]
     );
+    let one = Case::tcp(1, 1, 1);
     ensure!(
-        s[0].ringecho_args("A") == ["--addr", "A", "--threads", "1", "--backend", "uring"],
+        s[0].ringecho_args("A", &one) == ["--addr", "A", "--threads", "1", "--backend", "uring"],
         "one shard unless asked: {:?}",
-        s[0].ringecho_args("A")
+        s[0].ringecho_args("A", &one)
+    );
+    ensure!(
+        s[1].ringecho_args("A", &udp)[4] == "--udp" && s[1].skips(&udp).is_none(),
+        "ringecho serves a UDP case with --udp: {:?}",
+        s[1].ringecho_args("A", &udp)
     );
     let t = parse_servers("t2=uring --threads 2; t3=--threads=3")?;
     ensure!(
@@ -133,18 +137,20 @@ fn units() -> Result<(), String> {
         "threads of variants"
     );
     ensure!(
-        !t[0].ringecho_args("A")[2..].starts_with(&["--threads".to_string(), "1".to_string()]),
+        !t[0].ringecho_args("A", &one)[2..]
+            .starts_with(&["--threads".to_string(), "1".to_string()]),
         "a variant's --threads is not doubled: {:?}",
-        t[0].ringecho_args("A")
+        t[0].ringecho_args("A", &one)
     );
     let e = parse_servers("tokio=/x/tokio-echo; custom=/x/srv --port {addr} -v")?;
     ensure!(
-        e[0].command_line(std::path::Path::new("re")) == "/x/tokio-echo 127.0.0.1:0",
+        e[0].command_line(std::path::Path::new("re")) == "NODELAY=1 /x/tokio-echo 127.0.0.1:0"
+            && e[0].skips(&udp).is_some(),
         "address appended: {}",
         e[0].command_line(std::path::Path::new("re"))
     );
     ensure!(
-        e[1].command_line(std::path::Path::new("re")) == "/x/srv --port 127.0.0.1:0 -v",
+        e[1].command_line(std::path::Path::new("re")) == "NODELAY=1 /x/srv --port 127.0.0.1:0 -v",
         "address substituted: {}",
         e[1].command_line(std::path::Path::new("re"))
     );
@@ -246,11 +252,7 @@ fn units() -> Result<(), String> {
     );
 
     // One run's figures.
-    let case = Case {
-        conns: 2,
-        size: 100,
-        depth: 1,
-    };
+    let case = Case::tcp(2, 100, 1);
     let run = Run {
         round: Some(0),
         client_exit: Some(0),
@@ -327,11 +329,7 @@ fn end_to_end() -> Result<(), String> {
         },
     });
     let plan = crate::Plan {
-        cases: vec![Case {
-            conns: 2,
-            size: 64,
-            depth: 2,
-        }],
+        cases: vec![Case::tcp(2, 64, 2)],
         servers,
         // The epoll client works where io_uring is blocked (CI containers).
         settings: crate::settings_for(bin, 0.5, 0.2, "epoll", 1),

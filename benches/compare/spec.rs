@@ -4,8 +4,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The default matrix (issue 5).
-pub const DEFAULT_CASES: &str = "1x64x1 50x128x1 500x128x1 50x4096x1 100x64x16";
+/// The default matrix: the five ping-pong and pipelined cases of issue 5, the streams and
+/// open-loop latency cases of issue 13, and UDP.
+pub const DEFAULT_CASES: &str = "1x64x1 50x128x1 500x128x1 50x4096x1 100x64x16 \
+    1x65536x4 10x16384x4 1x4096x16 50x128x16@20000 50x128x16@100000 udp:50x64x1 udp:50x1400x1";
 
 /// The default servers: both ringecho backends, io_uring first (the ratios' baseline).
 pub const DEFAULT_SERVERS: &str = "uring; epoll";
@@ -13,44 +15,86 @@ pub const DEFAULT_SERVERS: &str = "uring; epoll";
 /// One cell of the matrix: how `ringecho bench` drives the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Case {
-    /// Connections.
+    /// Connections (UDP: connected sockets).
     pub conns: u32,
     /// Message size, bytes.
     pub size: u32,
-    /// Messages in flight per connection.
+    /// Messages in flight per connection (open loop: at most).
     pub depth: u32,
+    /// Open loop: messages per second offered across all connections, on a fixed schedule
+    /// (`ringecho bench --rate`); None: closed loop.
+    pub rate: Option<u32>,
+    /// Datagrams (`ringecho bench --udp` against `serve --udp`) instead of TCP streams.
+    pub udp: bool,
 }
 
 impl fmt::Display for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}x{}x{}", self.conns, self.size, self.depth)
+        if self.udp {
+            f.write_str("udp:")?;
+        }
+        write!(f, "{}x{}x{}", self.conns, self.size, self.depth)?;
+        if let Some(r) = self.rate {
+            write!(f, "@{r}")?;
+        }
+        Ok(())
     }
 }
 
 impl Case {
-    /// `50 conns × 128 B × depth 1`, for headings.
+    /// A closed-loop TCP case.
+    pub fn tcp(conns: u32, size: u32, depth: u32) -> Case {
+        Case {
+            conns,
+            size,
+            depth,
+            rate: None,
+            udp: false,
+        }
+    }
+
+    /// `50 conns × 128 B × depth 1`, for headings (with the rate or the transport if any).
     pub fn describe(&self) -> String {
-        format!(
-            "{} conn{} × {} B × depth {}",
+        let mut s = format!(
+            "{} {}{} × {} B × depth {}",
             self.conns,
+            if self.udp { "UDP socket" } else { "conn" },
             if self.conns == 1 { "" } else { "s" },
             self.size,
             self.depth
-        )
+        );
+        if let Some(r) = self.rate {
+            s.push_str(&format!(", open loop at {r} msgs/s"));
+        }
+        s
+    }
+
+    /// Whether bytes per second say more than messages per second (streams).
+    pub fn is_bulk(&self) -> bool {
+        self.size >= 4096 && !self.udp
     }
 }
 
-/// Parses `1x64x1 50x128x1, 100x64x16` (`x` or `×`; the depth may be left out and is then 1).
+/// Parses `1x64x1 50x128x1, 100x64x16` (`x` or `×`; the depth may be left out and is then 1),
+/// with `@RATE` for an open-loop case (`50x128x16@20000`) and a `udp:` prefix for datagrams.
 pub fn parse_cases(s: &str) -> Result<Vec<Case>, String> {
     let mut cases = Vec::new();
     for word in s.split(|c: char| c.is_whitespace() || c == ',' || c == ';') {
         if word.is_empty() {
             continue;
         }
-        let parts: Vec<&str> = word.split(['x', 'X', '×']).collect();
+        let (udp, rest) = match word.strip_prefix("udp:") {
+            Some(r) => (true, r),
+            None => (false, word),
+        };
+        let (shape, rate) = match rest.split_once('@') {
+            Some((shape, r)) => (shape, Some(r)),
+            None => (rest, None),
+        };
+        let parts: Vec<&str> = shape.split(['x', 'X', '×']).collect();
         if !(2..=3).contains(&parts.len()) {
             return Err(format!(
-                "case {word:?}: expected CONNSxSIZExDEPTH, e.g. 50x128x1"
+                "case {word:?}: expected [udp:]CONNSxSIZE[xDEPTH][@RATE], e.g. 50x128x1"
             ));
         }
         let num = |what: &str, v: &str| -> Result<u32, String> {
@@ -68,6 +112,8 @@ pub fn parse_cases(s: &str) -> Result<Vec<Case>, String> {
                 Some(d) => num("depth", d)?,
                 None => 1,
             },
+            rate: rate.map(|r| num("rate", r)).transpose()?,
+            udp,
         };
         if !cases.contains(&case) {
             cases.push(case);
@@ -123,11 +169,14 @@ impl Server {
         match &self.launch {
             Launch::Ringecho { .. } => {
                 let mut v = vec![ringecho.display().to_string(), "serve".into()];
-                v.extend(self.ringecho_args("127.0.0.1:0"));
+                v.extend(self.ringecho_args("127.0.0.1:0", &Case::tcp(1, 1, 1)));
                 v.join(" ")
             }
             Launch::External { program, args } => {
-                let mut v = vec![program.clone()];
+                let mut v = vec![
+                    format!("{EXTERNAL_ENV}={EXTERNAL_ENV_VALUE}"),
+                    program.clone(),
+                ];
                 v.extend(external_args(args, "127.0.0.1:0"));
                 v.join(" ")
             }
@@ -135,8 +184,8 @@ impl Server {
     }
 
     /// `ringecho serve` arguments (without `serve`): the address, one shard unless the variant
-    /// says otherwise, then the variant's flags.
-    pub fn ringecho_args(&self, addr: &str) -> Vec<String> {
+    /// says otherwise, `--udp` for a datagram case, then the variant's flags.
+    pub fn ringecho_args(&self, addr: &str, case: &Case) -> Vec<String> {
         let Launch::Ringecho { flags } = &self.launch else {
             return Vec::new();
         };
@@ -144,8 +193,16 @@ impl Server {
         if flag_value(flags, "--threads").is_none() {
             v.extend(["--threads".into(), "1".into()]);
         }
+        if case.udp {
+            v.push("--udp".into());
+        }
         v.extend(flags.iter().cloned());
         v
+    }
+
+    /// Why this server sits out `case`, if it does: the peers are TCP echo servers.
+    pub fn skips(&self, case: &Case) -> Option<&'static str> {
+        (case.udp && !self.self_counting()).then_some("a TCP-only server: no UDP echo")
     }
 
     /// Whether the server counts its own syscalls (ringecho's `final:` line).
@@ -153,6 +210,14 @@ impl Server {
         matches!(self.launch, Launch::Ringecho { .. })
     }
 }
+
+/// Set in every external server's environment. The peers of `../shared/peers` leave Nagle on
+/// unless it is set, which stalls any case with more than one message in flight on delayed
+/// ACKs (~40 ms a time); ringecho turns Nagle off by default (`--nodelay`). Comparing like
+/// with like means both off.
+pub const EXTERNAL_ENV: &str = "NODELAY";
+/// ...to this.
+pub const EXTERNAL_ENV_VALUE: &str = "1";
 
 /// An external server's arguments with `{addr}` filled in (or the address appended).
 pub fn external_args(args: &[String], addr: &str) -> Vec<String> {
