@@ -397,9 +397,12 @@ pub fn unavailable(e: io::Error, kernel: KernelVersion) -> Error {
                  --backend epoll)"
             )
         }
+        // A kernel built without io_uring says ENOSYS, and so do sandboxes that hide it (a
+        // seccomp profile whose default answer is ENOSYS, gVisor): the kernel may well have it.
         Some(libc::ENOSYS) => format!(
-            "this kernel ({kernel}) has no io_uring (ENOSYS) (remedy: Linux 5.19+ built with \
-             CONFIG_IO_URING, or use --backend epoll)"
+            "io_uring_setup is not implemented (ENOSYS): kernel {kernel} was built without \
+             CONFIG_IO_URING, or a sandbox (seccomp profile, gVisor) hides it (remedy: Linux \
+             5.19+ with CONFIG_IO_URING, allow io_uring in the sandbox, or use --backend epoll)"
         ),
         Some(libc::ENOMEM) => String::from(
             "io_uring_setup failed with ENOMEM: the ring does not fit in RLIMIT_MEMLOCK on this \
