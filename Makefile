@@ -1,4 +1,4 @@
-# What CI runs is `.ci/run`: the README's test command plus `make check`.
+# What CI runs is `.ci/run`: the README's test command, `make check` and `make kernel-test`.
 CARGO ?= cargo
 
 .PHONY: build test check run bench bench-quick bench-smoke bench-features bench-peers fmt \
