@@ -1,7 +1,7 @@
 //! The client side of `make kernel-test` that `ringecho bench` cannot play: it runs inside the
-//! kernel matrix's virtual machines (`scripts/kernel-test/init`), where there is no cargo and no
-//! test harness. Every subcommand prints one line saying what it saw and exits 0 when that is
-//! what a correct server does, 1 when not.
+//! kernel matrix's virtual machines (`scripts/kernel-test/init.sh`), where there is no cargo
+//! and no test harness. Every subcommand prints one line saying what it saw and exits 0 when
+//! that is what a correct server does, 1 when not.
 //!
 //! ```text
 //! kernel_test_client http ADDR CONNS REQUESTS    pipelined keep-alive HTTP, every byte checked
