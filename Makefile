@@ -1,8 +1,8 @@
-# What CI runs is `.ci/run`: the README's test command plus `make check`.
+# What CI runs is `.ci/run`: the README's test command, `make check` and `make kernel-test`.
 CARGO ?= cargo
 
 .PHONY: build test check run bench bench-quick bench-smoke bench-features bench-peers fmt \
-	soak torture fuzz miri
+	soak torture fuzz miri kernel-test
 
 build:
 	$(CARGO) build --release
@@ -109,3 +109,13 @@ fuzz:
 	for t in http framed conn; do \
 		$(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
 	done
+
+# ---- kernel matrix (issue 17) ---------------------------------------------------------------
+# `make kernel-test [KERNELS="6.1 6.12"] [CHECKS=REGEX]`: boots Debian's newest cloud kernel of
+# each series under QEMU's emulation (no KVM needed) and runs probe, every protocol on every
+# backend, the fallback flags, the pressure cases and io_uring switched off inside, over the
+# VM's own loopback; prints a kernel x check table (target/kernel-test/report.md). Installs
+# qemu-system-x86 and downloads the kernel and busybox-static packages with apt if missing.
+KERNELS ?= 6.1 6.12
+kernel-test:
+	CARGO=$(CARGO) KERNELS="$(KERNELS)" CHECKS='$(CHECKS)' scripts/kernel-test.sh

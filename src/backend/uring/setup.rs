@@ -131,7 +131,9 @@ pub struct Features {
     pub buf_ring: bool,
     /// `IORING_OP_SEND_ZC` (6.0).
     pub send_zc: bool,
-    /// `IORING_OP_ASYNC_CANCEL` matching by fixed fd (5.19).
+    /// `IORING_OP_ASYNC_CANCEL` matching every request with a key (`IORING_ASYNC_CANCEL_ALL`) or
+    /// any request (`_ANY`), 5.19: how the server cancels accepts. (Matching by fixed fd,
+    /// `_FD_FIXED`, came in 6.0; the server does not use it.)
     pub cancel_fd: bool,
     /// `IORING_REGISTER_RING_FDS` (5.18): enter by registered index, skipping an fd lookup.
     pub reg_ring_fd: bool,
@@ -149,7 +151,10 @@ impl Features {
                 self.multishot_accept,
                 "multishot accept into direct descriptors (5.19)",
             ),
-            (self.cancel_fd, "cancellation by fixed file (5.19)"),
+            (
+                self.cancel_fd,
+                "cancellation of every matching request (5.19)",
+            ),
         ];
         for (have, what) in needs {
             if !have {
@@ -337,7 +342,7 @@ impl Features {
                 "",
             ),
             row(
-                "cancel by fixed fd, all",
+                "cancel every match (ALL, ANY)",
                 "5.19",
                 self.cancel_fd,
                 "required",
@@ -397,9 +402,12 @@ pub fn unavailable(e: io::Error, kernel: KernelVersion) -> Error {
                  --backend epoll)"
             )
         }
+        // A kernel built without io_uring says ENOSYS, and so do sandboxes that hide it (a
+        // seccomp profile whose default answer is ENOSYS, gVisor): the kernel may well have it.
         Some(libc::ENOSYS) => format!(
-            "this kernel ({kernel}) has no io_uring (ENOSYS) (remedy: Linux 5.19+ built with \
-             CONFIG_IO_URING, or use --backend epoll)"
+            "io_uring_setup is not implemented (ENOSYS): kernel {kernel} was built without \
+             CONFIG_IO_URING, or a sandbox (seccomp profile, gVisor) hides it (remedy: Linux \
+             5.19+ with CONFIG_IO_URING, allow io_uring in the sandbox, or use --backend epoll)"
         ),
         Some(libc::ENOMEM) => String::from(
             "io_uring_setup failed with ENOMEM: the ring does not fit in RLIMIT_MEMLOCK on this \
