@@ -12,7 +12,11 @@
 //! simplification to keep in mind when reading both: here a connection is stored at the index
 //! of its *file slot* (its place in the ring's file table), so the connection key in each
 //! `Token` is the file slot too. The server keeps connections in a slab whose keys it allocates
-//! itself and stores the file slot beside them (`Slot::fd`): there the two numbers differ.
+//! itself and stores the socket beside them (`Slot::sock`): there the two numbers differ.
+//! And before Linux 6.13 a closed direct descriptor's socket is only released once every
+//! request submitted before the close has finished, so here one idle client keeps every
+//! connection closed after it open (no FIN); the server uses ordinary descriptors on such
+//! kernels (`ops::Sock`), this example only says so.
 //!
 //! ```text
 //! cargo run --example uring_echo -- --addr 127.0.0.1:7878
@@ -26,7 +30,8 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{IoUring, cqueue, squeue};
 use ringecho::backend::uring::buf_ring::Segment;
-use ringecho::backend::uring::{BufRing, RingConfig, build_ring, ops};
+use ringecho::backend::uring::ops::{self, Sock};
+use ringecho::backend::uring::{BufRing, RingConfig, build_ring};
 use ringecho::token::{GENERATION_MASK, Op, Token};
 
 /// Buffer group id: a receive names the group it picks buffers from.
@@ -99,6 +104,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     if !features.multishot_recv {
         return Err(format!("kernel {} has no multishot receive (6.0)", features.kernel).into());
     }
+    if !features.direct_close {
+        eprintln!(
+            "note: kernel {} releases a closed direct descriptor only once older requests \
+             finish (before 6.13): an idle client keeps later closes from sending FIN",
+            features.kernel
+        );
+    }
 
     // IORING_REGISTER_FILES2 with IORING_RSRC_REGISTER_SPARSE: an empty file table owned by
     // the ring. Accepted sockets go into it ("direct descriptors") and never get a process file
@@ -127,7 +139,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     // is the listener's index: an accept belongs to no connection, so its token carries
     // `Token::SHARD` instead of a connection key, and the index of the listening socket in the
     // generation field (the server may listen on several; we have one).
-    server.sqes.push(ops::accept_multi(listener.as_raw_fd(), 0));
+    server
+        .sqes
+        .push(ops::accept_multi(listener.as_raw_fd(), 0, true));
     println!("listening on {}", listener.local_addr()?);
 
     loop {
@@ -180,7 +194,7 @@ impl EchoServer {
             }
             if !cqueue::more(flags) {
                 // The multishot accept ended (an error, or a full CQ): arm it again.
-                self.sqes.push(ops::accept_multi(listener, 0));
+                self.sqes.push(ops::accept_multi(listener, 0, true));
             }
             return;
         }
@@ -293,7 +307,8 @@ impl EchoServer {
             // (the kernel still copies it into the socket's send buffer).
             let ptr = self.bufs.addr(seg.bid, seg.offset);
             let tok = Token::conn(fd, c.generation, Op::Send);
-            self.sqes.push(ops::send(fd as u32, ptr, seg.len, tok));
+            self.sqes
+                .push(ops::send(Sock::Direct(fd as u32), ptr, seg.len, tok));
             c.sending = true;
         }
         let done = (c.eof && c.owed.is_empty()) || c.failed;
@@ -306,7 +321,7 @@ impl EchoServer {
                 // armed receive would keep the socket open: IORING_OP_ASYNC_CANCEL everything
                 // on it first. The receive then ends with -ECANCELED.
                 self.sqes.push(ops::cancel_all_on(
-                    fd as u32,
+                    Sock::Direct(fd as u32),
                     Token::conn(fd, c.generation, Op::CancelAll),
                 ));
                 c.cancelled = true;
@@ -319,7 +334,7 @@ impl EchoServer {
             self.bufs.release(seg.bid);
         }
         let tok = Token::conn(fd, c.generation, Op::Close);
-        self.sqes.push(ops::close_fixed(fd as u32, tok));
+        self.sqes.push(ops::close(Sock::Direct(fd as u32), tok));
         c.closing = true;
     }
 
@@ -330,7 +345,8 @@ impl EchoServer {
         // connection and what completed. The key is the file slot here.
         let c = &mut self.conns[fd];
         let tok = Token::conn(fd, c.generation, Op::Recv);
-        self.sqes.push(ops::recv_multi(fd as u32, BGID, tok));
+        self.sqes
+            .push(ops::recv_multi(Sock::Direct(fd as u32), BGID, tok));
         c.receiving = true;
     }
 

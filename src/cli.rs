@@ -177,6 +177,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_multishot_recv: bool,
 
+    /// Accept connections into ordinary descriptors instead of direct descriptors (what the
+    /// server does anyway on kernels before 6.13, which keep a closed direct descriptor open
+    /// until every older request has finished).
+    #[arg(long)]
+    pub no_direct_descriptors: bool,
+
     /// Use a kernel thread polling the submission queue (no submit syscalls while it is awake;
     /// it costs a CPU while busy). It sleeps after IDLE_MS without submissions.
     #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000",
@@ -187,15 +193,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     pub sqpoll_cpu: Option<u32>,
 
-    /// Receive in bundles: one completion may cover several buffers (6.10). Bundles take whole
-    /// buffers, so this turns incremental consumption off.
-    #[arg(long)]
+    /// Receive in bundles (the default where the kernel has them, 6.10): one completion covers
+    /// everything the socket holds, across several buffers, so a stream costs a few
+    /// completions per message instead of one per buffer.
+    #[arg(long, overrides_with = "no_recv_bundle", hide = true)]
     pub recv_bundle: bool,
 
-    /// Give each receive whole buffers instead of consuming buffers incrementally. By default
-    /// (where the kernel can, 6.12) small messages share a buffer, so the ring runs dry far
-    /// later when many connections hold a little data each.
+    /// One buffer per receive completion instead of bundles.
     #[arg(long)]
+    pub no_recv_bundle: bool,
+
+    /// Consume provided buffers incrementally (6.12): small messages share a buffer, so the
+    /// ring runs dry far later when thousands of connections each hold a little data. Off by
+    /// default: replies then start at arbitrary offsets in their buffers, and streams measured
+    /// 10-30% slower (kernel-notes.md).
+    #[arg(long, overrides_with = "no_buf_incremental")]
+    pub buf_incremental: bool,
+
+    /// Give each receive whole buffers (the default).
+    #[arg(long, hide = true)]
     pub no_buf_incremental: bool,
 
     /// Register the ring fd, so each io_uring_enter skips an fd lookup. Off by default: it
@@ -297,9 +313,10 @@ impl ServeArgs {
             .cq_entries(self.cq_entries)
             .ring_mode(self.ring_mode)
             .multishot_recv(!self.no_multishot_recv)
+            .direct_descriptors(!self.no_direct_descriptors)
             .register_ring_fd(self.register_ring_fd)
-            .recv_bundle(self.recv_bundle)
-            .buf_incremental(!self.no_buf_incremental)
+            .recv_bundle(!self.no_recv_bundle)
+            .buf_incremental(self.buf_incremental && !self.no_buf_incremental)
             .batch_max(self.batch_max)
             .batch_wait_us(self.batch_wait_us)
             .drain_timeout(self.drain_timeout)

@@ -243,7 +243,7 @@ fn unusual_buffer_and_backpressure_settings_still_echo_exactly() {
 
 /// The ring set-up fallbacks (what older kernels get) and batching switched off.
 #[test]
-fn every_ring_mode_and_unbatched_waits_echo_exactly() {
+fn every_ring_mode_and_batched_waits_echo_exactly() {
     with_backend("uring", |b| {
         for mode in ["defer-taskrun", "coop-taskrun", "plain"] {
             let server = b.start(&["--ring-mode", mode]);
@@ -252,33 +252,55 @@ fn every_ring_mode_and_unbatched_waits_echo_exactly() {
             drop(server);
             echo_with(b, &["--ring-mode", mode], 256 * 1024);
         }
-        echo_with(b, &["--batch-wait-us", "0"], 256 * 1024);
-        echo_with(b, &["--batch-max", "1"], 256 * 1024);
+        // The opt-in completion batching (the default waits for one completion).
+        echo_with(b, &["--batch-wait-us", "50"], 256 * 1024);
+        echo_with(
+            b,
+            &["--batch-wait-us", "50", "--batch-max", "1"],
+            256 * 1024,
+        );
     });
 }
 
-/// The buffer-ring and send variants besides the default (incremental consumption): whole
-/// buffers, bundles (several buffers per completion), small buffers with each, zero-copy sends
-/// (two completions per send), SQPOLL, and a registered ring fd.
+/// The buffer-ring and send variants besides the default (bundles of whole buffers): one
+/// buffer per completion, incremental consumption (alone and with bundles, where a bundle
+/// starts mid-buffer), small buffers with each, single-shot receives, zero-copy sends (two
+/// completions per send), SQPOLL, a registered ring fd, and ordinary descriptors for the
+/// connections (what kernels before 6.13 get).
 #[test]
 fn buffer_ring_and_send_variants_echo_exactly() {
     with_backend("uring", |b| {
         for args in [
-            &["--no-buf-incremental"][..],
+            &["--no-recv-bundle"][..],
+            &["--no-recv-bundle", "--buf-size", "512", "--buf-count", "64"],
+            &["--buf-incremental", "--no-recv-bundle"],
+            &["--buf-incremental"],
             &[
-                "--no-buf-incremental",
+                "--buf-incremental",
                 "--buf-size",
                 "512",
                 "--buf-count",
                 "64",
             ],
-            &["--recv-bundle"],
-            &["--recv-bundle", "--buf-size", "512", "--buf-count", "64"],
-            &["--recv-bundle", "--no-multishot-recv", "--buf-size", "512"],
+            &["--buf-size", "512", "--buf-count", "64"],
+            &["--no-multishot-recv", "--buf-size", "512"],
+            &[
+                "--no-multishot-recv",
+                "--no-recv-bundle",
+                "--buf-size",
+                "512",
+            ],
             &["--buf-size", "1000", "--buf-count", "8"],
             &["--zc-threshold", "1024"],
             &["--sqpoll=10"],
             &["--register-ring-fd"],
+            &["--no-direct-descriptors"],
+            &[
+                "--no-direct-descriptors",
+                "--no-multishot-recv",
+                "--zc-threshold",
+                "1024",
+            ],
         ] {
             let server = b.start(args);
             let banner = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(5));

@@ -295,3 +295,43 @@ fn a_second_signal_exits_without_draining() {
         );
     });
 }
+
+/// With one idle connection holding an armed receive, connections that end after it are
+/// really closed: each client that half-closes gets every byte back and then EOF (the server's
+/// FIN), and its socket leaves the server. Before Linux 6.13 a closed *direct* descriptor stays
+/// open behind the idle connection's older receive (no FIN, CLOSE_WAIT on the server), which is
+/// why the io_uring backend uses ordinary descriptors there; `--no-direct-descriptors` runs
+/// that path on any kernel. `make kernel-test` runs the same scenario on 6.1 and 6.12.
+#[test]
+fn connections_closed_beside_an_idle_one_get_fin_and_leave() {
+    for_each_backend(|b| {
+        let variants: &[&[&str]] = if b.name == "uring" {
+            &[&[], &["--no-direct-descriptors"]]
+        } else {
+            &[&[]]
+        };
+        for flags in variants {
+            let mut server = b.start(flags);
+            let idle = idle_client(&server);
+            for i in 0..20u8 {
+                let mut s = server.connect();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(&[i; 100]).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got)
+                    .unwrap_or_else(|e| panic!("{flags:?}: client {i} got no FIN: {e}"));
+                assert_eq!(got, [i; 100], "{flags:?}: client {i}");
+            }
+            server.wait_stats("all 20 closed", Duration::from_secs(5), |c| c.closed >= 20);
+            let port = server.addr.port();
+            let open = common::port_sockets(server.pid(), port).open();
+            assert!(
+                open <= 2,
+                "{flags:?}: {open} server-side sockets still open beside the idle one (CLOSE_WAIT?)"
+            );
+            drop(idle);
+            server.stop(libc::SIGTERM).assert_clean();
+        }
+    });
+}

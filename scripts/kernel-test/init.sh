@@ -445,15 +445,18 @@ done
 check "uid 1000/auto" echo_check auto kernel_test_client run --uid 1000 --
 
 check "no-multishot-recv" flag_check --no-multishot-recv 'recv=single-shot'
-check "no-buf-incremental" flag_check --no-buf-incremental 'recv=multishot batch='
+if at_least 6 12; then inc='recv=multishot+bundle+incremental'; else inc='recv=multishot batch='; fi
+check "buf-incremental" flag_check --buf-incremental "$inc" --conns 4 --size 65536 --depth 2
+check "no-recv-bundle" flag_check --no-recv-bundle 'recv=multishot batch='
 if at_least 6 10; then bundle='recv=multishot+bundle'; else bundle='recv=multishot batch='; fi
-check "recv-bundle" flag_check --recv-bundle "$bundle" --conns 4 --size 65536 --depth 2
+check "recv-bundle (default)" flag_check "" "$bundle" --conns 4 --size 65536 --depth 2
 check "ring-mode coop" flag_check "--ring-mode coop-taskrun" 'mode=coop-taskrun'
 check "ring-mode plain" flag_check "--ring-mode plain" 'mode=plain'
 check "sqpoll" flag_check --sqpoll 'mode=sqpoll'
 check "zc-threshold" flag_check "--zc-threshold 1024" 'zc=>=1024B' --conns 10 --size 4096 --depth 2
 check "register-ring-fd" flag_check --register-ring-fd 'ring_fd=registered'
-check "batch-wait-us 0" flag_check "--batch-wait-us 0" 'batch=off'
+if at_least 6 12; then batch='batch=32/50us(min-wait)'; else batch='batch=32/50us(timeout)'; fi
+check "batch-wait-us 50" flag_check "--batch-wait-us 50" "$batch"
 check "threads 1" flag_check "--threads 1" 'shards=1'
 
 check "buf-count 8" enobufs_check

@@ -27,6 +27,7 @@ pub mod buf_ring;
 mod driver;
 pub mod ops;
 mod setup;
+mod trials;
 pub(crate) mod udp;
 
 use std::io;
@@ -85,9 +86,10 @@ enum Phase {
 /// A connection as the io_uring backend sees it.
 struct Slot<P> {
     conn: Conn<P>,
-    /// File slot: the direct descriptor's index in the registered file table, chosen by the
-    /// kernel at accept. Not the connection key (the index of this entry in `conns`).
-    fd: u32,
+    /// The socket: a direct descriptor (its file slot in the registered file table, chosen by
+    /// the kernel at accept; not the connection key, the index of this entry in `conns`), or
+    /// an ordinary descriptor on kernels that release closed direct descriptors late.
+    sock: ops::Sock,
     generation: u32,
     recv: RecvState,
     phase: Phase,
@@ -148,6 +150,8 @@ struct UringShard<P> {
     /// Room below `max_conns` needed to use a multishot accept (see `update_accepts`).
     multishot_floor: usize,
     multishot_recv: bool,
+    /// Connections are direct descriptors (else ordinary ones; see `ops::Sock`).
+    direct: bool,
     /// Receives are bundles (one completion for several buffers).
     recv_bundle: bool,
     /// Scratch list of the buffers one completion covers.
@@ -190,9 +194,12 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     features.require_server_minimum()?;
     let max_conns = cfg.max_conns.expect("validated config");
     let table = (max_conns + table_headroom(max_conns)) as u32;
-    ring.submitter()
-        .register_files_sparse(table)
-        .map_err(|e| Error::io(format!("cannot register a file table of {table} slots"), e))?;
+    let direct = cfg.direct_descriptors && features.direct_close;
+    if direct {
+        ring.submitter()
+            .register_files_sparse(table)
+            .map_err(|e| Error::io(format!("cannot register a file table of {table} slots"), e))?;
+    }
     let recv_bundle = cfg.recv_bundle && features.recv_bundle;
     let incremental = cfg.buf_incremental && features.buf_ring_inc;
     let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID, incremental)
@@ -222,7 +229,12 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             cfg.buf_count,
             cfg.buf_size,
             buf_budget,
-            table,
+            if direct {
+                format!("{table}(direct)")
+            } else {
+                // Before 6.13 a closed direct descriptor stays open behind older requests.
+                "ordinary".to_string()
+            },
             max_conns,
             if multishot_recv {
                 "multishot"
@@ -264,6 +276,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         buf_budget,
         multishot_floor,
         multishot_recv,
+        direct,
         recv_bundle,
         segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
@@ -470,7 +483,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     l.socket = None;
                 }
                 if res >= 0 {
-                    self.on_accepted(res as u32);
+                    self.on_accepted(ops::accepted(res, self.direct));
                 } else if res != -libc::ECANCELED {
                     // -ENFILE: the table was full and the kernel closed that connection (the
                     // sizing below keeps this from happening). Other errors (a peer gone before
@@ -487,7 +500,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
     }
 
-    fn on_accepted(&mut self, fd: u32) {
+    fn on_accepted(&mut self, sock: ops::Sock) {
         self.counters.accepted += 1;
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
@@ -497,7 +510,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         let key = self.conns.insert(Slot {
             conn,
-            fd,
+            sock,
             generation,
             recv: RecvState::Idle,
             phase: Phase::Open,
@@ -648,7 +661,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     slot.phase = Phase::Closing;
                     slot.ops += 1;
                     let tok = Token::conn(key, slot.generation, Op::Close);
-                    self.pending.push(ops::close_fixed(slot.fd, tok));
+                    self.pending.push(ops::close(slot.sock, tok));
                 }
                 return;
             }
@@ -669,12 +682,12 @@ impl<P: Protocol + Clone> UringShard<P> {
                 let tok = Token::conn(key, slot.generation, Op::Recv);
                 self.pending
                     .push(match (self.multishot_recv, self.recv_bundle) {
-                        (true, false) => ops::recv_multi(slot.fd, BGID, tok),
-                        (true, true) => ops::recv_multi_bundle(slot.fd, BGID, tok),
+                        (true, false) => ops::recv_multi(slot.sock, BGID, tok),
+                        (true, true) => ops::recv_multi_bundle(slot.sock, BGID, tok),
                         (false, false) => {
-                            ops::recv_single(slot.fd, BGID, self.bufs.buf_size(), tok)
+                            ops::recv_single(slot.sock, BGID, self.bufs.buf_size(), tok)
                         }
-                        (false, true) => ops::recv_bundle(slot.fd, BGID, tok),
+                        (false, true) => ops::recv_bundle(slot.sock, BGID, tok),
                     });
                 slot.recv = RecvState::Armed;
                 slot.ops += 1;
@@ -698,7 +711,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             slot.conn.on_fin_sent();
             slot.ops += 1;
             let tok = Token::conn(key, slot.generation, Op::ShutdownWrite);
-            self.pending.push(ops::shutdown_write(slot.fd, tok));
+            self.pending.push(ops::shutdown_write(slot.sock, tok));
         }
     }
 
@@ -743,14 +756,14 @@ impl<P: Protocol + Clone> UringShard<P> {
                 Some((ptr, len)) => {
                     let len = len as u32;
                     let sqe = match self.zc_threshold {
-                        Some(t) if len >= t => ops::send_zc(slot.fd, ptr, len, tok),
-                        _ => ops::send(slot.fd, ptr, len, tok),
+                        Some(t) if len >= t => ops::send_zc(slot.sock, ptr, len, tok),
+                        _ => ops::send(slot.sock, ptr, len, tok),
                     };
                     self.send_vecs.push(v);
                     sqe
                 }
                 None => {
-                    let sqe = ops::send_vectored(slot.fd, &mut v, tok);
+                    let sqe = ops::send_vectored(slot.sock, &mut v, tok);
                     slot.send_vec = Some(v);
                     sqe
                 }
@@ -832,7 +845,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             let fd = socket.as_raw_fd();
             match (l.multishot, multishot_ok) {
                 (AcceptState::Idle, true) => {
-                    self.pending.push(ops::accept_multi(fd, idx));
+                    self.pending.push(ops::accept_multi(fd, idx, self.direct));
                     l.multishot = AcceptState::Armed;
                     if l.armed_once {
                         self.counters.accept_rearms += 1;
@@ -847,7 +860,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             }
             if !multishot_ok {
                 while free > 0 && l.singles < SINGLES_PER_LISTENER {
-                    self.pending.push(ops::accept_one(fd, idx));
+                    self.pending.push(ops::accept_one(fd, idx, self.direct));
                     l.singles += 1;
                     free -= 1;
                 }

@@ -2,8 +2,9 @@
 //!
 //! Keeping them here means the event loop reads as decisions ("arm a receive", "send this
 //! span") and the kernel-facing details (flags, fixed files, buffer groups) sit in one place.
-//! Each says which kernel brought it; `fd: u32` is a direct descriptor (its file slot: an index
-//! into the ring's registered file table), `listener: i32` an ordinary file descriptor.
+//! Each says which kernel brought it. A connection's socket is a [`Sock`]: a direct descriptor
+//! (its file slot: an index into the ring's registered file table) or an ordinary file
+//! descriptor; `listener: i32` is an ordinary file descriptor.
 //!
 //! Building an SQE is safe: it is plain data. Submitting it is not
 //! (`io_uring::SubmissionQueue::push` is `unsafe`): from then until its final completion the
@@ -14,15 +15,61 @@ use io_uring::{opcode, squeue, types};
 
 use crate::token::{Op, Token};
 
-/// Multishot accept on `listener`, each connection landing in a free file slot of the
-/// registered file table (`IORING_FILE_INDEX_ALLOC`); the CQE's `res` is the file slot. 5.19.
-/// `listener_idx` says which of the shard's listening sockets this is; it rides in the
-/// token's generation field ([`accept_token`]).
-pub fn accept_multi(listener: i32, listener_idx: usize) -> squeue::Entry {
+/// A connection's socket as SQEs name it.
+///
+/// The server accepts into direct descriptors where the kernel releases a closed one at once
+/// (6.13; `Features::direct_close`): they skip the descriptor-table lookup and reference
+/// counting of each operation. Before 6.13 a closed direct descriptor's socket is released
+/// only once every request submitted before the close has finished, so one idle connection's
+/// armed receive keeps every later-closed socket open; there the server accepts ordinary
+/// descriptors, whose close releases the socket as soon as no request holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sock {
+    /// A file slot in the ring's registered file table.
+    Direct(u32),
+    /// An ordinary file descriptor.
+    Fd(i32),
+}
+
+/// Builds `$build` with `$t` bound to the socket as the opcode builders take it
+/// (`types::Fixed` or `types::Fd`).
+macro_rules! on_sock {
+    ($sock:expr, |$t:ident| $build:expr) => {
+        match $sock {
+            Sock::Direct(slot) => {
+                let $t = types::Fixed(slot);
+                $build
+            }
+            Sock::Fd(fd) => {
+                let $t = types::Fd(fd);
+                $build
+            }
+        }
+    };
+}
+
+/// Multishot accept on `listener`. With `direct`, each connection lands in a free file slot of
+/// the registered file table (`IORING_FILE_INDEX_ALLOC`, 5.19) and the CQE's `res` is the file
+/// slot; otherwise `res` is an ordinary file descriptor (5.19). `listener_idx` says which of the
+/// shard's listening sockets this is; it rides in the token's generation field
+/// ([`accept_token`]).
+pub fn accept_multi(listener: i32, listener_idx: usize, direct: bool) -> squeue::Entry {
     opcode::AcceptMulti::new(types::Fd(listener))
-        .allocate_file_index(true)
+        .allocate_file_index(direct)
+        // A direct descriptor is in no descriptor table (and the kernel refuses CLOEXEC for
+        // one); an ordinary one must not leak into a child process.
+        .flags(if direct { 0 } else { libc::SOCK_CLOEXEC })
         .build()
         .user_data(accept_token(listener_idx, Op::Accept).encode())
+}
+
+/// The socket an accept's result names (see [`accept_multi`]).
+pub fn accepted(res: i32, direct: bool) -> Sock {
+    if direct {
+        Sock::Direct(res as u32)
+    } else {
+        Sock::Fd(res)
+    }
 }
 
 /// The token of listener `idx`'s accepts: [`Token::SHARD`] in the slot field, since an accept
@@ -35,15 +82,16 @@ pub fn accept_token(idx: usize, op: Op) -> Token {
     }
 }
 
-/// A single-shot accept on `listener` into a free file slot: exactly one connection,
-/// which is how the connection cap is kept exactly near the cap.
-pub fn accept_one(listener: i32, listener_idx: usize) -> squeue::Entry {
+/// A single-shot accept on `listener` (into a free file slot with `direct`): exactly one
+/// connection, which is how the connection cap is kept exactly near the cap.
+pub fn accept_one(listener: i32, listener_idx: usize, direct: bool) -> squeue::Entry {
     opcode::Accept::new(
         types::Fd(listener),
         std::ptr::null_mut(),
         std::ptr::null_mut(),
     )
-    .file_index(Some(types::DestinationSlot::auto_target()))
+    .file_index(direct.then(types::DestinationSlot::auto_target))
+    .flags(if direct { 0 } else { libc::SOCK_CLOEXEC })
     .build()
     .user_data(accept_token(listener_idx, Op::AcceptOne).encode())
 }
@@ -56,39 +104,33 @@ pub fn cancel_accepts(idx: usize, op: Op) -> squeue::Entry {
         .user_data(Token::shard(Op::CancelAccept).encode())
 }
 
-/// Multishot receive on direct descriptor `fd`, picking buffers from group `bgid`. 6.0.
-pub fn recv_multi(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
-    opcode::RecvMulti::new(types::Fixed(fd), bgid)
-        .build()
-        .user_data(tok.encode())
+/// Multishot receive on `sock`, picking buffers from group `bgid`. 6.0.
+pub fn recv_multi(sock: Sock, bgid: u16, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::RecvMulti::new(t, bgid).build()).user_data(tok.encode())
 }
 
 /// Multishot bundle receive (6.10): each completion may cover several buffers, the one it names
 /// and those that followed it in the ring.
-pub fn recv_multi_bundle(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
-    opcode::RecvMultiBundle::new(types::Fixed(fd), bgid)
-        .build()
-        .user_data(tok.encode())
+pub fn recv_multi_bundle(sock: Sock, bgid: u16, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::RecvMultiBundle::new(t, bgid).build()).user_data(tok.encode())
 }
 
 /// Single-shot bundle receive (6.10).
-pub fn recv_bundle(fd: u32, bgid: u16, tok: Token) -> squeue::Entry {
-    opcode::RecvBundle::new(types::Fixed(fd), bgid)
-        .build()
-        .user_data(tok.encode())
+pub fn recv_bundle(sock: Sock, bgid: u16, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::RecvBundle::new(t, bgid).build()).user_data(tok.encode())
 }
 
 /// Single-shot receive with buffer select from group `bgid` (the 5.19 fallback). `len` caps the
 /// receive at one buffer.
-pub fn recv_single(fd: u32, bgid: u16, len: u32, tok: Token) -> squeue::Entry {
-    opcode::Recv::new(types::Fixed(fd), std::ptr::null_mut(), len)
+pub fn recv_single(sock: Sock, bgid: u16, len: u32, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::Recv::new(t, std::ptr::null_mut(), len)
         .buf_group(bgid)
-        .build()
-        .flags(squeue::Flags::BUFFER_SELECT)
-        .user_data(tok.encode())
+        .build())
+    .flags(squeue::Flags::BUFFER_SELECT)
+    .user_data(tok.encode())
 }
 
-/// Send `len` bytes at `ptr` on direct descriptor `fd`.
+/// Send `len` bytes at `ptr` on `sock`.
 ///
 /// With `MSG_WAITALL` the kernel finishes a short send itself: when the socket's send buffer
 /// fills part-way, it waits for room and goes on, and completes once every byte is sent (or
@@ -96,11 +138,11 @@ pub fn recv_single(fd: u32, bgid: u16, len: u32, tok: Token) -> squeue::Entry {
 /// 5.18) completes short and the caller sends the rest, which is correct either way.
 ///
 /// The caller guarantees the memory stays valid and unchanged until the send's CQE.
-pub fn send(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
-    opcode::Send::new(types::Fixed(fd), ptr, len)
+pub fn send(sock: Sock, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
         .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-        .build()
-        .user_data(tok.encode())
+        .build())
+    .user_data(tok.encode())
 }
 
 pub use crate::backend::SEND_VEC_MAX;
@@ -175,23 +217,23 @@ impl SendVec {
 ///
 /// The caller guarantees that `v`, and the memory each span names, stay valid and unchanged
 /// until the send's CQE.
-pub fn send_vectored(fd: u32, v: &mut SendVec, tok: Token) -> squeue::Entry {
+pub fn send_vectored(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
     v.hdr.msg_iov = v.iov.as_mut_ptr();
     v.hdr.msg_iovlen = v.len as _;
-    opcode::SendMsg::new(types::Fixed(fd), &v.hdr)
+    on_sock!(sock, |t| opcode::SendMsg::new(t, &v.hdr)
         .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
-        .build()
-        .user_data(tok.encode())
+        .build())
+    .user_data(tok.encode())
 }
 
 /// Zero-copy send (6.0): the kernel pins the pages instead of copying. Two completions: the
 /// result (with `IORING_CQE_F_MORE`), then a notification (`IORING_CQE_F_NOTIF`) once the
 /// kernel no longer reads the memory. The caller keeps the memory until the notification.
-pub fn send_zc(fd: u32, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
-    opcode::SendZc::new(types::Fixed(fd), ptr, len)
+pub fn send_zc(sock: Sock, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::SendZc::new(t, ptr, len)
         .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
-        .build()
-        .user_data(tok.encode())
+        .build())
+    .user_data(tok.encode())
 }
 
 /// Cancels the request whose `user_data` is `target` (a connection's receive or send).
@@ -201,31 +243,28 @@ pub fn cancel(target: Token, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
-/// Cancels every request on direct descriptor `fd` (5.19), so a following close really releases
-/// the socket.
+/// Cancels every request on `sock` (5.19; a direct descriptor 6.0), so a following close
+/// really releases the socket.
 ///
 /// Convenient, but the kernel serves a descriptor match by walking every armed request of the
 /// ring, once per match: closing many connections at once this way is quadratic. The server
 /// cancels by `user_data` instead ([`cancel`]), a hash lookup.
-pub fn cancel_all_on(fd: u32, tok: Token) -> squeue::Entry {
-    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(fd)).all())
+pub fn cancel_all_on(sock: Sock, tok: Token) -> squeue::Entry {
+    let target = on_sock!(sock, |t| types::CancelBuilder::fd(t));
+    opcode::AsyncCancel2::new(target.all())
         .build()
         .user_data(tok.encode())
 }
 
-/// Shuts down the write side of direct descriptor `fd`: the peer gets FIN after every byte
-/// already sent (5.11).
-pub fn shutdown_write(fd: u32, tok: Token) -> squeue::Entry {
-    opcode::Shutdown::new(types::Fixed(fd), libc::SHUT_WR)
-        .build()
-        .user_data(tok.encode())
+/// Shuts down the write side of `sock`: the peer gets FIN after every byte already sent
+/// (5.11).
+pub fn shutdown_write(sock: Sock, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::Shutdown::new(t, libc::SHUT_WR).build()).user_data(tok.encode())
 }
 
-/// Closes direct descriptor `fd`, freeing its file slot.
-pub fn close_fixed(fd: u32, tok: Token) -> squeue::Entry {
-    opcode::Close::new(types::Fixed(fd))
-        .build()
-        .user_data(tok.encode())
+/// Closes `sock` (a direct descriptor frees its file slot; 5.15 for direct descriptors).
+pub fn close(sock: Sock, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::Close::new(t).build()).user_data(tok.encode())
 }
 
 /// Waits (once) for `fd` to become readable: the shard's shutdown eventfd.

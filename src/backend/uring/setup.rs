@@ -139,6 +139,11 @@ pub struct Features {
     pub reg_ring_fd: bool,
     /// Incrementally consumed provided buffers (`IOU_PBUF_RING_INC`, 6.12).
     pub buf_ring_inc: bool,
+    /// Closing a direct descriptor releases its socket at once, whatever older requests are
+    /// in flight (6.13). Before that, one idle connection's armed receive keeps every
+    /// connection closed after it open (no FIN, memory kept), so the server uses ordinary
+    /// descriptors for its connections instead.
+    pub direct_close: bool,
 }
 
 impl Features {
@@ -244,12 +249,16 @@ pub fn supported_modes() -> Vec<(RingMode, bool)> {
     .collect()
 }
 
+/// Features from the ring's own report (`IORING_FEAT_*`), the opcode probe, and trial
+/// operations (see [`trials`](super::trials)) for what neither shows; the kernel version
+/// only where a trial could not be set up.
 fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
     let p = ring.params();
     let mut probe = Probe::new();
     let probed = ring.submitter().register_probe(&mut probe).is_ok();
     let op = |code: u8| probed && probe.is_supported(code);
     let v519 = kernel.at_least(5, 19);
+    let t = super::trials::trials();
     Features {
         kernel,
         mode,
@@ -259,13 +268,16 @@ fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
         ext_arg: p.is_feature_ext_arg(),
         min_timeout: p.is_feature_min_timeout(),
         recv_bundle: p.is_feature_recvsend_bundle(),
-        multishot_accept: op(opcode::AcceptMulti::CODE) && v519,
-        multishot_recv: op(opcode::RecvMulti::CODE) && kernel.at_least(6, 0),
-        buf_ring: v519,
+        multishot_accept: op(opcode::AcceptMulti::CODE) && t.multishot_accept.unwrap_or(v519),
+        multishot_recv: op(opcode::RecvMulti::CODE)
+            && t.multishot_recv.unwrap_or(kernel.at_least(6, 0)),
+        buf_ring: t.buf_ring.unwrap_or(v519),
         send_zc: op(opcode::SendZc::CODE),
-        cancel_fd: op(opcode::AsyncCancel2::CODE) && v519,
-        reg_ring_fd: kernel.at_least(5, 18),
-        buf_ring_inc: kernel.at_least(6, 12),
+        // The opcode is 5.5; its ALL/ANY flags came in 5.19.
+        cancel_fd: op(opcode::AsyncCancel2::CODE) && t.cancel_all.unwrap_or(v519),
+        reg_ring_fd: t.reg_ring_fd.unwrap_or(kernel.at_least(5, 18)),
+        buf_ring_inc: t.buf_ring_inc.unwrap_or(kernel.at_least(6, 12)),
+        direct_close: t.direct_close_releases.unwrap_or(kernel.at_least(6, 13)),
     }
 }
 
@@ -366,24 +378,31 @@ impl Features {
                 "min-wait batching (MIN_TIMEOUT)",
                 "6.12",
                 self.min_timeout,
-                "yes",
-                "--batch-wait-us 0",
+                "no",
+                "--batch-wait-us",
             ),
             row(
                 "recv bundles",
                 "6.10",
                 self.recv_bundle,
-                "no",
-                "--recv-bundle",
+                "yes",
+                "--no-recv-bundle",
             ),
             row(
                 "incremental buffer consumption",
                 "6.12",
                 self.buf_ring_inc,
-                "yes",
-                "--no-buf-incremental",
+                "no",
+                "--buf-incremental",
             ),
             row("send_zc", "6.0", self.send_zc, "no", "--zc-threshold"),
+            row(
+                "direct descriptors released at close",
+                "6.13",
+                self.direct_close,
+                "yes",
+                "",
+            ),
         ]
     }
 }
