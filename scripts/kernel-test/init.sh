@@ -173,11 +173,12 @@ bench() {
 # kernel version (kernel-notes.md).
 expected_startup() {
 	if at_least 6 1; then mode=defer-taskrun; else mode=coop-taskrun; fi
+	# Closed direct descriptors are released at once from 6.13; before, connections get
+	# ordinary descriptors.
+	if at_least 6 13; then files='[0-9]*(direct)'; else files=ordinary; fi
 	recv=multishot
-	at_least 6 12 && recv=multishot+incremental
-	batch='32/50us(timeout)'
-	at_least 6 12 && batch='32/50us(min-wait)'
-	echo "mode=$mode .* recv=$recv batch=$batch"
+	at_least 6 10 && recv=multishot+bundle
+	echo "mode=$mode .* files=$files .* recv=$recv batch=off"
 }
 
 # ---- the checks ---------------------------------------------------------------------------
@@ -189,7 +190,8 @@ probe_check() {
 	report "PROBE json $(cat "$T/probe.json")"
 	# What probe says against the kernel versions kernel-notes.md gives for each feature.
 	for row in "DEFER_TASKRUN:6:1" "COOP_TASKRUN:5:19" "multishot recv:6:0" "send_zc:6:0" \
-		"recv bundles:6:10" "min-wait batching:6:12" "incremental buffer:6:12"; do
+		"recv bundles:6:10" "min-wait batching:6:12" "incremental buffer:6:12" \
+		"direct descriptors released:6:13"; do
 		feat=${row%%:*}
 		ver=${row#*:}
 		got=$(grep "^$feat" "$T/probe.out" | awk '{ for (i = 1; i <= NF; i++) if ($i == "yes" || $i == "no") { print $i; exit } }')
