@@ -157,18 +157,25 @@ impl ServerConfig {
                 c.buf_count
             )));
         }
-        if c.buf_size == 0 {
-            return Err(Error::Config("--buf-size must be at least 1".into()));
+        use crate::backend::uring::buf_ring::{MAX_BUF_SIZE, MAX_RING_BYTES};
+        if c.buf_size == 0 || c.buf_size > MAX_BUF_SIZE {
+            return Err(Error::Config(format!(
+                "--buf-size {} must be between 1 and {MAX_BUF_SIZE} bytes",
+                c.buf_size
+            )));
+        }
+        if u64::from(c.buf_count) * u64::from(c.buf_size) > MAX_RING_BYTES {
+            return Err(Error::Config(format!(
+                "--buf-count {} x --buf-size {} is more than {} MiB of buffers per shard",
+                c.buf_count,
+                c.buf_size,
+                MAX_RING_BYTES >> 20
+            )));
         }
         if c.max_pending == 0 {
             return Err(Error::Config("--max-pending must be at least 1".into()));
         }
-        if c.ring.cq_entries < c.ring.sq_entries {
-            return Err(Error::Config(format!(
-                "--cq-entries {} must be at least --sq-entries {}",
-                c.ring.cq_entries, c.ring.sq_entries
-            )));
-        }
+        c.ring.check()?;
         let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
         // The registered file table must fit in RLIMIT_NOFILE, headroom included.
         let fits = |m: usize| m + table_headroom(m) <= nofile;

@@ -186,7 +186,7 @@ pub struct Replies<'a> {
     /// The provided buffer `input` lives in (id, offset of `input[0]`), when echoing from it
     /// without a copy is allowed.
     zero_copy: Option<(u16, u32)>,
-    ring_refs: u16,
+    ring_refs: u32,
     copied: usize,
 }
 
@@ -298,7 +298,7 @@ pub(crate) fn respond<P: Protocol>(proto: &mut P, input: &[u8]) -> (Vec<u8>, Ver
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecvOutcome {
     /// New references the connection took to the provided buffer (0 if it copied or ignored).
-    pub ring_refs: u16,
+    pub ring_refs: u32,
     /// Bytes copied into the connection's heap buffer.
     pub copied: usize,
     /// The protocol asked to close, and why (reported once).

@@ -163,7 +163,7 @@ fn conn_life(seed: u64) {
                     let view = ring.bufs[&bid].0[off..].to_vec();
                     let out = c.on_recv(&view, Some((bid, off as u32)), &limits);
                     let e = ring.bufs.get_mut(&bid).unwrap();
-                    e.1 = u32::from(out.ring_refs);
+                    e.1 = out.ring_refs;
                     if e.1 == 0 {
                         ring.bufs.remove(&bid);
                     }
@@ -374,7 +374,7 @@ fn run_stream<P: Protocol>(
             ring.bufs.insert(bid, (piece.to_vec(), 0));
             let out = c.on_recv(piece, Some((bid, 0)), &limits);
             let e = ring.bufs.get_mut(&bid).unwrap();
-            e.1 = u32::from(out.ring_refs);
+            e.1 = out.ring_refs;
             if e.1 == 0 {
                 ring.bufs.remove(&bid);
             }

@@ -218,7 +218,7 @@ pub(crate) mod testkit {
     pub struct Wire<P> {
         pub conn: Conn<P>,
         /// Provided buffers still referenced by owed chunks: id → (bytes, references).
-        bufs: HashMap<u16, (Vec<u8>, u16)>,
+        bufs: HashMap<u16, (Vec<u8>, u32)>,
         next_bid: u16,
         pub sent: Vec<u8>,
         /// The first close the protocol asked for.

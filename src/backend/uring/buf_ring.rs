@@ -98,6 +98,11 @@ const IOU_PBUF_RING_INC: u16 = 2;
 
 /// Largest ring the kernel accepts.
 pub const MAX_ENTRIES: u32 = 32768;
+/// Largest buffer: a datagram or a stream's worth per receive, with room to spare. (The
+/// reference counts are 32-bit, so even one-byte pieces of such a buffer never wrap them.)
+pub const MAX_BUF_SIZE: u32 = 16 << 20;
+/// Most memory one buffer ring may map.
+pub const MAX_RING_BYTES: u64 = 1 << 30;
 
 /// Why a buffer ring could not be built.
 #[derive(Debug)]
@@ -105,7 +110,8 @@ pub const MAX_ENTRIES: u32 = 32768;
 pub enum BufRingError {
     /// `entries` is zero, not a power of two, or above 32768.
     BadCount(u32),
-    /// `buf_size` is zero or the total size overflows.
+    /// `buf_size` is zero or above [`MAX_BUF_SIZE`], or the ring would map more than
+    /// [`MAX_RING_BYTES`].
     BadSize(u32),
     /// `mmap` failed.
     Map(io::Error),
@@ -221,7 +227,9 @@ pub struct BufRing {
     tail: u16,
     published_tail: u16,
     /// References held by user space, per buffer id.
-    refs: Vec<u16>,
+    /// (`u32`: an incremental buffer of up to `MAX_BUF_SIZE` bytes can hold that many one-byte
+    /// pieces, each with its own reference.)
+    refs: Vec<u32>,
     /// The buffer is out of the buffer ring: the kernel handed all of it over (per buffer id).
     out: Vec<bool>,
     /// Bytes the kernel has filled so far (incremental mode), per buffer id.
@@ -343,7 +351,7 @@ impl BufRing {
         }
         let total = (entries as usize)
             .checked_mul(buf_size as usize)
-            .filter(|&t| buf_size > 0 && t <= isize::MAX as usize)
+            .filter(|&t| (1..=MAX_BUF_SIZE).contains(&buf_size) && t as u64 <= MAX_RING_BYTES)
             .ok_or(BufRingError::BadSize(buf_size))?;
         let ring = Mapping::new(entries as usize * std::mem::size_of::<RawBuf>())
             .map_err(BufRingError::Map)?;
@@ -547,7 +555,7 @@ impl BufRing {
     ///
     /// If nobody holds `bid`: the buffer may be in the buffer ring, where the kernel can fill
     /// it.
-    pub fn add_refs(&mut self, bid: u16, n: u16) {
+    pub fn add_refs(&mut self, bid: u16, n: u32) {
         let r = &mut self.refs[bid as usize];
         assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r += n;
@@ -727,6 +735,26 @@ mod tests {
         assert_eq!((br.held(), br.available()), (0, 32768));
         segs.clear();
         br.on_completion(5, 1, 0, false, &mut segs).unwrap();
+    }
+
+    /// With incremental consumption a large buffer can hold more one-byte pieces than a
+    /// 16-bit count can number (each a reply's reference). The count must not wrap, or the
+    /// buffer would go back to the kernel while replies still point into it.
+    #[test]
+    fn a_buffer_holds_more_than_65535_references_and_returns_only_after_the_last() {
+        let mut br = BufRing::new(2, 1 << 20, 0, true).unwrap();
+        let mut segs = vec![];
+        br.on_completion(0, 100_000, F_BUF_MORE, false, &mut segs)
+            .unwrap();
+        let pieces = 70_000;
+        br.add_refs(0, pieces);
+        br.release(0); // the completion's own reference
+        for _ in 0..pieces - 1 {
+            br.release(0);
+        }
+        assert_eq!(br.held(), 1, "one reference is left");
+        br.release(0);
+        assert_eq!(br.held(), 0);
     }
 
     #[test]

@@ -91,7 +91,30 @@ impl Default for RingConfig {
     }
 }
 
+/// Most submission-queue entries the kernel accepts (`IORING_MAX_ENTRIES`).
+pub const MAX_SQ_ENTRIES: u32 = 32768;
+/// Most completion-queue entries the kernel accepts (`IORING_MAX_CQ_ENTRIES`).
+pub const MAX_CQ_ENTRIES: u32 = 2 * MAX_SQ_ENTRIES;
+
 impl RingConfig {
+    /// Checks the sizes against what `io_uring_setup` accepts, naming the flag that is off
+    /// (the kernel would only say `EINVAL`, which also means "unknown flag").
+    pub fn check(&self) -> Result<(), Error> {
+        if !(1..=MAX_SQ_ENTRIES).contains(&self.sq_entries) {
+            return Err(Error::Config(format!(
+                "--sq-entries {} must be between 1 and {MAX_SQ_ENTRIES}",
+                self.sq_entries
+            )));
+        }
+        if !(self.sq_entries..=MAX_CQ_ENTRIES).contains(&self.cq_entries) {
+            return Err(Error::Config(format!(
+                "--cq-entries {} must be between --sq-entries ({}) and {MAX_CQ_ENTRIES}",
+                self.cq_entries, self.sq_entries
+            )));
+        }
+        Ok(())
+    }
+
     /// A small ring for probing.
     pub fn probe() -> RingConfig {
         RingConfig {
@@ -178,6 +201,7 @@ impl Features {
 /// efficient, and detects its features. Must run on the thread that will submit to it
 /// (`SINGLE_ISSUER`).
 pub fn build_ring(cfg: &RingConfig) -> Result<(IoUring, Features), Error> {
+    cfg.check()?;
     let kernel = KernelVersion::current();
     let chain: &[RingMode] = match (cfg.sqpoll, cfg.mode) {
         // SQPOLL cannot be combined with COOP_TASKRUN/DEFER_TASKRUN (EINVAL): its own chain.
