@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{
     Backend, Flow, FlowSpec, Pattern, Rng, Server, clock_ticks_per_sec, connect_small, drive,
     echo_once, exclusive, for_each_backend, in_fresh_netns, push_until_blocked, raise_nofile_limit,
-    set_linger_zero,
+    set_linger_zero, with_backend,
 };
 
 /// `TORTURE_SCALE` (default 1): how much longer and larger the `#[ignore]`d versions run.
@@ -607,5 +607,29 @@ fn dribbling_http_heads_are_bounded_by_the_head_limit_not_by_time() {
         );
         let fin = server.stop(libc::SIGTERM).assert_clean();
         assert_eq!(fin.idle_closes, 100);
+    });
+}
+
+/// SQPOLL with a small submission queue: when the idle timeout closes a crowd at once, the
+/// cancellations and closes overflow the queue, and the shard must wait for the kernel's
+/// poller to make room, waking it first if it has gone to sleep (it sleeps after
+/// `--sqpoll=10` ms without work). A shard that waits without waking it froze until some
+/// other client happened to connect.
+#[test]
+fn sqpoll_with_a_full_submission_queue_wakes_its_poller() {
+    with_backend("uring", |b| {
+        let mut server = b.start(&["--sqpoll=10", "--sq-entries", "16", "--idle-timeout", "1"]);
+        let crowd: Vec<TcpStream> = (0..100).map(|_| server.connect()).collect();
+        server.wait_stats("the crowd accepted", Duration::from_secs(10), |c| {
+            c.accepted >= 100
+        });
+        // Nothing else happens now: the poller goes to sleep, and only the timer can close.
+        let t0 = Instant::now();
+        server.wait_stats("the crowd timed out", Duration::from_secs(10), |c| {
+            c.idle_closes >= 100
+        });
+        eprintln!("100 idle connections closed {:?} after the last accept", t0.elapsed());
+        drop(crowd);
+        server.stop(libc::SIGTERM).assert_clean();
     });
 }

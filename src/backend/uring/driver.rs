@@ -183,7 +183,16 @@ impl Driver {
                 counters.enters += 1;
                 counters.syscalls += 1;
                 let made_room = if self.sqpoll {
-                    // The poller consumes entries on its own; wait until it has.
+                    // The poller consumes entries on its own; wait until it has. It may have
+                    // gone to sleep (idle past --sqpoll's time): then nothing consumes them
+                    // until it is woken, and `submit` wakes it (IORING_ENTER_SQ_WAKEUP).
+                    if sq.need_wakeup() {
+                        counters.enters += 1;
+                        counters.syscalls += 1;
+                        submitter
+                            .submit()
+                            .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
+                    }
                     submitter.squeue_wait()
                 } else {
                     submitter.submit()
