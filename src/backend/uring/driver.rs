@@ -83,10 +83,11 @@ impl Driver {
         if sq.cq_overflow() {
             counters.cq_overflows += 1;
         }
-        let dropped = cq.overflow();
-        if dropped != self.kernel_dropped_seen {
-            counters.cq_dropped += u64::from(dropped.wrapping_sub(self.kernel_dropped_seen));
-            self.kernel_dropped_seen = dropped;
+        let lost = dropped_since(self.kernel_dropped_seen, cq.overflow());
+        if lost > 0 {
+            self.kernel_dropped_seen = cq.overflow();
+            counters.cq_dropped += u64::from(lost);
+            return Err(completions_lost(lost));
         }
         Ok(())
     }
@@ -151,11 +152,9 @@ impl Driver {
                 // Timeouts and signals are ordinary wake-ups; EBUSY means the CQ is full of
                 // completions we have not read yet, which the next turn reads.
                 Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
-                Some(libc::EBADR) => {
-                    // The kernel had to drop completions (no memory for overflow entries).
-                    counters.cq_dropped += 1;
-                    Ok(())
-                }
+                // The kernel had to drop completions (no memory for overflow entries). How many
+                // shows in the queue's dropped count, which `turn` reads next.
+                Some(libc::EBADR) => Ok(()),
                 _ => Err(Error::io("io_uring_enter", e)),
             },
         }
@@ -210,6 +209,25 @@ impl Driver {
     }
 }
 
+/// Completions the kernel dropped since its dropped count read `seen` (it wraps).
+fn dropped_since(seen: u32, now: u32) -> u32 {
+    now.wrapping_sub(seen)
+}
+
+/// The error a shard stops with once the kernel has dropped completions. A lost completion
+/// leaves the books wrong for good: an operation count that never reaches zero (a connection
+/// that can never close), or, with incremental buffers, every later fill offset shifted (wrong
+/// bytes to the wrong client). Carrying on would be worse than stopping.
+fn completions_lost(n: u32) -> Error {
+    Error::io(
+        format!(
+            "the kernel dropped {n} completion(s) (no memory for the completion queue's \
+             overflow list); the shard's bookkeeping can no longer be trusted, so it stops"
+        ),
+        std::io::Error::from_raw_os_error(libc::EBADR),
+    )
+}
+
 /// Hands every completion in the queue to `handle`, publishing the head as it goes so the
 /// kernel can post into the freed space; returns how many.
 pub(crate) fn reap(cq: &mut CompletionQueue<'_>, mut handle: impl FnMut(cqueue::Entry)) -> usize {
@@ -223,4 +241,18 @@ pub(crate) fn reap(cq: &mut CompletionQueue<'_>, mut handle: impl FnMut(cqueue::
         }
     }
     handled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_dropped_completion_is_fatal_and_counted_once() {
+        assert_eq!(dropped_since(7, 7), 0);
+        assert_eq!(dropped_since(7, 9), 2);
+        assert_eq!(dropped_since(u32::MAX, 1), 2, "the kernel's count wraps");
+        let line = completions_lost(2).to_string();
+        assert!(line.contains("dropped 2") && !line.contains('\n'), "{line}");
+    }
 }
