@@ -125,6 +125,9 @@ struct Listener {
     /// Single-shot accepts outstanding (near the connection cap).
     singles: usize,
     armed_once: bool,
+    /// After an accept on this listener ended on an error: not re-armed before this instant.
+    /// Each listener backs off alone; the others keep accepting.
+    retry_at: Option<Instant>,
 }
 
 impl Listener {
@@ -267,6 +270,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
                 multishot: AcceptState::Idle,
                 singles: 0,
                 armed_once: false,
+                retry_at: None,
             })
             .collect(),
         limits: Limits {
@@ -490,7 +494,10 @@ impl<P: Protocol + Clone> UringShard<P> {
                     // the accept) are transient; either way, back off rather than spin.
                     self.counters.accept_errors += 1;
                     if ended {
-                        self.timers.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                        let at = Instant::now() + ACCEPT_RETRY;
+                        l.retry_at = Some(at);
+                        let next = self.timers.accept_retry_at.get_or_insert(at);
+                        *next = (*next).min(at);
                     }
                 }
                 self.update_accepts();
@@ -831,8 +838,22 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// filling (a full table makes the kernel reset the client it just accepted). At the cap
     /// nothing is armed: new clients wait in the backlog until a connection closes.
     fn update_accepts(&mut self) {
-        if self.draining || self.timers.accept_retry_at.is_some() {
+        if self.draining {
             return;
+        }
+        // Listeners backing off from an accept error sit this out until their time comes; the
+        // timer wakes the loop for the earliest of them.
+        let now = Instant::now();
+        self.timers.accept_retry_at = None;
+        for l in &mut self.listeners {
+            if let Some(at) = l.retry_at {
+                if at <= now {
+                    l.retry_at = None;
+                } else {
+                    let next = self.timers.accept_retry_at.get_or_insert(at);
+                    *next = (*next).min(at);
+                }
+            }
         }
         let active = self.conns.len();
         let room = self.max_conns.saturating_sub(active);
@@ -842,6 +863,9 @@ impl<P: Protocol + Clone> UringShard<P> {
             let Some(socket) = &l.socket else {
                 continue;
             };
+            if l.retry_at.is_some() {
+                continue;
+            }
             let fd = socket.as_raw_fd();
             match (l.multishot, multishot_ok) {
                 (AcceptState::Idle, true) => {
