@@ -127,13 +127,15 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_positive_usize)]
     pub max_conns: Option<usize>,
 
-    /// Provided buffers in the buffer ring (power of two, at most 32768).
-    #[arg(long, default_value_t = 1024, value_parser = parse_pow2)]
-    pub buf_count: u32,
+    /// Provided buffers in the buffer ring (power of two, at most 32768) [default: 1024; with
+    /// --udp 256].
+    #[arg(long, value_parser = parse_pow2)]
+    pub buf_count: Option<u32>,
 
-    /// Size of each provided buffer in bytes.
-    #[arg(long, default_value_t = 4096, value_parser = parse_positive_u32)]
-    pub buf_size: u32,
+    /// Size of each provided buffer in bytes [default: 4096; with --udp 65792, which takes any
+    /// legal datagram whole].
+    #[arg(long, value_parser = parse_positive_u32)]
+    pub buf_size: Option<u32>,
 
     /// Most buffers owed data may hold before received bytes are copied out to the
     /// connection's own memory instead [default: half of --buf-count].
@@ -306,8 +308,6 @@ impl ServeArgs {
         b.addrs(self.addrs.iter().copied())
             .backend(self.backend)
             .udp(self.udp)
-            .buf_count(self.buf_count)
-            .buf_size(self.buf_size)
             .max_pending(self.max_pending)
             .sq_entries(self.sq_entries)
             .cq_entries(self.cq_entries)
@@ -338,6 +338,12 @@ impl ServeArgs {
         }
         if let Some(n) = self.zc_threshold {
             b.zc_threshold(n);
+        }
+        if let Some(n) = self.buf_count {
+            b.buf_count(n);
+        }
+        if let Some(n) = self.buf_size {
+            b.buf_size(n);
         }
         if let Some(d) = self.stats_interval {
             b.stats_interval(d);

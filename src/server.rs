@@ -51,10 +51,11 @@ pub(crate) struct ServerConfig {
     pub udp: bool,
     /// Most connections held at once; `None` = 65536 or what `RLIMIT_NOFILE` allows.
     pub max_conns: Option<usize>,
-    /// Provided buffers in the ring (power of two, at most 32768).
-    pub buf_count: u32,
-    /// Size of each provided buffer.
-    pub buf_size: u32,
+    /// Provided buffers in the ring (power of two, at most 32768); `None` = the transport's
+    /// default ([`TCP_BUFS`], [`UDP_BUFS`]).
+    pub buf_count: Option<u32>,
+    /// Size of each provided buffer; `None` = the transport's default.
+    pub buf_size: Option<u32>,
     /// Most provided buffers that owed data may hold before new data is copied out instead;
     /// `None` = half of `buf_count`.
     pub buf_budget: Option<u32>,
@@ -110,8 +111,8 @@ impl Default for ServerConfig {
             backend: Backend::Auto,
             udp: false,
             max_conns: None,
-            buf_count: 1024,
-            buf_size: 4096,
+            buf_count: None,
+            buf_size: None,
             buf_budget: None,
             max_pending: 64 * 1024,
             ring: RingConfig::default(),
@@ -139,6 +140,14 @@ impl Default for ServerConfig {
 /// Largest default connection cap.
 const DEFAULT_MAX_CONNS: usize = 65536;
 
+/// The default buffer ring for TCP, (count, size): 1024 x 4 KiB = 4 MiB per shard.
+pub const TCP_BUFS: (u32, u32) = (1024, 4096);
+/// The default buffer ring for UDP, (count, size): every buffer takes any legal datagram
+/// (65,507 bytes over IPv4, 65,527 over IPv6) whole, after the 144 bytes of receive header and
+/// source address io_uring puts first; 256 of them map 16 MiB per shard, of which a small
+/// datagram touches only the first page of its buffer.
+pub const UDP_BUFS: (u32, u32) = (256, 65536 + 256);
+
 /// File-table slots kept beyond `max_conns` for accepts that race the pause.
 pub(crate) fn table_headroom(max_conns: usize) -> usize {
     64 + max_conns / 32
@@ -151,27 +160,26 @@ impl ServerConfig {
         if c.addrs.is_empty() {
             return Err(Error::Config("no address to listen on".into()));
         }
-        if c.buf_count == 0 || !c.buf_count.is_power_of_two() || c.buf_count > 32768 {
+        let (count, size) = if c.udp { UDP_BUFS } else { TCP_BUFS };
+        let (count, size) = (c.buf_count.unwrap_or(count), c.buf_size.unwrap_or(size));
+        if count == 0 || !count.is_power_of_two() || count > 32768 {
             return Err(Error::Config(format!(
-                "--buf-count {} must be a power of two between 1 and 32768",
-                c.buf_count
+                "--buf-count {count} must be a power of two between 1 and 32768"
             )));
         }
         use crate::backend::uring::buf_ring::{MAX_BUF_SIZE, MAX_RING_BYTES};
-        if c.buf_size == 0 || c.buf_size > MAX_BUF_SIZE {
+        if size == 0 || size > MAX_BUF_SIZE {
             return Err(Error::Config(format!(
-                "--buf-size {} must be between 1 and {MAX_BUF_SIZE} bytes",
-                c.buf_size
+                "--buf-size {size} must be between 1 and {MAX_BUF_SIZE} bytes"
             )));
         }
-        if u64::from(c.buf_count) * u64::from(c.buf_size) > MAX_RING_BYTES {
+        if u64::from(count) * u64::from(size) > MAX_RING_BYTES {
             return Err(Error::Config(format!(
-                "--buf-count {} x --buf-size {} is more than {} MiB of buffers per shard",
-                c.buf_count,
-                c.buf_size,
+                "--buf-count {count} x --buf-size {size} is more than {} MiB of buffers per shard",
                 MAX_RING_BYTES >> 20
             )));
         }
+        (c.buf_count, c.buf_size) = (Some(count), Some(size));
         if c.max_pending == 0 {
             return Err(Error::Config("--max-pending must be at least 1".into()));
         }
@@ -305,16 +313,17 @@ impl ServerBuilder {
     }
 
     /// Provided buffers in each shard's buffer ring: a power of two, at most 32768
-    /// (`--buf-count`; default 1024).
+    /// (`--buf-count`; default 1024 for TCP, 256 for UDP).
     pub fn buf_count(&mut self, count: u32) -> &mut Self {
-        self.cfg.buf_count = count;
+        self.cfg.buf_count = Some(count);
         self
     }
 
-    /// Size of each provided buffer, in bytes (`--buf-size`; default 4096). On epoll, the size
-    /// of each read.
+    /// Size of each provided buffer, in bytes (`--buf-size`; default 4096 for TCP, and for UDP
+    /// enough for any legal datagram: 65,792, of which 144 hold the kernel's receive header
+    /// and the source address). On epoll, the size of each read (at least 64 KiB for TCP).
     pub fn buf_size(&mut self, size: u32) -> &mut Self {
-        self.cfg.buf_size = size;
+        self.cfg.buf_size = Some(size);
         self
     }
 
@@ -784,4 +793,14 @@ fn stats_line(label: &str, started: Instant, c: &Counters) -> String {
         started.elapsed().as_secs_f64(),
         sys::rss_bytes() / 1024
     )
+}
+
+impl ServerConfig {
+    /// Provided buffers per shard (resolved by `validate`).
+    pub(crate) fn bufs(&self) -> (u32, u32) {
+        (
+            self.buf_count.expect("validated config"),
+            self.buf_size.expect("validated config"),
+        )
+    }
 }

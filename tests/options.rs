@@ -315,6 +315,32 @@ fn several_addresses_and_dual_stack() {
     });
 }
 
+/// With default flags every legal datagram comes back whole, on both backends: up to 65,507
+/// bytes over IPv4 and 65,527 over IPv6, jumbo-frame sizes included.
+#[test]
+fn udp_default_flags_echo_every_legal_datagram_whole() {
+    for_each_backend(|b| {
+        for (addr, max) in [("127.0.0.1:0", 65_507), ("[::1]:0", 65_527)] {
+            let mut server = b.start(&["--udp", "--addr", addr]);
+            let bind = if addr.starts_with('[') { "[::1]:0" } else { "127.0.0.1:0" };
+            let sock = UdpSocket::bind(bind).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            sock.connect(server.addr).unwrap();
+            let mut buf = vec![0u8; 65_536];
+            for (i, len) in [0usize, 1, 1400, 3953, 9000, 32_768, max].into_iter().enumerate() {
+                let d = common::Pattern::new(i as u64).bytes(0, len);
+                sock.send(&d).unwrap();
+                let n = sock
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("{addr}: no echo of {len} bytes: {e}"));
+                assert!(buf[..n] == d[..], "{addr}: {len} bytes came back as {n}");
+            }
+            let fin = server.stop(libc::SIGTERM).assert_clean();
+            assert_eq!((fin.dgram_truncated, fin.sends), (0, 7), "{addr}: {fin}");
+        }
+    });
+}
+
 #[test]
 fn udp_echoes_datagrams_whole_and_drops_oversized_ones() {
     for_each_backend(|b| {

@@ -101,6 +101,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     proto: P,
     mut ctx: ShardContext,
 ) -> Result<(), Error> {
+    let (_, buf_size) = cfg.bufs();
     let ep =
         syscall!(epoll_create1(libc::EPOLL_CLOEXEC)).map_err(|e| Error::io("epoll_create1", e))?;
     // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
@@ -137,7 +138,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         eprintln!(
             "ringecho: epoll shards={} edge-triggered read_buffer={}B max_conns={max_conns} (per shard)",
             ctx.shards,
-            read_buffer_size(cfg.buf_size)
+            read_buffer_size(buf_size)
         );
     }
     let mut shard = EpollShard {
@@ -149,7 +150,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             max_pending: cfg.max_pending,
         },
         max_conns,
-        scratch: vec![0; read_buffer_size(cfg.buf_size)],
+        scratch: vec![0; read_buffer_size(buf_size)],
         ready: Default::default(),
         accept_paused: false,
         accept_pause_logged: false,
@@ -604,6 +605,7 @@ impl DgramBatch {
 /// Truncated datagrams are counted and dropped, never echoed short. When the socket's send
 /// buffer is full the rest of a batch waits for `EPOLLOUT` and reading pauses.
 pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result<(), Error> {
+    let (_, buf_size) = cfg.bufs();
     let sockets: Vec<std::net::UdpSocket> = std::mem::take(&mut ctx.listeners)
         .into_iter()
         .map(std::net::UdpSocket::from)
@@ -632,7 +634,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         shutdown_key,
     )
     .map_err(|e| Error::io("epoll_ctl(eventfd)", e))?;
-    let max_payload = crate::backend::udp_max_payload(cfg.buf_size).max(1);
+    let max_payload = crate::backend::udp_max_payload(buf_size).max(1);
     if ctx.index == 0 {
         eprintln!(
             "ringecho: epoll udp shards={} recvmmsg/sendmmsg batch={DGRAM_BATCH} (largest datagram \

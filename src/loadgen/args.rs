@@ -20,8 +20,8 @@ pub const UDP_HEADER: u64 = 16;
 pub const UDP_MAX_V4: u64 = 65_507;
 /// Largest UDP payload over IPv6 without jumbograms: 65535 less the 8-byte UDP header.
 pub const UDP_MAX_V6: u64 = 65_527;
-/// A ringecho server's default `--buf-size` (its UDP payload limit follows from it).
-const SERVER_DEFAULT_BUF_SIZE: u32 = 4096;
+/// A ringecho UDP server's default `--buf-size` (its UDP payload limit follows from it).
+const SERVER_DEFAULT_BUF_SIZE: u32 = crate::server::UDP_BUFS.1;
 
 const MODES_SHORT: &str = "Closed loop by default (latency from each send); --rate for open loop (latency from each \
 message's intended send time, so stalls are counted in full). --help says more.";

@@ -193,6 +193,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     proto: P,
     mut ctx: ShardContext,
 ) -> Result<(), Error> {
+    let (buf_count, buf_size) = cfg.bufs();
     let (mut ring, features) = build_ring(&cfg.ring)?;
     features.require_server_minimum()?;
     let max_conns = cfg.max_conns.expect("validated config");
@@ -205,19 +206,19 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     }
     let recv_bundle = cfg.recv_bundle && features.recv_bundle;
     let incremental = cfg.buf_incremental && features.buf_ring_inc;
-    let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID, incremental)
+    let mut bufs = BufRing::new(buf_count, buf_size, BGID, incremental)
         .map_err(|e| Error::Config(e.to_string()))?;
     bufs.register(&ring.submitter()).map_err(|e| {
         Error::io(
             format!(
                 "cannot register a buffer ring of {} x {} bytes (RLIMIT_MEMLOCK?)",
-                cfg.buf_count, cfg.buf_size
+                buf_count, buf_size
             ),
             e,
         )
     })?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
-    let buf_budget = cfg.buf_budget.unwrap_or(cfg.buf_count / 2) as usize;
+    let buf_budget = cfg.buf_budget.unwrap_or(buf_count / 2) as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
     let startup_line = (ctx.index == 0).then(|| {
         format!(
@@ -229,8 +230,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             features.sq_entries,
             features.cq_entries,
             features.nodrop,
-            cfg.buf_count,
-            cfg.buf_size,
+            buf_count,
+            buf_size,
             buf_budget,
             if direct {
                 format!("{table}(direct)")

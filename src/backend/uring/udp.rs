@@ -13,7 +13,7 @@
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
@@ -45,6 +45,16 @@ struct Socket {
     /// The `msghdr` the multishot receive was prepared with (only its lengths matter). Boxed:
     /// its address is handed to the kernel.
     hdr: Box<libc::msghdr>,
+    /// Receives that ended on an error in a row; the next re-arm waits `error_backoff` of it.
+    errors: u32,
+    /// Not re-armed before this instant (after an error).
+    retry_at: Option<Instant>,
+}
+
+/// How long a socket's receive waits before it is re-armed after `errors` errors in a row:
+/// 1 ms, doubling, at most 1 s. A receive that fails at once must not spin the shard.
+fn error_backoff(errors: u32) -> Duration {
+    Duration::from_millis(1 << errors.saturating_sub(1).min(10)).min(Duration::from_secs(1))
 }
 
 /// One in-flight echo: what `sendmsg` reads until its completion.
@@ -65,13 +75,14 @@ struct UdpShard {
     in_flight: usize,
     draining: bool,
     drain_deadline: Option<Instant>,
-    drain_timeout: std::time::Duration,
+    drain_timeout: Duration,
     shutdown_fd: i32,
     counters: Counters,
 }
 
 /// Runs one io_uring UDP shard until shutdown.
 pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result<(), Error> {
+    let (buf_count, buf_size) = cfg.bufs();
     let (mut ring, features) = build_ring(&cfg.ring)?;
     features.require_server_minimum()?;
     if !features.multishot_recv {
@@ -81,13 +92,13 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             features.kernel
         )));
     }
-    if cfg.buf_size <= OUT_HEADER + NAME_LEN {
+    if buf_size <= OUT_HEADER + NAME_LEN {
         return Err(Error::Config(format!(
             "--buf-size must exceed {} bytes for UDP (recvmsg header and source address)",
             OUT_HEADER + NAME_LEN
         )));
     }
-    let mut bufs = BufRing::new(cfg.buf_count, cfg.buf_size, BGID, false)
+    let mut bufs = BufRing::new(buf_count, buf_size, BGID, false)
         .map_err(|e| Error::Config(e.to_string()))?;
     bufs.register(&ring.submitter())
         .map_err(|e| Error::io("cannot register the buffer ring", e))?;
@@ -97,9 +108,9 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             ctx.shards,
             features.kernel,
             features.mode,
-            cfg.buf_count,
-            cfg.buf_size,
-            crate::backend::udp_max_payload(cfg.buf_size)
+            buf_count,
+            buf_size,
+            crate::backend::udp_max_payload(buf_size)
         );
     }
     let sockets = std::mem::take(&mut ctx.listeners)
@@ -113,10 +124,12 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
                 recv: RecvState::Idle,
                 armed_once: false,
                 hdr,
+                errors: 0,
+                retry_at: None,
             }
         })
         .collect();
-    let sends = (0..cfg.buf_count)
+    let sends = (0..buf_count)
         .map(|_| SendSlot {
             // SAFETY: these are plain old data; all-zero values are valid and overwritten before
             // each use.
@@ -135,7 +148,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         sends,
         pending: Vec::with_capacity(256),
         segs: Vec::with_capacity(1),
-        budget: cfg.buf_budget.unwrap_or(cfg.buf_count / 2) as usize,
+        budget: cfg.buf_budget.unwrap_or(buf_count / 2) as usize,
         in_flight: 0,
         draining: false,
         drain_deadline: None,
@@ -183,13 +196,22 @@ impl UdpShard {
                 return Ok(());
             }
             self.bufs.publish();
+            let now = Instant::now();
+            for i in 0..self.sockets.len() {
+                if self.sockets[i].retry_at.is_some_and(|at| at <= now) {
+                    self.sockets[i].retry_at = None;
+                    self.arm(i);
+                }
+            }
+            let retry = self.sockets.iter().filter_map(|s| s.retry_at).min();
+            let deadline = [self.drain_deadline, retry].into_iter().flatten().min();
             driver.turn(
                 &submitter,
                 &mut sq,
                 &mut cq,
                 &mut self.pending,
                 last_turn,
-                self.drain_deadline,
+                deadline,
                 &mut self.counters,
             )?;
             last_turn = driver::reap(&mut cq, |cqe| self.dispatch(cqe));
@@ -202,7 +224,7 @@ impl UdpShard {
 
     fn arm(&mut self, idx: usize) {
         let s = &mut self.sockets[idx];
-        if s.recv != RecvState::Idle || self.draining {
+        if s.recv != RecvState::Idle || self.draining || s.retry_at.is_some() {
             return;
         }
         let tok = Token {
@@ -281,9 +303,19 @@ impl UdpShard {
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.echo(fd, bid, res.max(0) as u32, flags, hdr);
         }
+        let s = &mut self.sockets[idx];
+        if res >= 0 {
+            s.errors = 0;
+        } else if res != -libc::ECANCELED {
+            self.counters.conn_errors += 1;
+            if !more {
+                s.errors += 1;
+                s.retry_at = Some(Instant::now() + error_backoff(s.errors));
+            }
+        }
         if !more {
             // Ended (a zero-length datagram, an error, a full completion queue...): re-arm at
-            // the cost of one SQE.
+            // the cost of one SQE (after an error, once its back-off is over).
             self.arm(idx);
         }
     }
@@ -366,5 +398,19 @@ impl UdpShard {
             self.counters.conn_errors += 1;
         }
         self.bufs.release(bid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_errors_back_off_from_a_millisecond_to_a_second() {
+        let waits: Vec<u128> = (1..=14).map(|n| error_backoff(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000, 1000, 1000]
+        );
     }
 }
