@@ -94,6 +94,9 @@ pub(crate) struct ServerConfig {
     pub socket: sys::SocketOptions,
     /// Close connections that neither sent nor received anything for this long.
     pub idle_timeout: Option<Duration>,
+    /// Set by validation when `RLIMIT_NOFILE` made it choose fewer shards or connections than
+    /// it would have: the one line saying what it chose.
+    pub(crate) limit_note: Option<String>,
     /// Shards (threads, each with its own ring or epoll and listener); `None` = the CPUs this
     /// process may run on.
     pub threads: Option<usize>,
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             socket: sys::SocketOptions::default(),
             idle_timeout: None,
             threads: None,
+            limit_note: None,
             pin: false,
             reuseport: false,
         }
@@ -148,9 +152,37 @@ pub const TCP_BUFS: (u32, u32) = (1024, 4096);
 /// datagram touches only the first page of its buffer.
 pub const UDP_BUFS: (u32, u32) = (256, 65536 + 256);
 
-/// File-table slots kept beyond `max_conns` for accepts that race the pause.
+/// File-table slots kept beyond `max_conns` for accepts that race the pause: up to 64 plus
+/// 1/32, in proportion to small caps so they still fit a small `RLIMIT_NOFILE`.
 pub(crate) fn table_headroom(max_conns: usize) -> usize {
-    64 + max_conns / 32
+    (max_conns / 4).clamp(4, 64) + max_conns / 32
+}
+
+/// Descriptors the process holds besides its shards and connections: standard streams, and
+/// what start-up and `/proc` reads open for a moment.
+const PROCESS_FDS: usize = 16;
+
+/// Descriptors a shard holds besides its connections: its ring (or epoll instance), its
+/// shutdown eventfd, and one socket per address.
+fn shard_fds(addrs: usize) -> usize {
+    2 + addrs
+}
+
+/// A default shard is worth starting only with room for this many connections.
+const MIN_CONNS_PER_SHARD: usize = 16;
+
+/// The most connections `threads` shards can hold within `nofile` descriptors, headroom
+/// included, counting every connection as a descriptor (epoll, and io_uring before 6.13; a
+/// direct descriptor needs a slot in a file table no larger than this); at most
+/// `DEFAULT_MAX_CONNS`.
+fn fitting_conns(nofile: usize, threads: usize, addrs: usize) -> usize {
+    let fixed = PROCESS_FDS + threads * shard_fds(addrs);
+    let avail = nofile.saturating_sub(fixed);
+    let mut m = DEFAULT_MAX_CONNS.min(avail);
+    while m > 0 && m + table_headroom(m) > avail {
+        m -= (m + table_headroom(m) - avail).div_ceil(2).max(1).min(m);
+    }
+    m
 }
 
 impl ServerConfig {
@@ -185,40 +217,69 @@ impl ServerConfig {
         }
         c.ring.check()?;
         let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
-        // The registered file table must fit in RLIMIT_NOFILE, headroom included.
-        let fits = |m: usize| m + table_headroom(m) <= nofile;
+        let addrs = c.addrs.len();
+        let cpus = sys::allowed_cpus().len().max(1);
+        let max_threads = 1024;
+        // Shards: as asked, or one per CPU, fewer where the descriptor limit leaves too little
+        // room for each one's connections.
+        let threads = match c.threads {
+            Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
+            Some(t) if t > max_threads => {
+                return Err(Error::Config(format!(
+                    "--threads {t} is more than {max_threads}"
+                )));
+            }
+            Some(t) => {
+                let fit = fitting_conns(nofile, t, addrs);
+                if !c.udp && fit < t {
+                    return Err(Error::Config(format!(
+                        "--threads {t} does not fit RLIMIT_NOFILE {nofile}: {t} shards leave room \
+                         for {fit} connections, fewer than one each (remedy: raise the hard limit, \
+                         `ulimit -Hn`, or lower --threads)"
+                    )));
+                }
+                t
+            }
+            None => {
+                // Each shard should have room for a few connections, and together for an
+                // explicit --max-conns.
+                let need = |t: usize| (t * MIN_CONNS_PER_SHARD).max(c.max_conns.unwrap_or(0));
+                let mut t = cpus;
+                while t > 1 && !c.udp && fitting_conns(nofile, t, addrs) < need(t) {
+                    t -= 1;
+                }
+                t
+            }
+        };
+        let fit = fitting_conns(nofile, threads, addrs);
         let max = match c.max_conns {
             Some(0) => return Err(Error::Config("--max-conns must be at least 1".into())),
-            Some(m) if !fits(m) => {
+            Some(m) if m > fit && !c.udp => {
                 return Err(Error::Config(format!(
-                    "--max-conns {m} needs a file table of {} slots but RLIMIT_NOFILE is {nofile} \
-                     (remedy: raise the hard limit, `ulimit -Hn`, or lower --max-conns)",
-                    m + table_headroom(m)
+                    "--max-conns {m} needs {} descriptors with {threads} shard(s) but \
+                     RLIMIT_NOFILE is {nofile} (remedy: raise the hard limit, `ulimit -Hn`, or \
+                     lower --max-conns)",
+                    m + table_headroom(m) + PROCESS_FDS + threads * shard_fds(addrs)
                 )));
             }
             Some(m) => m,
-            None => {
-                let mut m = DEFAULT_MAX_CONNS;
-                while m > 1 && !fits(m) {
-                    m = (nofile.saturating_sub(64) * 32 / 33).min(m - 1).max(1);
-                }
-                m
+            None if fit == 0 && !c.udp => {
+                return Err(Error::Config(format!(
+                    "RLIMIT_NOFILE {nofile} leaves no room for a connection (remedy: raise it, \
+                     `ulimit -n`)"
+                )));
             }
+            None => fit.max(1),
         };
         c.max_conns = Some(max);
-        let cpus = sys::allowed_cpus().len().max(1);
-        let threads = match c.threads {
-            Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
-            Some(t) if t > 1024 => {
-                return Err(Error::Config(format!("--threads {t} is more than 1024")));
-            }
-            Some(t) => t,
-            None => cpus,
-        };
-        if threads > max {
-            return Err(Error::Config(format!(
-                "--threads {threads} is more than --max-conns {max}: every shard needs a connection"
-            )));
+        // Say so when the limit cost shards, or left a cap low enough to matter.
+        let fewer_shards = c.threads.is_none() && threads < cpus;
+        let low_cap = self.max_conns.is_none() && max < 1024;
+        if !c.udp && (fewer_shards || low_cap) {
+            c.limit_note = Some(format!(
+                "ringecho: RLIMIT_NOFILE {nofile} (the hard limit) fits {threads} shard(s) and \
+                 up to {max} connections (raise `ulimit -Hn` for more)"
+            ));
         }
         c.threads = Some(threads);
         Ok(c)
@@ -558,6 +619,9 @@ impl Server {
         let nofile =
             sys::raise_nofile_limit().map_err(|e| Error::io("cannot raise RLIMIT_NOFILE", e))?;
         let cfg = cfg.validate(nofile)?;
+        if let Some(note) = &cfg.limit_note {
+            eprintln!("{note}");
+        }
         let shards = cfg.threads.unwrap_or(1);
         // Several shards share each address through SO_REUSEPORT, the kernel spreading new
         // connections across their listeners.

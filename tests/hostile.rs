@@ -628,7 +628,10 @@ fn sqpoll_with_a_full_submission_queue_wakes_its_poller() {
         server.wait_stats("the crowd timed out", Duration::from_secs(10), |c| {
             c.idle_closes >= 100
         });
-        eprintln!("100 idle connections closed {:?} after the last accept", t0.elapsed());
+        eprintln!(
+            "100 idle connections closed {:?} after the last accept",
+            t0.elapsed()
+        );
         drop(crowd);
         server.stop(libc::SIGTERM).assert_clean();
     });

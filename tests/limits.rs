@@ -153,12 +153,28 @@ fn low_nofile_limit_at_start_becomes_the_connection_cap() {
             })
         };
         let mut server = Server::spawn(b, cmd).expect("server starts under RLIMIT_NOFILE 256");
-        let banner = server.wait_stderr_line("ringecho:", Duration::from_secs(5));
-        let cap: usize = banner
+        let banner = server.wait_stderr_line(
+            &format!(
+                "ringecho: {}",
+                if b.name == "uring" {
+                    "io_uring"
+                } else {
+                    "epoll"
+                }
+            ),
+            Duration::from_secs(5),
+        );
+        let shards: usize = banner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("shards="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no shards in {banner}"));
+        let per_shard: usize = banner
             .split_whitespace()
             .find_map(|w| w.strip_prefix("max_conns="))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no max_conns in {banner}"));
+        let cap = per_shard * shards;
         assert!(
             cap < 256 && cap > 100,
             "cap {cap} from RLIMIT_NOFILE 256: {banner}"
@@ -559,5 +575,61 @@ fn max_conns_beyond_the_nofile_limit_is_a_clear_error() {
             "names the limit and the remedy: {stderr}"
         );
         assert!(!stderr.contains("panicked"));
+    });
+}
+
+/// A server started where `RLIMIT_NOFILE` (soft and hard) is only 64, with no flags: it picks
+/// fewer shards and a connection cap that fit, says so in one line, and serves 120 clients in
+/// turn, on both backends. Only an explicit `--threads` that cannot fit is an error.
+#[test]
+fn default_settings_fit_a_tiny_nofile_limit() {
+    let limit = |cmd: &mut std::process::Command| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits; the
+        // closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    };
+    for_each_backend(|b| {
+        let mut cmd = b.command(&[]);
+        limit(&mut cmd);
+        let mut server = Server::spawn(b, cmd).expect("the default server starts under 64");
+        let note = server.wait_stderr_line("ringecho: RLIMIT_NOFILE", Duration::from_secs(5));
+        eprintln!("[{}] {note}", b.name);
+        assert!(note.contains("64"), "{note}");
+        let mut gs = greeters(server.addr, 0..120);
+        let mut rounds = 0;
+        while served(&gs) < gs.len() {
+            rounds += 1;
+            assert!(
+                rounds <= 20,
+                "clients stopped being served: {} of 120",
+                served(&gs)
+            );
+            let newly = serve_greetings(&mut gs, 120, Duration::from_millis(500));
+            // The served ones leave, making room for the ones waiting in the backlog.
+            for g in gs.iter_mut().filter(|g| g.served) {
+                let _ = g.stream.shutdown(std::net::Shutdown::Both);
+            }
+            eprintln!("[{}] round {rounds}: {newly} served", b.name);
+        }
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        assert_eq!(fin.accepted, 120, "{fin}");
+
+        // Asked for more shards than can fit: one line, exit 64.
+        let mut cmd = b.command(&["--threads", "40"]);
+        limit(&mut cmd);
+        let (status, _, stderr) = common::run_to_exit(&mut cmd, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(64), "[{}] {stderr}", b.name);
+        assert!(stderr.contains("--threads 40"), "[{}] {stderr}", b.name);
     });
 }

@@ -322,12 +322,19 @@ fn udp_default_flags_echo_every_legal_datagram_whole() {
     for_each_backend(|b| {
         for (addr, max) in [("127.0.0.1:0", 65_507), ("[::1]:0", 65_527)] {
             let mut server = b.start(&["--udp", "--addr", addr]);
-            let bind = if addr.starts_with('[') { "[::1]:0" } else { "127.0.0.1:0" };
+            let bind = if addr.starts_with('[') {
+                "[::1]:0"
+            } else {
+                "127.0.0.1:0"
+            };
             let sock = UdpSocket::bind(bind).unwrap();
             sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             sock.connect(server.addr).unwrap();
             let mut buf = vec![0u8; 65_536];
-            for (i, len) in [0usize, 1, 1400, 3953, 9000, 32_768, max].into_iter().enumerate() {
+            for (i, len) in [0usize, 1, 1400, 3953, 9000, 32_768, max]
+                .into_iter()
+                .enumerate()
+            {
                 let d = common::Pattern::new(i as u64).bytes(0, len);
                 sock.send(&d).unwrap();
                 let n = sock

@@ -220,11 +220,20 @@ fn bad_flags_give_one_line_and_exit_64() {
         ),
         (&["--max-conns", "0"], "--max-conns"),
         // Ring sizes the kernel refuses (EINVAL) are named as such, not as an old kernel.
-        (&["--backend", "uring", "--sq-entries", "65536"], "--sq-entries"),
-        (&["--backend", "uring", "--cq-entries", "131072"], "--cq-entries"),
+        (
+            &["--backend", "uring", "--sq-entries", "65536"],
+            "--sq-entries",
+        ),
+        (
+            &["--backend", "uring", "--cq-entries", "131072"],
+            "--cq-entries",
+        ),
         // Buffers: bounded, each and in all.
         (&["--buf-size", "1073741824"], "--buf-size"),
-        (&["--buf-count", "32768", "--buf-size", "1048576"], "--buf-size"),
+        (
+            &["--buf-count", "32768", "--buf-size", "1048576"],
+            "--buf-size",
+        ),
         (&["--drain-timeout", "soon"], "--drain-timeout"),
         (&["--no-such-flag"], "--no-such-flag"),
     ];

@@ -424,7 +424,7 @@ pub fn run_once(
     run.server_exit = Some(status);
     run.startup = stderr
         .lines()
-        .find(|l| l.starts_with("ringecho:"))
+        .find(|l| l.starts_with("ringecho: io_uring") || l.starts_with("ringecho: epoll"))
         .map(str::to_string);
     if server.self_counting() {
         run.counters = stderr

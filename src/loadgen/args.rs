@@ -20,8 +20,6 @@ pub const UDP_HEADER: u64 = 16;
 pub const UDP_MAX_V4: u64 = 65_507;
 /// Largest UDP payload over IPv6 without jumbograms: 65535 less the 8-byte UDP header.
 pub const UDP_MAX_V6: u64 = 65_527;
-/// A ringecho UDP server's default `--buf-size` (its UDP payload limit follows from it).
-const SERVER_DEFAULT_BUF_SIZE: u32 = crate::server::UDP_BUFS.1;
 
 const MODES_SHORT: &str = "Closed loop by default (latency from each send); --rate for open loop (latency from each \
 message's intended send time, so stalls are counted in full). --help says more.";
@@ -211,17 +209,6 @@ impl BenchArgs {
     /// one line each, to print before the run.
     pub fn notes(&self) -> Vec<String> {
         let mut v = Vec::new();
-        let udp_max = u64::from(crate::backend::udp_max_payload(SERVER_DEFAULT_BUF_SIZE));
-        if self.udp && self.size > udp_max {
-            let need =
-                (self.size + u64::from(SERVER_DEFAULT_BUF_SIZE) - udp_max).next_power_of_two();
-            v.push(format!(
-                "note: --size {} is more than the {udp_max}-byte datagrams a ringecho server \
-                 echoes with its default --buf-size {SERVER_DEFAULT_BUF_SIZE} (it drops larger \
-                 ones, which count as lost here); serve with --buf-size {need} or more",
-                self.size
-            ));
-        }
         let max_frame = u64::from(crate::protocol::DEFAULT_MAX_FRAME);
         if self.framed && self.size > max_frame {
             v.push(format!(
@@ -381,10 +368,8 @@ mod tests {
     #[test]
     fn sizes_a_default_server_drops_are_noted() {
         let n = |a: &[&str]| parse(a).unwrap().notes();
-        assert!(n(&["--udp", "--size", "3952"]).is_empty());
-        let v = n(&["--udp", "--size", "3953"]);
-        assert_eq!(v.len(), 1);
-        assert!(v[0].contains("--buf-size 8192"), "{}", v[0]);
+        // A default ringecho UDP server echoes every legal datagram.
+        assert!(n(&["--udp", "--size", "65507"]).is_empty());
         assert!(n(&["--framed", "--size", "1048576"]).is_empty());
         assert!(n(&["--framed", "--size", "1048577"])[0].contains("--max-frame"));
         let l = parse(&["--udp-loss-timeout", "9", "--timeout", "2"]).unwrap();

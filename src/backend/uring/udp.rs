@@ -98,8 +98,8 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             OUT_HEADER + NAME_LEN
         )));
     }
-    let mut bufs = BufRing::new(buf_count, buf_size, BGID, false)
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let mut bufs =
+        BufRing::new(buf_count, buf_size, BGID, false).map_err(|e| Error::Config(e.to_string()))?;
     bufs.register(&ring.submitter())
         .map_err(|e| Error::io("cannot register the buffer ring", e))?;
     if ctx.index == 0 {
@@ -410,7 +410,9 @@ mod tests {
         let waits: Vec<u128> = (1..=14).map(|n| error_backoff(n).as_millis()).collect();
         assert_eq!(
             waits,
-            [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000, 1000, 1000]
+            [
+                1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000, 1000, 1000
+            ]
         );
     }
 }
