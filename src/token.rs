@@ -61,17 +61,22 @@ pub enum Op {
     CancelAccept = 7,
     /// Poll on the shutdown eventfd.
     Shutdown = 8,
-    /// Notification that a zero-copy send's buffer may be reused.
-    SendNotif = 9,
+    /// A zero-copy send. Its result and, later, its notification (the kernel no longer reads
+    /// the memory) carry the same `user_data`, and the connection's next send may start once
+    /// the result is in; consecutive zero-copy sends alternate between `SendZc0` and
+    /// [`SendZc1`](Op::SendZc1), so each notification names its send.
+    SendZc0 = 9,
     /// Single-shot accept (used near the connection cap).
     AcceptOne = 10,
     /// Shutdown of the connection's write side (our FIN).
     ShutdownWrite = 11,
+    /// A zero-copy send, the other of the pair (see [`SendZc0`](Op::SendZc0)).
+    SendZc1 = 12,
 }
 
 impl Op {
     /// Every operation, in discriminant order (for tests that walk them all).
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -80,9 +85,10 @@ impl Op {
         Op::Close,
         Op::CancelAccept,
         Op::Shutdown,
-        Op::SendNotif,
+        Op::SendZc0,
         Op::AcceptOne,
         Op::ShutdownWrite,
+        Op::SendZc1,
     ];
 
     fn from_u8(v: u8) -> Option<Op> {
@@ -95,9 +101,10 @@ impl Op {
             6 => Op::Close,
             7 => Op::CancelAccept,
             8 => Op::Shutdown,
-            9 => Op::SendNotif,
+            9 => Op::SendZc0,
             10 => Op::AcceptOne,
             11 => Op::ShutdownWrite,
+            12 => Op::SendZc1,
             _ => return None,
         })
     }
@@ -165,7 +172,7 @@ impl Token {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 11] = Op::ALL;
+    const OPS: [Op; 12] = Op::ALL;
 
     #[test]
     fn round_trips_every_op_and_extreme_fields() {

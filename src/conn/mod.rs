@@ -438,29 +438,62 @@ impl<P: Protocol> Conn<P> {
     /// buffer id: the chunk's one reference is dropped. Whether that was the buffer's last
     /// reference is for the caller's count to say.
     pub fn on_sent(&mut self, n: usize, limits: &Limits, mut release: impl FnMut(u16)) {
-        debug_assert!(self.q.in_flight > 0, "on_sent without an outstanding send");
+        let spare = &mut self.q.spare;
+        let finished = |chunk: Chunk| match chunk {
+            Chunk::Ring { bid, .. } => release(bid),
+            Chunk::Heap { buf, .. } if buf.capacity() > spare.capacity() => *spare = buf,
+            _ => {}
+        };
+        Self::advance_sent(
+            &mut self.q.chunks,
+            &mut self.q.owed,
+            &mut self.q.in_flight,
+            n,
+            finished,
+        );
+        self.update_backpressure(limits);
+    }
+
+    /// [`on_sent`](Self::on_sent) for a zero-copy send, whose memory the kernel may still read
+    /// after its result, until its notification: the chunks it finished are moved to `retired`
+    /// with their memory (and ring references) untouched, for the caller to drop when the
+    /// notification comes. The next send may start now.
+    pub fn on_sent_retiring(&mut self, n: usize, limits: &Limits, retired: &mut Vec<Chunk>) {
+        Self::advance_sent(
+            &mut self.q.chunks,
+            &mut self.q.owed,
+            &mut self.q.in_flight,
+            n,
+            |chunk| retired.push(chunk),
+        );
+        self.update_backpressure(limits);
+    }
+
+    fn advance_sent(
+        chunks: &mut VecDeque<Chunk>,
+        owed: &mut usize,
+        in_flight: &mut usize,
+        n: usize,
+        mut finished: impl FnMut(Chunk),
+    ) {
+        debug_assert!(*in_flight > 0, "on_sent without an outstanding send");
         let mut left = n;
-        for _ in 0..std::mem::take(&mut self.q.in_flight) {
-            let Some(front) = self.q.chunks.front_mut() else {
+        for _ in 0..std::mem::take(in_flight) {
+            let Some(front) = chunks.front_mut() else {
                 break;
             };
             let k = left.min(front.remaining());
             front.advance(k);
-            self.q.owed -= k;
+            *owed -= k;
             left -= k;
             if front.remaining() > 0 {
                 break;
             }
-            match self.q.chunks.pop_front() {
-                Some(Chunk::Ring { bid, .. }) => release(bid),
-                Some(Chunk::Heap { buf, .. }) if buf.capacity() > self.q.spare.capacity() => {
-                    self.q.spare = buf;
-                }
-                _ => {}
+            if let Some(chunk) = chunks.pop_front() {
+                finished(chunk);
             }
         }
         debug_assert_eq!(left, 0, "on_sent: more bytes than the send covered");
-        self.update_backpressure(limits);
     }
 
     /// The outstanding send failed; the connection is going to close.

@@ -43,7 +43,7 @@ pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
 use crate::backend::Timers;
-use crate::conn::{Conn, Limits, SendSpan};
+use crate::conn::{Chunk, Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::server::{ServerConfig, ShardContext, ShardEvent, table_headroom};
@@ -101,12 +101,75 @@ struct Slot<P> {
     send_vec: Option<Box<ops::SendVec>>,
     /// Queued in `UringShard::dirty`: its sends are decided before the next enter.
     dirty: bool,
-    /// A zero-copy send's result, held until its buffer-release notification.
-    zc_result: Option<i32>,
+    /// The operation of the outstanding send (`Send`, or a zero-copy `SendZc0`/`SendZc1`),
+    /// which its cancellation names.
+    send_op: Op,
+    /// Zero-copy sends whose notification has not come (made on the first one).
+    zc: Option<Box<ZcRetired>>,
     /// A receive completed at least once (so arming again counts as a re-arm).
     received: bool,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
+}
+
+/// A connection's zero-copy sends whose notification has not come yet.
+///
+/// A zero-copy send posts its result, then (once the kernel no longer reads the memory) a
+/// notification. The bytes count as sent at the result, so the connection's next send can
+/// start at once; only the memory must wait. The chunks the send finished are retired here,
+/// memory and buffer references untouched, and dropped when the notification comes, in send
+/// order (a chunk sent in part by one send and finished by the next must outlive both).
+/// Consecutive zero-copy sends alternate between two operations (`Op::SendZc0`, `Op::SendZc1`,
+/// both copied into their notifications), so a notification names its send; a third waits
+/// for the first one's notification by going out as an ordinary, copying send.
+#[derive(Default)]
+struct ZcRetired {
+    /// By operation (`SendZc0`, `SendZc1`): the send using it.
+    sends: [Option<ZcSend>; 2],
+    /// Number of the next zero-copy send.
+    next: u64,
+}
+
+struct ZcSend {
+    /// Its number among the connection's zero-copy sends.
+    seq: u64,
+    /// The chunks it finished (their memory may still be read by the kernel).
+    retired: Vec<Chunk>,
+    /// Its notification has come (or none will: a result without `IORING_CQE_F_MORE`).
+    notified: bool,
+}
+
+impl ZcRetired {
+    /// Which of the two operations the next zero-copy send would use, if it is free.
+    fn free_op(&self) -> Option<usize> {
+        let i = (self.next % 2) as usize;
+        self.sends[i].is_none().then_some(i)
+    }
+
+    /// Drops, oldest first, every send whose notification has come and that no older send is
+    /// still waiting on; `release` gets each retired ring buffer's id.
+    fn release_notified(&mut self, mut release: impl FnMut(u16)) {
+        loop {
+            let oldest = (0..2)
+                .filter(|&i| self.sends[i].is_some())
+                .min_by_key(|&i| self.sends[i].as_ref().map(|s| s.seq));
+            let Some(i) = oldest else {
+                return;
+            };
+            if !self.sends[i].as_ref().is_some_and(|s| s.notified) {
+                return;
+            }
+            for chunk in self.sends[i].take().map(|s| s.retired).unwrap_or_default() {
+                if let Chunk::Ring { bid, .. } = chunk {
+                    release(bid);
+                }
+            }
+        }
+    }
+}
+
+fn zc_op(i: usize) -> Op {
+    if i == 0 { Op::SendZc0 } else { Op::SendZc1 }
 }
 
 /// Where a listener's multishot accept stands.
@@ -440,24 +503,21 @@ impl<P: Protocol + Clone> UringShard<P> {
             return;
         }
         // Multishot receives, and zero-copy sends (result, then notification), post more than
-        // one completion; only the last one ends the operation.
-        let final_cqe = !((tok.op == Op::Recv || tok.op == Op::Send) && cqueue::more(flags));
-        if final_cqe {
+        // one completion; only the last one (without IORING_CQE_F_MORE) ends the operation.
+        if !cqueue::more(flags) {
             self.conns[key].ops -= 1;
         }
         match tok.op {
             Op::Recv => self.on_recv(key, res, flags),
-            Op::Send if cqueue::more(flags) => {
-                // A zero-copy send's result; the kernel may still read the buffer until the
-                // notification, so the bytes count as sent only then.
-                self.conns[key].zc_result = Some(res);
-                return;
+            Op::Send => self.on_send(key, res, None),
+            Op::SendZc0 | Op::SendZc1 => {
+                let i = usize::from(tok.op == Op::SendZc1);
+                if cqueue::notif(flags) {
+                    self.on_zc_notified(key, i);
+                } else {
+                    self.on_send(key, res, Some((i, cqueue::more(flags))));
+                }
             }
-            Op::Send if cqueue::notif(flags) => {
-                let res = self.conns[key].zc_result.take().unwrap_or(-libc::EIO);
-                self.on_send(key, res);
-            }
-            Op::Send => self.on_send(key, res),
             Op::Close => {
                 self.on_closed(key);
                 return;
@@ -526,7 +586,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             send_len: 0,
             send_vec: None,
             dirty: false,
-            zc_result: None,
+            send_op: Op::Send,
+            zc: None,
             received: false,
             last_active: self.now,
         });
@@ -622,27 +683,64 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
     }
 
-    fn on_send(&mut self, key: usize, res: i32) {
+    /// The result of the connection's send: `zc` is `Some((operation index, more))` for a
+    /// zero-copy send, `more` saying whether its notification is still to come.
+    fn on_send(&mut self, key: usize, res: i32, zc: Option<(usize, bool)>) {
         let slot = &mut self.conns[key];
+        // The kernel has read the msghdr and iovecs by now (not the bytes they name).
         if let Some(v) = slot.send_vec.take() {
             self.send_vecs.push(v);
         }
-        if res < 0 || (res == 0 && slot.send_len > 0) {
+        let short = (res as u64) < slot.send_len;
+        // A zero-copy send that stopped short may leave the kernel reading the start of a chunk
+        // still owed, which must then not change: such a connection fails, as MSG_WAITALL
+        // sends end short only when the connection has.
+        if res < 0 || (res == 0 && slot.send_len > 0) || (zc.is_some() && short) {
             slot.conn.on_send_failed();
             if res != -libc::ECANCELED {
                 self.counters.conn_errors += 1;
+            }
+            if let Some((i, more)) = zc
+                && !more
+            {
+                self.on_zc_notified(key, i);
             }
             return self.begin_close(key);
         }
         self.counters.sends += 1;
         self.counters.bytes_out += res as u64;
         slot.last_active = self.now;
-        if (res as u64) < slot.send_len {
+        if short {
             self.counters.short_sends += 1;
         }
+        match zc {
+            None => {
+                let bufs = &mut self.bufs;
+                slot.conn
+                    .on_sent(res as usize, &self.limits, |bid| bufs.release(bid));
+            }
+            Some((i, more)) => {
+                let send = slot.zc.as_mut().and_then(|z| z.sends[i].as_mut());
+                let send = send.expect("a zero-copy send has its record");
+                slot.conn
+                    .on_sent_retiring(res as usize, &self.limits, &mut send.retired);
+                if !more {
+                    self.on_zc_notified(key, i);
+                }
+            }
+        }
+    }
+
+    /// The kernel no longer reads the memory of zero-copy send `i` (or never will).
+    fn on_zc_notified(&mut self, key: usize, i: usize) {
+        let Some(zc) = self.conns[key].zc.as_mut() else {
+            return;
+        };
+        if let Some(send) = zc.sends[i].as_mut() {
+            send.notified = true;
+        }
         let bufs = &mut self.bufs;
-        slot.conn
-            .on_sent(res as usize, &self.limits, |bid| bufs.release(bid));
+        zc.release_notified(|bid| bufs.release(bid));
     }
 
     fn on_closed(&mut self, key: usize) {
@@ -650,6 +748,17 @@ impl<P: Protocol + Clone> UringShard<P> {
         debug_assert_eq!(slot.ops, 0);
         let bufs = &mut self.bufs;
         slot.conn.release_all(|bid| bufs.release(bid));
+        // Every notification has come (no operation is outstanding), so nothing is retired;
+        // if something were, its references still go back.
+        if let Some(mut zc) = slot.zc.take() {
+            for send in zc.sends.iter_mut().filter_map(Option::take) {
+                for chunk in send.retired {
+                    if let Chunk::Ring { bid, .. } = chunk {
+                        bufs.release(bid);
+                    }
+                }
+            }
+        }
         self.counters.closed += 1;
         self.update_accepts();
     }
@@ -759,23 +868,39 @@ impl<P: Protocol + Clone> UringShard<P> {
             }
             slot.send_len = v.bytes();
             slot.ops += 1;
-            let tok = Token::conn(key, slot.generation, Op::Send);
-            let sqe = match v.single() {
-                Some((ptr, len)) => {
-                    let len = len as u32;
-                    let sqe = match self.zc_threshold {
-                        Some(t) if len >= t => ops::send_zc(slot.sock, ptr, len, tok),
-                        _ => ops::send(slot.sock, ptr, len, tok),
-                    };
-                    self.send_vecs.push(v);
-                    sqe
+            // Zero-copy above the threshold, when one of the connection's two zero-copy
+            // operations is free (see `ZcRetired`).
+            let zc = match self.zc_threshold {
+                Some(t)
+                    if v.bytes() >= u64::from(t)
+                        && (v.single().is_some() || self.features.sendmsg_zc) =>
+                {
+                    let z = slot.zc.get_or_insert_with(Default::default);
+                    z.free_op().map(|i| {
+                        z.sends[i] = Some(ZcSend {
+                            seq: z.next,
+                            retired: Vec::new(),
+                            notified: false,
+                        });
+                        z.next += 1;
+                        i
+                    })
                 }
-                None => {
-                    let sqe = ops::send_vectored(slot.sock, &mut v, tok);
-                    slot.send_vec = Some(v);
-                    sqe
-                }
+                _ => None,
             };
+            slot.send_op = zc.map_or(Op::Send, zc_op);
+            let tok = Token::conn(key, slot.generation, slot.send_op);
+            let sqe = match (v.single(), zc) {
+                (Some((ptr, len)), None) => ops::send(slot.sock, ptr, len as u32, tok),
+                (Some((ptr, len)), Some(_)) => ops::send_zc(slot.sock, ptr, len as u32, tok),
+                (None, None) => ops::send_vectored(slot.sock, &mut v, tok),
+                (None, Some(_)) => ops::send_vectored_zc(slot.sock, &mut v, tok),
+            };
+            if v.single().is_some() {
+                self.send_vecs.push(v);
+            } else {
+                slot.send_vec = Some(v);
+            }
             self.pending.push(sqe);
         }
         self.dirty.clear();
@@ -803,7 +928,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             slot.ops += 1;
         }
         if slot.conn.is_sending() {
-            let target = Token::conn(key, slot.generation, Op::Send);
+            let target = Token::conn(key, slot.generation, slot.send_op);
             self.pending.push(ops::cancel(target, tok));
             slot.ops += 1;
         }
@@ -947,4 +1072,51 @@ pub fn probe(ring: &RingConfig) -> Result<Features, Error> {
 /// Lets a caller map an `io::Error` from ring set-up the same way the server does.
 pub fn unavailable(e: io::Error) -> Error {
     setup::unavailable(e, crate::sys::KernelVersion::current())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_chunk(bid: u16) -> Chunk {
+        Chunk::Ring {
+            bid,
+            start: 0,
+            end: 1,
+        }
+    }
+
+    /// Zero-copy sends alternate between two operations so each notification names its send;
+    /// a third waits (goes out copying) until the first one's notification; retired memory is
+    /// let go only in send order.
+    #[test]
+    fn zero_copy_sends_retire_their_memory_in_order_as_notifications_come() {
+        let mut z = ZcRetired::default();
+        let mut start = |z: &mut ZcRetired, bid| {
+            let i = z.free_op()?;
+            z.sends[i] = Some(ZcSend {
+                seq: z.next,
+                retired: vec![ring_chunk(bid)],
+                notified: false,
+            });
+            z.next += 1;
+            Some(i)
+        };
+        assert_eq!(start(&mut z, 10), Some(0));
+        assert_eq!(start(&mut z, 11), Some(1));
+        assert_eq!(
+            z.free_op(),
+            None,
+            "both operations busy: the next send copies"
+        );
+        let mut released = vec![];
+        // The second send's notification first: its memory waits for the first's.
+        z.sends[1].as_mut().unwrap().notified = true;
+        z.release_notified(|b| released.push(b));
+        assert!(released.is_empty());
+        z.sends[0].as_mut().unwrap().notified = true;
+        z.release_notified(|b| released.push(b));
+        assert_eq!(released, [10, 11]);
+        assert_eq!(start(&mut z, 12), Some(0), "free again, in turn");
+    }
 }

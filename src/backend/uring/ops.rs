@@ -226,6 +226,18 @@ pub fn send_vectored(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
     .user_data(tok.encode())
 }
 
+/// [`send_vectored`] without the copy (`IORING_OP_SENDMSG_ZC`, 6.1): two completions, like
+/// [`send_zc`]'s. The caller keeps the bytes until the notification (the `msghdr` and `iovec`s
+/// only until the result).
+pub fn send_vectored_zc(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
+    v.hdr.msg_iov = v.iov.as_mut_ptr();
+    v.hdr.msg_iovlen = v.len as _;
+    on_sock!(sock, |t| opcode::SendMsgZc::new(t, &v.hdr)
+        .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+        .build())
+    .user_data(tok.encode())
+}
+
 /// Zero-copy send (6.0): the kernel pins the pages instead of copying. Two completions: the
 /// result (with `IORING_CQE_F_MORE`), then a notification (`IORING_CQE_F_NOTIF`) once the
 /// kernel no longer reads the memory. The caller keeps the memory until the notification.

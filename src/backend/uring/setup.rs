@@ -154,6 +154,8 @@ pub struct Features {
     pub buf_ring: bool,
     /// `IORING_OP_SEND_ZC` (6.0).
     pub send_zc: bool,
+    /// `IORING_OP_SENDMSG_ZC` (6.1): zero-copy vectored sends.
+    pub sendmsg_zc: bool,
     /// `IORING_OP_ASYNC_CANCEL` matching every request with a key (`IORING_ASYNC_CANCEL_ALL`) or
     /// any request (`_ANY`), 5.19: how the server cancels accepts. (Matching by fixed fd,
     /// `_FD_FIXED`, came in 6.0; the server does not use it.)
@@ -297,6 +299,7 @@ fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
             && t.multishot_recv.unwrap_or(kernel.at_least(6, 0)),
         buf_ring: t.buf_ring.unwrap_or(v519),
         send_zc: op(opcode::SendZc::CODE),
+        sendmsg_zc: op(opcode::SendMsgZc::CODE),
         // The opcode is 5.5; its ALL/ANY flags came in 5.19.
         cancel_fd: op(opcode::AsyncCancel2::CODE) && t.cancel_all.unwrap_or(v519),
         reg_ring_fd: t.reg_ring_fd.unwrap_or(kernel.at_least(5, 18)),
