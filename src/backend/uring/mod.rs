@@ -876,14 +876,13 @@ impl<P: Protocol + Clone> UringShard<P> {
                         && (v.single().is_some() || self.features.sendmsg_zc) =>
                 {
                     let z = slot.zc.get_or_insert_with(Default::default);
-                    z.free_op().map(|i| {
+                    z.free_op().inspect(|&i| {
                         z.sends[i] = Some(ZcSend {
                             seq: z.next,
                             retired: Vec::new(),
                             notified: false,
                         });
                         z.next += 1;
-                        i
                     })
                 }
                 _ => None,
@@ -1092,7 +1091,7 @@ mod tests {
     #[test]
     fn zero_copy_sends_retire_their_memory_in_order_as_notifications_come() {
         let mut z = ZcRetired::default();
-        let mut start = |z: &mut ZcRetired, bid| {
+        let start = |z: &mut ZcRetired, bid| {
             let i = z.free_op()?;
             z.sends[i] = Some(ZcSend {
                 seq: z.next,
