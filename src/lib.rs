@@ -187,9 +187,10 @@
 //! written back only after a CQE has handed that buffer over, so the tail can never lap the
 //! head. Second, buffer ids get shuffled: buffers come back in whatever order their replies
 //! finish, so each lap of the buffer ring lists them in a different order. A CQE therefore
-//! names a buffer id, never a position. A bundle receive (one CQE for several buffers,
-//! `--recv-bundle`) names only the first; the others are the ids at the positions that
-//! followed it, which is why [`BufRing`] remembers which id it wrote at each position.
+//! names a buffer id, never a position. A bundle receive (one CQE for several buffers, the
+//! default where the kernel has it, 6.10) names only the first; the others are the ids at the
+//! positions that followed it, which is why [`BufRing`] remembers which id it wrote at each
+//! position.
 //!
 //! [`BufRing`] is the only code that owns this memory: it maps it, registers it, and counts
 //! the references user space holds to each buffer, one per reply that will be sent from it. A
@@ -197,8 +198,8 @@
 //! (each line with a written prefix in front of it, say) queues two replies in the same
 //! buffer. A buffer is either *in the buffer ring* (the kernel may fill it; user space must
 //! not read it) or *held* (a CQE handed it over; it stays out of the buffer ring until its last
-//! reference is released). The exception is incremental consumption (the default where the
-//! kernel has it, 6.12): the kernel fills a buffer in pieces across several CQEs, so one buffer can be in the
+//! reference is released). The exception is incremental consumption (`--buf-incremental`,
+//! 6.12): the kernel fills a buffer in pieces across several CQEs, so one buffer can be in the
 //! buffer ring and held at once, its pieces held by their replies, perhaps of several
 //! connections, while the kernel keeps filling the rest.
 //!
@@ -236,28 +237,36 @@
 //!
 //! ## 6. Send
 //!
-//! The shard asks the `Conn` for the next bytes to send and submits a send of them: for an
-//! echo, from the buffer the request arrived in ([`BufRing::addr`]). So the reply is not
-//! copied in user space (unless the budget was spent, step 5); the kernel still copies it
-//! into the socket's send buffer, as it does for any plain send (a [zero-copy send][k-zc]
-//! avoids that, for large messages). The kernel may send fewer bytes than asked (a *short
-//! send*); the rest stays at the front of the queue and is sent next. Only one send per
-//! connection is in flight at a time: two could interleave their bytes after a short send.
-//! When a reply chunk has been sent in full, its reference is dropped ([`BufRing::release`]),
-//! and a buffer whose last reference goes is written back at the buffer ring's tail.
+//! Handling a CQE never submits a send. It marks the connection as owing bytes, and just
+//! before the next enter the shard gives each such connection one send covering everything it
+//! owes by then ([`UringShard::start_sends`][start-sends]): a `sendmsg` whose iovecs point at
+//! the owed chunks, for an echo into the buffers the requests arrived in ([`BufRing::addr`]),
+//! so the replies to every CQE of the turn leave together. The reply is not copied in user
+//! space (unless the budget was spent, step 5); the kernel still copies it into the socket's
+//! send buffer, as it does for any plain send (a [zero-copy send][k-zc] avoids that, for large
+//! messages). The send carries `MSG_WAITALL`, so when the socket's send buffer fills part-way
+//! the kernel waits for room and goes on by itself, and the CQE comes once every byte has
+//! gone. Only one send per connection is in flight at a time: a second could overtake the
+//! first. When a reply chunk has been sent in full, its reference is dropped
+//! ([`BufRing::release`]), and a buffer whose last reference goes is written back at the
+//! buffer ring's tail.
 //!
-//! - **Code**: [`UringShard::sync`][sync] and [`UringShard::on_send`][on-send];
-//!   [`ops::send`]; [`Conn::next_send`][next-send] and [`Conn::on_sent`][on-sent].
-//! - **Kernel notes**: [Send from the provided buffer][k-send].
-//! - **Buffers**: while the send is in flight the kernel *reads* the held buffer and nothing
-//!   writes it. Once released it is at the buffer ring's tail, not yet visible to the kernel.
+//! - **Code**: [`UringShard::start_sends`][start-sends] and
+//!   [`UringShard::on_send`][on-send]; [`ops::send_vectored`], [`ops::send`];
+//!   [`Conn::next_sends`][next-sends] and [`Conn::on_sent`][on-sent].
+//! - **Kernel notes**: [Sends: everything owed in one operation][k-send].
+//! - **Buffers**: while the send is in flight the kernel *reads* the held buffers and nothing
+//!   writes them. Once released they are at the buffer ring's tail, not yet visible to the
+//!   kernel.
 //!
 //! ## 7. Completion dispatch
 //!
 //! Each turn of the shard's loop publishes the buffer ring's tail ([`BufRing::publish`]: one
 //! store hands back every buffer returned since the last turn), then makes one
-//! `io_uring_enter` that submits every SQE queued since the last turn and waits for
-//! completions (for several at once, briefly, when the last turn was busy). Should the
+//! `io_uring_enter` that submits every SQE queued since the last turn and waits for one
+//! completion: it returns as soon as anything is ready, with every completion ready by then
+//! (with `DEFER_TASKRUN` the kernel posts them all inside this enter), so under load the
+//! batches form by themselves and no ready completion waits on a timer. Should the
 //! submission queue fill up while the turn's SQEs are copied into it, an extra enter submits
 //! what is there first ([`Driver::flush`][flush]), so a very busy turn may take more than one.
 //! Then the loop handles each CQE: it decodes `user_data` ([`Token::decode`]), checks the
@@ -270,7 +279,7 @@
 //! - **Code**: [`UringShard::run`][shard-run], [`UringShard::dispatch`][dispatch],
 //!   [`UringShard::sync`][sync]; [`Driver::turn`][turn] and [`reap`][reap];
 //!   [`Token::decode`].
-//! - **Kernel notes**: [min-wait batching][k-batch], [completion-queue overflow][k-nodrop].
+//! - **Kernel notes**: [waiting][k-batch], [completion-queue overflow][k-nodrop].
 //! - **Buffers**: every buffer published this turn is the kernel's again.
 //!
 //! ## 8. Re-arm and back-pressure
@@ -371,7 +380,8 @@
 //! [reap]: ../src/ringecho/backend/uring/driver.rs.html "reap"
 //! [conn-on-recv]: ../src/ringecho/conn/mod.rs.html "Conn::on_recv"
 //! [on-eof]: ../src/ringecho/conn/mod.rs.html "Conn::on_eof"
-//! [next-send]: ../src/ringecho/conn/mod.rs.html "Conn::next_send"
+//! [next-sends]: ../src/ringecho/conn/mod.rs.html "Conn::next_sends"
+//! [start-sends]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::start_sends"
 //! [on-sent]: ../src/ringecho/conn/mod.rs.html "Conn::on_sent"
 //! [recv-wanted]: ../src/ringecho/conn/mod.rs.html "Conn::recv_wanted"
 //! [is-done]: ../src/ringecho/conn/mod.rs.html "Conn::is_done"
@@ -382,9 +392,9 @@
 //! [k-inc]: kernel_notes#incremental-buffer-consumption-iou_pbuf_ring_inc
 //! [k-bundle]: kernel_notes#receive-bundles-ioring_recvsend_bundle
 //! [k-recv]: kernel_notes#multishot-receive-ioring_recv_multishot
-//! [k-send]: kernel_notes#send-from-the-provided-buffer-one-in-flight-per-connection
-//! [k-zc]: kernel_notes#zero-copy-send-ioring_op_send_zc
-//! [k-batch]: kernel_notes#ioring_feat_ext_arg-and-min-wait-batching-ioring_feat_min_timeout
+//! [k-send]: kernel_notes#sends-everything-owed-in-one-operation-ioring_op_sendmsg-msg_waitall
+//! [k-zc]: kernel_notes#zero-copy-send-ioring_op_send_zc-ioring_op_sendmsg_zc
+//! [k-batch]: kernel_notes#waiting-one-completion-and-opt-in-batching-ioring_feat_ext_arg-ioring_feat_min_timeout
 //! [k-nodrop]: kernel_notes#ioring_feat_nodrop-and-completion-queue-overflow
 //! [k-close]: kernel_notes#cancellation-and-close-ioring_op_async_cancel-ioring_op_close
 //! [k-shutdown]: kernel_notes#shutdown-poll-ioring_op_poll_add

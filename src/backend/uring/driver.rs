@@ -67,13 +67,7 @@ impl Driver {
         } {
             // The poller thread submits and completions are already waiting: no syscall,
             // unless the poller went to sleep and must be woken for what we queued.
-            if sq.need_wakeup() {
-                counters.enters += 1;
-                counters.syscalls += 1;
-                submitter
-                    .submit()
-                    .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
-            }
+            wake_poller(submitter, sq, counters)?;
         } else {
             let now = Instant::now();
             let timeout = deadline.map(|d| d.saturating_duration_since(now));
@@ -184,14 +178,8 @@ impl Driver {
                 let made_room = if self.sqpoll {
                     // The poller consumes entries on its own; wait until it has. It may have
                     // gone to sleep (idle past --sqpoll's time): then nothing consumes them
-                    // until it is woken, and `submit` wakes it (IORING_ENTER_SQ_WAKEUP).
-                    if sq.need_wakeup() {
-                        counters.enters += 1;
-                        counters.syscalls += 1;
-                        submitter
-                            .submit()
-                            .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
-                    }
+                    // until it is woken.
+                    wake_poller(submitter, sq, counters)?;
                     submitter.squeue_wait()
                 } else {
                     submitter.submit()
@@ -207,6 +195,23 @@ impl Driver {
         sq.sync();
         Ok(())
     }
+}
+
+/// With SQPOLL: wakes the poller thread if it has gone to sleep (`IORING_SQ_NEED_WAKEUP`;
+/// `submit` then enters with `IORING_ENTER_SQ_WAKEUP`), so it consumes what is queued.
+fn wake_poller(
+    submitter: &Submitter<'_>,
+    sq: &SubmissionQueue<'_>,
+    counters: &mut Counters,
+) -> Result<(), Error> {
+    if sq.need_wakeup() {
+        counters.enters += 1;
+        counters.syscalls += 1;
+        submitter
+            .submit()
+            .map_err(|e| Error::io("io_uring_enter (wake poller)", e))?;
+    }
+    Ok(())
 }
 
 /// Completions the kernel dropped since its dropped count read `seen` (it wraps).

@@ -206,6 +206,13 @@ impl SendVec {
         self.bytes
     }
 
+    /// The `msghdr` naming the spans appended, for a `sendmsg` SQE.
+    fn header(&mut self) -> *const libc::msghdr {
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = self.len as _;
+        &self.hdr
+    }
+
     /// The only span, if there is exactly one.
     pub fn single(&self) -> Option<(*const u8, usize)> {
         (self.len == 1).then(|| (self.iov[0].iov_base as *const u8, self.iov[0].iov_len))
@@ -218,9 +225,7 @@ impl SendVec {
 /// The caller guarantees that `v`, and the memory each span names, stay valid and unchanged
 /// until the send's CQE.
 pub fn send_vectored(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
-    v.hdr.msg_iov = v.iov.as_mut_ptr();
-    v.hdr.msg_iovlen = v.len as _;
-    on_sock!(sock, |t| opcode::SendMsg::new(t, &v.hdr)
+    on_sock!(sock, |t| opcode::SendMsg::new(t, v.header())
         .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
         .build())
     .user_data(tok.encode())
@@ -230,9 +235,7 @@ pub fn send_vectored(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
 /// [`send_zc`]'s. The caller keeps the bytes until the notification (the `msghdr` and `iovec`s
 /// only until the result).
 pub fn send_vectored_zc(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
-    v.hdr.msg_iov = v.iov.as_mut_ptr();
-    v.hdr.msg_iovlen = v.len as _;
-    on_sock!(sock, |t| opcode::SendMsgZc::new(t, &v.hdr)
+    on_sock!(sock, |t| opcode::SendMsgZc::new(t, v.header())
         .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
         .build())
     .user_data(tok.encode())
