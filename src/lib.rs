@@ -244,10 +244,9 @@
 //! so the replies to every CQE of the turn leave together. The reply is not copied in user
 //! space (unless the budget was spent, step 5); the kernel still copies it into the socket's
 //! send buffer, as it does for any plain send (a [zero-copy send][k-zc] avoids that, for large
-//! messages). The send carries `MSG_WAITALL`, so when the socket's send buffer fills part-way
-//! the kernel waits for room and goes on by itself, and the CQE comes once every byte has
-//! gone. Only one send per connection is in flight at a time: a second could overtake the
-//! first. When a reply chunk has been sent in full, its reference is dropped
+//! messages). The kernel may send fewer bytes than asked (a *short send*, when the socket's
+//! send buffer fills); the rest stays owed and goes out with the next send. Only one send per
+//! connection is in flight at a time: a second could overtake the first. When a reply chunk has been sent in full, its reference is dropped
 //! ([`BufRing::release`]), and a buffer whose last reference goes is written back at the
 //! buffer ring's tail.
 //!
@@ -392,7 +391,7 @@
 //! [k-inc]: kernel_notes#incremental-buffer-consumption-iou_pbuf_ring_inc
 //! [k-bundle]: kernel_notes#receive-bundles-ioring_recvsend_bundle
 //! [k-recv]: kernel_notes#multishot-receive-ioring_recv_multishot
-//! [k-send]: kernel_notes#sends-everything-owed-in-one-operation-ioring_op_sendmsg-msg_waitall
+//! [k-send]: kernel_notes#sends-everything-owed-in-one-operation-ioring_op_sendmsg
 //! [k-zc]: kernel_notes#zero-copy-send-ioring_op_send_zc-ioring_op_sendmsg_zc
 //! [k-batch]: kernel_notes#waiting-one-completion-and-opt-in-batching-ioring_feat_ext_arg-ioring_feat_min_timeout
 //! [k-nodrop]: kernel_notes#ioring_feat_nodrop-and-completion-queue-overflow

@@ -242,9 +242,9 @@ impl ServerConfig {
             }
             None => {
                 // Each shard should have room for a few connections, and together for an
-                // explicit --max-conns.
+                // explicit --max-conns; and no more shards than connections allowed.
                 let need = |t: usize| (t * MIN_CONNS_PER_SHARD).max(c.max_conns.unwrap_or(0));
-                let mut t = cpus;
+                let mut t = cpus.min(c.max_conns.unwrap_or(cpus)).max(1);
                 while t > 1 && !c.udp && fitting_conns(nofile, t, addrs) < need(t) {
                     t -= 1;
                 }
@@ -271,6 +271,11 @@ impl ServerConfig {
             }
             None => fit.max(1),
         };
+        if !c.udp && threads > max {
+            return Err(Error::Config(format!(
+                "--threads {threads} is more than --max-conns {max}: every shard needs a connection"
+            )));
+        }
         c.max_conns = Some(max);
         // Say so when the limit cost shards, or left a cap low enough to matter.
         let fewer_shards = c.threads.is_none() && threads < cpus;
@@ -285,10 +290,12 @@ impl ServerConfig {
         Ok(c)
     }
 
-    /// Connections one shard may hold: `max_conns` split evenly (rounded up) across shards.
-    pub(crate) fn max_conns_per_shard(&self) -> usize {
+    /// Connections shard `index` may hold: `max_conns` split across the shards so that the
+    /// shares add up to it exactly (the first `max_conns % threads` shards get one more).
+    pub(crate) fn max_conns_of_shard(&self, index: usize) -> usize {
         let max = self.max_conns.unwrap_or(DEFAULT_MAX_CONNS);
-        max.div_ceil(self.threads.unwrap_or(1).max(1))
+        let threads = self.threads.unwrap_or(1).max(1);
+        max / threads + usize::from(index < max % threads)
     }
 }
 
@@ -730,8 +737,6 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let stats: Vec<Arc<SharedCounters>> = (0..shards).map(|_| Arc::default()).collect();
         let started = Instant::now();
-        let mut shard_cfg = self.cfg.clone();
-        shard_cfg.max_conns = Some(self.cfg.max_conns_per_shard());
         let mut handles = Vec::with_capacity(shards);
         for (index, listeners) in self.listeners.into_iter().enumerate() {
             let ctx = ShardContext {
@@ -742,7 +747,8 @@ impl Server {
                 stats: Arc::clone(&stats[index]),
                 events: tx.clone(),
             };
-            let cfg = shard_cfg.clone();
+            let mut cfg = self.cfg.clone();
+            cfg.max_conns = Some(self.cfg.max_conns_of_shard(index));
             let proto = proto.clone();
             let cpu = if self.cfg.pin {
                 cpus.get(index % cpus.len().max(1)).copied()
@@ -866,5 +872,44 @@ impl ServerConfig {
             self.buf_count.expect("validated config"),
             self.buf_size.expect("validated config"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_splits_across_shards_exactly() {
+        for (max, threads) in [(3, 2), (9, 8), (65536, 3), (1, 1), (100, 7)] {
+            let cfg = ServerConfig {
+                max_conns: Some(max),
+                threads: Some(threads),
+                ..ServerConfig::default()
+            };
+            let shares: Vec<usize> = (0..threads).map(|i| cfg.max_conns_of_shard(i)).collect();
+            assert_eq!(
+                shares.iter().sum::<usize>(),
+                max,
+                "{max} over {threads}: {shares:?}"
+            );
+            assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn fitting_conns_leaves_room_for_the_headroom_and_the_shards() {
+        for nofile in [20, 64, 256, 1024, 20_000, 1 << 20] {
+            for threads in [1, 2, 16] {
+                let m = fitting_conns(nofile, threads, 1);
+                if m > 0 {
+                    assert!(
+                        m + table_headroom(m) + PROCESS_FDS + threads * shard_fds(1) <= nofile,
+                        "{nofile} {threads}: {m}"
+                    );
+                }
+            }
+        }
+        assert_eq!(fitting_conns(1 << 20, 1, 1), DEFAULT_MAX_CONNS);
     }
 }

@@ -49,13 +49,13 @@ pub enum Op {
     Accept = 1,
     /// Receive (multishot or single-shot) with buffer select.
     Recv = 2,
-    /// Send of the connection's front chunk.
+    /// A send of what the connection owes (one or more chunks; not zero-copy).
     Send = 3,
     /// Cancellation of the connection's receive (back-pressure pause).
     CancelRecv = 4,
     /// Cancellation of a connection's receive or send when closing it.
     CancelAll = 5,
-    /// Close of the connection's direct descriptor.
+    /// Close of the connection's socket (direct or ordinary descriptor).
     Close = 6,
     /// Cancellation of the multishot accept (connection cap reached, or draining).
     CancelAccept = 7,

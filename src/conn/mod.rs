@@ -1,7 +1,7 @@
 //! The per-connection state machine. It makes no syscalls.
 //!
 //! A [`Conn`] holds what one connection is doing: the bytes it owes its peer (an ordered queue of
-//! [`Chunk`]s), whether its single send is outstanding, whether receiving is paused by
+//! [`Chunk`]s), whether its send (one at a time, of one or more chunks) is outstanding, whether receiving is paused by
 //! back-pressure, and whether the peer or the protocol has ended the conversation. Both backends
 //! drive the same `Conn`: they feed it events (`on_recv`, `on_sent`, `on_eof`) and then ask it
 //! what it wants (`next_send`, `recv_wanted`, `is_done`), turning the answers into submissions
@@ -22,12 +22,15 @@
 //!
 //! One send is outstanding at a time, and it may cover several chunks: [`Conn::next_sends`]
 //! hands out the spans of up to `max` chunks from the front (a backend sends them with one
-//! vectored call: io_uring's `sendmsg`, epoll's `writev`), [`Conn::next_send`] just the front
+//! vectored call: `sendmsg` on both backends), [`Conn::next_send`] just the front
 //! one. Between handing them out and the matching `on_sent`/`on_send_failed`, those chunks'
 //! memory is being read by the kernel (io_uring) and is neither moved, resized nor freed: new
 //! heap bytes are never appended to a chunk that is in flight, an echo never extends one, and
 //! chunks are only dropped by `on_sent` or by `release_all`, which the backend calls only once
-//! no operation on the connection is outstanding.
+//! no operation on the connection is outstanding. A zero-copy send's memory is read until its
+//! notification, after its result: for those, `on_sent_retiring` hands the chunks the send
+//! touched to the backend, which keeps them until the notification (a chunk sent only in part
+//! goes too, its unsent rest staying owed as a new chunk).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -102,7 +105,7 @@ impl Chunk {
     }
 }
 
-/// What the backend should send next: the front chunk's remaining bytes.
+/// The remaining bytes of one owed chunk, as a backend sends them.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendSpan<'a> {
     /// `len` bytes at offset `offset` of provided buffer `bid`.
@@ -457,27 +460,67 @@ impl<P: Protocol> Conn<P> {
     /// [`on_sent`](Self::on_sent) for a zero-copy send, whose memory the kernel may still read
     /// after its result, until its notification: the chunks it finished are moved to `retired`
     /// with their memory (and ring references) untouched, for the caller to drop when the
-    /// notification comes. The next send may start now.
-    pub fn on_sent_retiring(&mut self, n: usize, limits: &Limits, retired: &mut Vec<Chunk>) {
-        Self::advance_sent(
+    /// notification comes. A chunk it sent only in part is retired whole as well (the kernel
+    /// may still read its start), and its unsent rest stays owed as a chunk of its own: the same
+    /// provided buffer with one more reference (`add_ref` is called with its id), a copy of the
+    /// rest of the connection's own bytes, or another handle on a shared reply. The next send
+    /// may start now.
+    pub fn on_sent_retiring(
+        &mut self,
+        n: usize,
+        limits: &Limits,
+        retired: &mut Vec<Chunk>,
+        mut add_ref: impl FnMut(u16),
+    ) {
+        let partial = Self::advance_sent(
             &mut self.q.chunks,
             &mut self.q.owed,
             &mut self.q.in_flight,
             n,
             |chunk| retired.push(chunk),
         );
+        if partial && let Some(front) = self.q.chunks.pop_front() {
+            let rest = match &front {
+                Chunk::Ring { bid, start, end } => {
+                    add_ref(*bid);
+                    Chunk::Ring {
+                        bid: *bid,
+                        start: *start,
+                        end: *end,
+                    }
+                }
+                Chunk::Heap { buf, start } => Chunk::Heap {
+                    buf: buf[*start..].to_vec(),
+                    start: 0,
+                },
+                Chunk::Static { bytes, start } => Chunk::Static {
+                    bytes,
+                    start: *start,
+                },
+                Chunk::Shared { bytes, start, end } => Chunk::Shared {
+                    bytes: Arc::clone(bytes),
+                    start: *start,
+                    end: *end,
+                },
+            };
+            retired.push(front);
+            self.q.chunks.push_front(rest);
+        }
         self.update_backpressure(limits);
     }
 
+    /// Consumes `n` sent bytes from the front of the in-flight chunks, handing each finished
+    /// chunk to `finished`. Returns whether the send ended inside a chunk, part of it sent.
     fn advance_sent(
         chunks: &mut VecDeque<Chunk>,
         owed: &mut usize,
         in_flight: &mut usize,
         n: usize,
         mut finished: impl FnMut(Chunk),
-    ) {
+    ) -> bool {
         debug_assert!(*in_flight > 0, "on_sent without an outstanding send");
         let mut left = n;
+        let mut partial = false;
         for _ in 0..std::mem::take(in_flight) {
             let Some(front) = chunks.front_mut() else {
                 break;
@@ -487,6 +530,7 @@ impl<P: Protocol> Conn<P> {
             *owed -= k;
             left -= k;
             if front.remaining() > 0 {
+                partial = k > 0;
                 break;
             }
             if let Some(chunk) = chunks.pop_front() {
@@ -494,6 +538,7 @@ impl<P: Protocol> Conn<P> {
             }
         }
         debug_assert_eq!(left, 0, "on_sent: more bytes than the send covered");
+        partial
     }
 
     /// The outstanding send failed; the connection is going to close.
@@ -692,6 +737,56 @@ mod tests {
         c.on_sent(5, &LIM, |b| released.push(b));
         assert_eq!(released, vec![1, 2, 2]);
         assert_eq!(c.owed(), 0);
+    }
+
+    /// A zero-copy send's chunks are handed over whole, memory untouched, even one it sent
+    /// only in part: that one's rest stays owed as a chunk of its own (one more reference to
+    /// the same buffer, or a copy of the heap bytes).
+    #[test]
+    fn a_short_zero_copy_send_retires_the_chunk_it_cut_and_keeps_its_rest_owed() {
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"abc", Some((1, 0)), &LIM);
+        c.on_recv(b"defg", Some((2, 0)), &LIM);
+        assert_eq!(c.next_sends(8, |_| {}), 2);
+        let (mut retired, mut refs) = (vec![], vec![]);
+        c.on_sent_retiring(5, &LIM, &mut retired, |b| refs.push(b));
+        let ids: Vec<_> = retired
+            .iter()
+            .map(|ch| match ch {
+                Chunk::Ring { bid, .. } => *bid,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ids, [1, 2], "both chunks retired, the cut one too");
+        assert_eq!(
+            refs,
+            [2],
+            "the rest of buffer 2 takes a reference of its own"
+        );
+        assert_eq!(
+            c.next_send(),
+            Some(SendSpan::Ring {
+                bid: 2,
+                offset: 2,
+                len: 2
+            })
+        );
+        c.on_sent(2, &LIM, |_| {});
+        // Heap bytes: the retired chunk keeps its memory; the rest is a copy.
+        let mut c = Conn::new(Echo);
+        c.on_recv(b"hello", None, &LIM);
+        let ptr = match c.next_send().unwrap() {
+            SendSpan::Mem(b) => b.as_ptr(),
+            _ => unreachable!(),
+        };
+        let mut retired = vec![];
+        c.on_sent_retiring(2, &LIM, &mut retired, |_| unreachable!());
+        match &retired[..] {
+            [Chunk::Heap { buf, .. }] => assert_eq!(buf.as_ptr(), ptr),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(mem(c.next_send().unwrap()), b"llo");
+        assert_eq!(c.owed(), 3);
     }
 
     #[test]

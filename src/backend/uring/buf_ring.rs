@@ -73,7 +73,8 @@
 //! - Registration and unregistration are made on the thread that submits to the ring
 //!   (`IORING_SETUP_SINGLE_ISSUER` rejects others with `EEXIST`). A ring registers once: a
 //!   second registration would restart the kernel's head against this tail.
-//! - The number of entries is a power of two, at most 32768; each buffer is at most 4 GiB.
+//! - The number of entries is a power of two, at most 32768; each buffer is at most
+//!   `MAX_BUF_SIZE` (16 MiB), the whole at most `MAX_RING_BYTES` (1 GiB).
 //! - The kernel reads the tail (the `resv` field of entry 0) concurrently: it is only ever
 //!   written with a `Release` store after the entries it covers, and entries are written field
 //!   by field through raw pointers, never as a whole `io_uring_buf`.
@@ -558,7 +559,9 @@ impl BufRing {
     pub fn add_refs(&mut self, bid: u16, n: u32) {
         let r = &mut self.refs[bid as usize];
         assert!(*r > 0, "add_refs on a buffer nobody holds");
-        *r += n;
+        *r = r
+            .checked_add(n)
+            .expect("a buffer's reference count overflowed");
     }
 
     /// Drops one reference. When the last one goes and the kernel is done with the buffer, it

@@ -165,10 +165,14 @@ impl Driver {
         sq.sync();
         for sqe in pending.drain(..) {
             loop {
-                // SAFETY: every buffer an SQE points at outlives its operation: sends point at
-                // provided buffers held by a reference until the send's completion, or at memory
-                // the connection (or the UDP shard's per-buffer send slot) keeps untouched while
-                // the operation is in flight; no other SQE carries a pointer.
+                // SAFETY: the memory every SQE points at outlives its operation. Sends point at
+                // provided buffers held by a reference until the send's completion (a zero-copy
+                // send's until its notification), or at memory the connection keeps untouched
+                // meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
+                // send's msghdr and iovecs live in the boxed SendVec the connection holds until
+                // the result; the UDP shard's sends point into its per-buffer send slots, and
+                // its receives at each socket's boxed msghdr, both kept for the shard's life.
+                // After a failure the shard's memory is leaked, never freed (`finish_shard`).
                 if unsafe { sq.push(&sqe) }.is_ok() {
                     break;
                 }

@@ -363,31 +363,96 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         now: Instant::now(),
         features,
     };
-    let result = shard.run(&mut ring, &ctx, cfg.register_ring_fd, startup_line);
+    let result = catch_panic(|| shard.run(&mut ring, &ctx, cfg.register_ring_fd, startup_line));
     ctx.stats.publish(&shard.counters);
-    // Every connection is closed and every accept ended: no receive can pick a buffer.
-    finish_shard(ring, shard, |s| &mut s.bufs, result)
+    // After a clean run every connection is closed and every accept ended: no receive can
+    // pick a buffer.
+    finish_shard(ring, shard, result)
 }
 
-/// How a shard (TCP or UDP) gives its memory back once its loop has returned `result`. After a
-/// clean run no receive is armed, so the buffer ring is unregistered; then the ring goes before
-/// `shard`, which owns the buffer memory, so the memory is unmapped only after the kernel let
-/// go of the ring. After a failed run the buffer ring stays registered, and `BufRing`'s `Drop`
-/// leaks the memory rather than free what the kernel might still write.
-pub(crate) fn finish_shard<S>(
+/// What a shard gives back after its loop, and what it must not while the kernel may still
+/// use it (see [`finish_shard`]).
+pub(crate) trait ShardMemory {
+    /// The shard's buffer ring.
+    fn bufs(&mut self) -> &mut BufRing;
+    /// After a failure: closes the ordinary descriptors the shard holds (listeners, UDP
+    /// sockets, connections accepted as ordinary descriptors). Closing a descriptor with
+    /// requests in flight on it is safe: each request holds its own reference to the file.
+    fn close_descriptors(&mut self);
+}
+
+/// Runs `run`, turning a panic (a protocol's, say) into a result that still lets the shard
+/// give its memory back safely; the panic goes on once it has (`finish_shard`).
+fn catch_panic(run: impl FnOnce() -> Result<(), Error>) -> Result<(), ShardFailure> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ShardFailure::Error(e)),
+        Err(panic) => Err(ShardFailure::Panic(panic)),
+    }
+}
+
+/// Why a shard's loop ended early.
+pub(crate) enum ShardFailure {
+    /// It returned an error.
+    Error(Error),
+    /// It panicked; the payload, to resume the panic with.
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+impl<P> ShardMemory for UringShard<P> {
+    fn bufs(&mut self) -> &mut BufRing {
+        &mut self.bufs
+    }
+
+    fn close_descriptors(&mut self) {
+        self.listeners.clear();
+        for (_, slot) in &self.conns {
+            if let ops::Sock::Fd(fd) = slot.sock {
+                // SAFETY: the shard owns this descriptor (accepted for it by the ring) and
+                // closes it once; it is not used again (the shard is being abandoned).
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+/// How a shard (TCP or UDP) gives its memory back once its loop has ended with `result`.
+///
+/// After a clean run nothing is in flight: the buffer ring is unregistered, then the ring goes
+/// before `shard`, which owns the buffer memory, so the memory is unmapped only after the
+/// kernel let go of the ring.
+///
+/// After a failure (an error, or a panic) requests may still be in flight, and tearing a ring
+/// down completes in the kernel's own time: sends may still read connection memory (replies,
+/// `msghdr`s, zero-copy pages) and receives may still fill buffers. So the shard closes its
+/// ordinary descriptors (peers see the connection end), the ring is dropped, and the shard's
+/// memory is leaked rather than freed under the kernel: a failed shard stops the whole
+/// server. A panic then continues.
+pub(crate) fn finish_shard<S: ShardMemory>(
     ring: IoUring,
     mut shard: S,
-    bufs: impl FnOnce(&mut S) -> &mut BufRing,
-    result: Result<(), Error>,
+    result: Result<(), ShardFailure>,
 ) -> Result<(), Error> {
-    if result.is_ok() {
-        bufs(&mut shard)
-            .unregister(&ring.submitter())
-            .map_err(|e| Error::io("cannot unregister the buffer ring", e))?;
+    match result {
+        Ok(()) => {
+            shard
+                .bufs()
+                .unregister(&ring.submitter())
+                .map_err(|e| Error::io("cannot unregister the buffer ring", e))?;
+            drop(ring);
+            drop(shard);
+            Ok(())
+        }
+        Err(failure) => {
+            shard.close_descriptors();
+            drop(ring);
+            std::mem::forget(shard);
+            match failure {
+                ShardFailure::Error(e) => Err(e),
+                ShardFailure::Panic(panic) => std::panic::resume_unwind(panic),
+            }
+        }
     }
-    drop(ring);
-    drop(shard);
-    result
 }
 
 impl<P: Protocol + Clone> UringShard<P> {
@@ -550,8 +615,9 @@ impl<P: Protocol + Clone> UringShard<P> {
                 if res >= 0 {
                     self.on_accepted(ops::accepted(res, self.direct));
                 } else if res != -libc::ECANCELED {
-                    // -ENFILE: the table was full and the kernel closed that connection (the
-                    // sizing below keeps this from happening). Other errors (a peer gone before
+                    // -ENFILE: the file table was full and the kernel closed that connection
+                    // (the table's sizing keeps this from happening); -EMFILE with ordinary
+                    // descriptors: the connection stays in the backlog. Other errors (a peer gone before
                     // the accept) are transient; either way, back off rather than spin.
                     self.counters.accept_errors += 1;
                     if ended {
@@ -616,6 +682,16 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
         let slot = &mut self.conns[key];
+        if slot.phase != Phase::Open {
+            // The connection is being torn down (its operations cancelled): data racing the
+            // cancellation has nowhere to go, and must not touch memory a cancelled send may
+            // still be read from.
+            if !cqueue::more(flags) {
+                slot.recv = RecvState::Idle;
+            }
+            self.counters.bytes_discarded += res.max(0) as u64;
+            return self.discard_buffers(res, flags);
+        }
         slot.received = true;
         slot.last_active = self.now;
         if !cqueue::more(flags) {
@@ -692,10 +768,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.send_vecs.push(v);
         }
         let short = (res as u64) < slot.send_len;
-        // A zero-copy send that stopped short may leave the kernel reading the start of a chunk
-        // still owed, which must then not change: such a connection fails, as MSG_WAITALL
-        // sends end short only when the connection has.
-        if res < 0 || (res == 0 && slot.send_len > 0) || (zc.is_some() && short) {
+        if res < 0 || (res == 0 && slot.send_len > 0) {
             slot.conn.on_send_failed();
             if res != -libc::ECANCELED {
                 self.counters.conn_errors += 1;
@@ -722,8 +795,11 @@ impl<P: Protocol + Clone> UringShard<P> {
             Some((i, more)) => {
                 let send = slot.zc.as_mut().and_then(|z| z.sends[i].as_mut());
                 let send = send.expect("a zero-copy send has its record");
+                let bufs = &mut self.bufs;
                 slot.conn
-                    .on_sent_retiring(res as usize, &self.limits, &mut send.retired);
+                    .on_sent_retiring(res as usize, &self.limits, &mut send.retired, |bid| {
+                        bufs.add_refs(bid, 1)
+                    });
                 if !more {
                     self.on_zc_notified(key, i);
                 }
@@ -988,12 +1064,11 @@ impl<P: Protocol + Clone> UringShard<P> {
             let Some(socket) = &l.socket else {
                 continue;
             };
-            if l.retry_at.is_some() {
-                continue;
-            }
             let fd = socket.as_raw_fd();
+            // Backing off from an error holds back arming, never a cancellation.
+            let backing_off = l.retry_at.is_some();
             match (l.multishot, multishot_ok) {
-                (AcceptState::Idle, true) => {
+                (AcceptState::Idle, true) if !backing_off => {
                     self.pending.push(ops::accept_multi(fd, idx, self.direct));
                     l.multishot = AcceptState::Armed;
                     if l.armed_once {
@@ -1007,7 +1082,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 }
                 _ => {}
             }
-            if !multishot_ok {
+            if !multishot_ok && !backing_off {
                 while free > 0 && l.singles < SINGLES_PER_LISTENER {
                     self.pending.push(ops::accept_one(fd, idx, self.direct));
                     l.singles += 1;

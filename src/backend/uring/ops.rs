@@ -130,17 +130,16 @@ pub fn recv_single(sock: Sock, bgid: u16, len: u32, tok: Token) -> squeue::Entry
     .user_data(tok.encode())
 }
 
-/// Send `len` bytes at `ptr` on `sock`.
-///
-/// With `MSG_WAITALL` the kernel finishes a short send itself: when the socket's send buffer
-/// fills part-way, it waits for room and goes on, and completes once every byte is sent (or
-/// with the count sent so far, if the connection fails). A kernel without that support (before
-/// 5.18) completes short and the caller sends the rest, which is correct either way.
+/// Send `len` bytes at `ptr` on `sock`. When the socket's send buffer takes only part, the
+/// send completes short (after waiting for room if there was none at all), and the caller
+/// sends the rest. (`MSG_WAITALL` would have the kernel go on by itself, but then a send to a
+/// slow reader completes only once every byte is out, and a connection making steady progress
+/// looks idle to `--idle-timeout`; it measured no faster.)
 ///
 /// The caller guarantees the memory stays valid and unchanged until the send's CQE.
 pub fn send(sock: Sock, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
-        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+        .flags(libc::MSG_NOSIGNAL)
         .build())
     .user_data(tok.encode())
 }
@@ -219,14 +218,14 @@ impl SendVec {
     }
 }
 
-/// Sends every span of `v`, in order, on direct descriptor `fd` with one `sendmsg` (5.19 for
-/// fixed files), with `MSG_WAITALL` as [`send`] does.
+/// Sends every span of `v`, in order, on `sock` with one `sendmsg` (5.19 for a direct
+/// descriptor); it may complete short, like [`send`].
 ///
 /// The caller guarantees that `v`, and the memory each span names, stay valid and unchanged
 /// until the send's CQE.
 pub fn send_vectored(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::SendMsg::new(t, v.header())
-        .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+        .flags(libc::MSG_NOSIGNAL as u32)
         .build())
     .user_data(tok.encode())
 }
@@ -236,7 +235,7 @@ pub fn send_vectored(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
 /// only until the result).
 pub fn send_vectored_zc(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::SendMsgZc::new(t, v.header())
-        .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+        .flags(libc::MSG_NOSIGNAL as u32)
         .build())
     .user_data(tok.encode())
 }
@@ -246,7 +245,7 @@ pub fn send_vectored_zc(sock: Sock, v: &mut SendVec, tok: Token) -> squeue::Entr
 /// kernel no longer reads the memory. The caller keeps the memory until the notification.
 pub fn send_zc(sock: Sock, ptr: *const u8, len: u32, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::SendZc::new(t, ptr, len)
-        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+        .flags(libc::MSG_NOSIGNAL)
         .build())
     .user_data(tok.encode())
 }

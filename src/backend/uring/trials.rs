@@ -208,25 +208,30 @@ fn direct_close_releases(ring: &mut IoUring) -> Option<bool> {
         .ok()?;
     // The table holds its own references now.
     drop((closed, waiting));
-    let mut buf = Box::new([0u8; 16]);
+    closed_peer.set_nonblocking(true).ok()?;
+    // The receive's buffer is leaked, never freed, unless the receive is known to be over.
+    let buf: &'static mut [u8; 16] = Box::leak(Box::new([0u8; 16]));
     let recv = opcode::Recv::new(types::Fixed(1), buf.as_mut_ptr(), buf.len() as u32)
         .build()
         .user_data(3);
-    // SAFETY: `buf` lives until the receive's final completion (cancelled and waited for
-    // below), or is leaked if that cannot be confirmed.
+    // SAFETY: `buf` is leaked above: it outlives the receive whatever happens below; it is
+    // reclaimed only once the receive's final completion has been seen.
     unsafe { ring.submission().push(&recv).ok()? };
-    ring.submit().ok()?;
-    let close = opcode::Close::new(types::Fixed(0)).build().user_data(4);
-    let closed_ok = push_and_wait(ring, &close, 4, |_| {}).is_some_and(|c| c.result() == 0);
-    // The release (if any) ran before the enter returned to user space.
-    closed_peer.set_nonblocking(true).ok()?;
-    let released = matches!(closed_peer.read(&mut [0u8; 1]), Ok(0));
-    if !cancel_and_wait(ring, 3, false) {
-        // Not confirmed over: the kernel may still write into the buffer, so keep it.
-        std::mem::forget(buf);
+    let answer = (|| {
+        ring.submit().ok()?;
+        let close = opcode::Close::new(types::Fixed(0)).build().user_data(4);
+        let closed_ok = push_and_wait(ring, &close, 4, |_| {}).is_some_and(|c| c.result() == 0);
+        // The release (if any) ran before the enter returned to user space.
+        let released = matches!(closed_peer.read(&mut [0u8; 1]), Ok(0));
+        closed_ok.then_some(released)
+    })();
+    if cancel_and_wait(ring, 3, false) {
+        // SAFETY: `buf` came from `Box::leak` above, and the receive that the kernel could
+        // write it through has posted its final completion; nothing else refers to it.
+        drop(unsafe { Box::from_raw(buf as *mut [u8; 16]) });
     }
     let _ = ring.submitter().unregister_files();
-    closed_ok.then_some(released)
+    answer
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::buf_ring::{BufRing, Segment};
 use super::driver::{self, Driver};
-use super::{BGID, build_ring, finish_shard, ops};
+use super::{BGID, ShardMemory, build_ring, catch_panic, finish_shard, ops};
 use crate::error::Error;
 use crate::server::{ServerConfig, ShardContext, ShardEvent};
 use crate::stats::Counters;
@@ -157,9 +157,23 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         counters: Counters::default(),
     };
     let mut driver = Driver::new(&features, cfg.batch_max, cfg.batch_wait_us);
-    let result = shard.run(&mut ring, &mut driver, &ctx);
+    let result = catch_panic(|| shard.run(&mut ring, &mut driver, &ctx));
     ctx.stats.publish(&shard.counters);
-    finish_shard(ring, shard, |s| &mut s.bufs, result)
+    finish_shard(ring, shard, result)
+}
+
+impl ShardMemory for UdpShard {
+    fn bufs(&mut self) -> &mut BufRing {
+        &mut self.bufs
+    }
+
+    fn close_descriptors(&mut self) {
+        for s in self.sockets.drain(..) {
+            drop(s.socket);
+            // A receive prepared with it may still be in flight; leaked with the shard.
+            std::mem::forget(s.hdr);
+        }
+    }
 }
 
 impl UdpShard {
