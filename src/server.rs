@@ -23,8 +23,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -501,6 +501,50 @@ impl ShutdownHandle {
     }
 }
 
+/// The live counters of a server, readable from any thread while it runs: what its `stats:`
+/// lines print, for a metrics exporter or a dashboard. [`Server::stats_handle`] gives one.
+///
+/// Reading never stalls the shards: each shard publishes its counters to atomics once per loop
+/// turn, and a snapshot reads those (each field on its own, so a snapshot taken while shards
+/// publish may mix two turns of one shard; every field is still a value the shard had).
+///
+/// ```
+/// use ringecho::Server;
+///
+/// let server = Server::builder().addr("127.0.0.1:0".parse().unwrap()).bind()?;
+/// let stats = server.stats_handle();
+/// assert_eq!(stats.snapshot().accepted, 0);
+/// assert_eq!(stats.backend(), None, "not chosen until the server runs");
+/// # Ok::<(), ringecho::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct StatsHandle {
+    shards: Arc<[Arc<SharedCounters>]>,
+    backend: Arc<OnceLock<Backend>>,
+}
+
+impl StatsHandle {
+    /// Every counter summed over the shards, as of each shard's last loop turn.
+    pub fn snapshot(&self) -> Counters {
+        let mut total = Counters::default();
+        for s in self.shards.iter() {
+            total.add(&s.snapshot());
+        }
+        total
+    }
+
+    /// Shards (each publishes its own counters; [`snapshot`](Self::snapshot) sums them).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The backend serving connections ([`Backend::Uring`] or [`Backend::Epoll`]) once
+    /// [`Server::run`] has chosen it; `None` before.
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend.get().copied()
+    }
+}
+
 /// What one shard thread is given.
 pub(crate) struct ShardContext {
     pub index: usize,
@@ -529,6 +573,7 @@ pub struct Server {
     listeners: Vec<Vec<OwnedFd>>,
     local_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
+    stats: StatsHandle,
 }
 
 impl Server {
@@ -583,11 +628,16 @@ impl Server {
             local_addrs.push(resolved);
         }
         let fd = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
+        let stats = StatsHandle {
+            shards: (0..shards).map(|_| Arc::default()).collect(),
+            backend: Arc::default(),
+        };
         Ok(Server {
             cfg,
             listeners,
             local_addrs,
             shutdown: ShutdownHandle { fd: Arc::new(fd) },
+            stats,
         })
     }
 
@@ -599,6 +649,11 @@ impl Server {
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// A handle that reads the server's counters while it runs (and after).
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
     }
 
     /// The backend `run` will use: `auto` becomes io_uring if a ring with everything the
@@ -645,10 +700,11 @@ impl Server {
         stats_out: &mut dyn Write,
     ) -> Result<Counters, Error> {
         let backend = self.resolve_backend()?;
+        let _ = self.stats.backend.set(backend);
         let shards = self.listeners.len();
         let cpus = sys::allowed_cpus();
         let (tx, rx) = mpsc::channel();
-        let stats: Vec<Arc<SharedCounters>> = (0..shards).map(|_| Arc::default()).collect();
+        let stats = &self.stats.shards;
         let started = Instant::now();
         let mut shard_cfg = self.cfg.clone();
         shard_cfg.max_conns = Some(self.cfg.max_conns_per_shard());
@@ -706,15 +762,7 @@ impl Server {
             }
         }
         drop(tx);
-        let snapshot = || {
-            Counters::sum(
-                stats
-                    .iter()
-                    .map(|s| s.snapshot())
-                    .collect::<Vec<_>>()
-                    .iter(),
-            )
-        };
+        let snapshot = || self.stats.snapshot();
 
         let mut ready = 0;
         let mut exited = 0;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::protocol::CloseReason;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// A snapshot of every server counter. Gauges (`active`, `bufs_held`) are current
         /// values; the rest count events since start.
         ///
@@ -19,7 +19,7 @@ macro_rules! counters {
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Counters {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         /// The atomic mirror a shard publishes into and a printer reads from.
@@ -43,6 +43,10 @@ macro_rules! counters {
         impl Counters {
             /// Field names in print order.
             pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
+
+            /// What each field counts, in [`NAMES`](Self::NAMES) order: its doc comment, the
+            /// lines joined (for a metrics exporter's help text).
+            pub const HELP: &'static [&'static str] = &[$( concat!($($doc),*), )*];
 
             /// Field values in [`NAMES`](Self::NAMES) order.
             pub fn values(&self) -> Vec<u64> {
@@ -122,14 +126,15 @@ counters! {
     dgram_truncated,
     /// UDP datagrams dropped because echoes were backed up.
     dgram_dropped,
-    /// ...because the peer asked in-band (HTTP `Connection: close`, HTTP/1.0).
+    /// Protocol closes because the peer asked in-band (HTTP `Connection: close`, HTTP/1.0).
     proto_requested,
-    /// ...because the input broke the grammar (HTTP `400`).
+    /// Protocol closes because the input broke the grammar (HTTP `400`).
     proto_malformed,
-    /// ...because the input exceeded a limit (framed: a length over `--max-frame`, the
-    /// issue's `frame_too_large`; HTTP: a head over 8 KiB, `431`).
+    /// Protocol closes because the input exceeded a limit (framed: a length over
+    /// `--max-frame`, the issue's `frame_too_large`; HTTP: a head over 8 KiB, `431`).
     proto_too_large,
-    /// ...because the input asked for what is not implemented (HTTP chunked bodies, `501`).
+    /// Protocol closes because the input asked for what is not implemented (HTTP chunked
+    /// bodies, `501`).
     proto_unsupported,
     /// Provided buffers held by user space now (gauge).
     bufs_held,
@@ -148,6 +153,10 @@ impl fmt::Display for Counters {
 }
 
 impl Counters {
+    /// The fields that are current values (they go up and down); every other field only grows
+    /// while the server runs.
+    pub const GAUGES: &'static [&'static str] = &["active", "bufs_held"];
+
     /// Counts what a connection did with `len` received bytes (both backends call this).
     pub(crate) fn record_recv(&mut self, len: usize, out: &crate::conn::RecvOutcome) {
         self.bytes_in += (len - out.discarded) as u64;
@@ -204,6 +213,19 @@ mod tests {
         }
         assert_eq!(Counters::parse(&c.to_string()), c);
         assert!(!c.set("nonsense", 1));
+    }
+
+    #[test]
+    fn every_field_has_help_and_the_gauges_are_fields() {
+        assert_eq!(Counters::HELP.len(), Counters::NAMES.len());
+        for (name, help) in Counters::NAMES.iter().zip(Counters::HELP) {
+            assert!(help.trim().len() > 10, "{name}: {help:?}");
+            assert!(!help.contains('\n'), "{name}: one line");
+        }
+        assert_eq!(Counters::HELP[0].trim(), "Connections accepted.");
+        for g in Counters::GAUGES {
+            assert!(Counters::NAMES.contains(g), "{g}");
+        }
     }
 
     #[test]
