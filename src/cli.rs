@@ -238,6 +238,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub stats_interval: Option<Duration>,
 
+    /// Serve the counters in Prometheus' text format at http://ADDR/metrics, on a listener of
+    /// its own (port 0 picks a free port); prints `metrics on http://ADDR/metrics` when ready.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
+
     /// On SIGINT/SIGTERM, let owed bytes drain this long before closing connections.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub drain_timeout: Duration,

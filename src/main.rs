@@ -1,6 +1,7 @@
 //! The `ringecho` binary: parse the command line, call the library, map errors to exit codes.
 
 mod cli;
+mod metrics;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
+use metrics::MetricsListener;
 use ringecho::backend::uring::{self, RingConfig};
 use ringecho::error::EXIT_USAGE;
 use ringecho::loadgen::BenchArgs;
@@ -40,12 +42,30 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let server = args.to_builder().bind()?;
     server.shutdown_handle().shutdown_on_signals()?;
+    let metrics = args.metrics.map(MetricsListener::bind).transpose()?;
+    let stats = server.stats_handle();
+    let shutdown = server.shutdown_handle();
+    let mut metrics_failed = None;
     let on_ready = |addrs: &[std::net::SocketAddr]| {
         let mut out = std::io::stdout().lock();
         for a in addrs {
             let _ = writeln!(out, "listening on {a}");
+        }
+        // Started once the shards run, so that every scrape carries the backend they run.
+        if let Some(m) = metrics {
+            let at = m.local_addr();
+            match m.spawn(stats, started) {
+                Ok(()) => {
+                    let _ = writeln!(out, "metrics on http://{at}/metrics");
+                }
+                Err(e) => {
+                    shutdown.shutdown();
+                    metrics_failed = Some(e);
+                }
+            }
         }
         let _ = out.flush();
     };
@@ -55,7 +75,7 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
         ProtocolKind::Framed => server.run(Framed::new(args.max_frame), on_ready, stats_out)?,
         ProtocolKind::Http => server.run(Http::new(args.http_body), on_ready, stats_out)?,
     };
-    Ok(())
+    metrics_failed.map_or(Ok(()), Err)
 }
 
 /// Runs the load generator: exit 0 for a clean run, 1 for a run that went wrong (the line
