@@ -11,6 +11,7 @@ use ringecho::loadgen::BenchArgs;
 use ringecho::loadgen::args::parse_addr;
 use ringecho::protocol::{DEFAULT_HTTP_BODY, DEFAULT_MAX_FRAME};
 use ringecho::server::{DEFAULT_ADDR, Keepalive, Server, ServerBuilder, SocketOptions};
+use ringecho::stats::StatsFormat;
 
 /// An io_uring TCP echo server, with a verifying load generator and a kernel feature probe.
 ///
@@ -95,6 +96,15 @@ pub enum ProtocolKind {
     /// A fixed `200 OK` to every HTTP/1.1 request (keep-alive, pipelining); 400 to malformed
     /// requests, 431 to heads over 8 KiB, 501 to chunked bodies, each followed by a close.
     Http,
+}
+
+/// How stats lines are written (the library's `StatsFormat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormatArg {
+    /// `stats: t=1.0 accepted=3 ... rss_kib=5120`.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Parses seconds, fractions allowed (`0.5`).
@@ -238,6 +248,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub stats_interval: Option<Duration>,
 
+    /// How the stats and final lines are written: `text` (`stats: t=1.0 accepted=3 ...`) or
+    /// `json` (one object a line: `{"kind":"stats","t":1.0,"accepted":3,...}`).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = StatsFormatArg::Text)]
+    pub stats_format: StatsFormatArg,
+
     /// Serve the counters in Prometheus' text format at http://ADDR/metrics, on a listener of
     /// its own (port 0 picks a free port); prints `metrics on http://ADDR/metrics` when ready.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
@@ -326,6 +341,10 @@ impl ServeArgs {
             .batch_wait_us(self.batch_wait_us)
             .drain_timeout(self.drain_timeout)
             .lingering_close(self.lingering_close)
+            .stats_format(match self.stats_format {
+                StatsFormatArg::Text => StatsFormat::Text,
+                StatsFormatArg::Json => StatsFormat::Json,
+            })
             .socket_options(self.socket_options())
             .pin(self.pin)
             .reuseport(self.reuseport);

@@ -61,11 +61,14 @@ impl MetricsListener {
         thread::Builder::new()
             .name("ringecho-metrics".into())
             .spawn(move || {
-                for conn in self.listener.incoming() {
-                    // Errors are the client's (reset before accept, ...) or transient (out of
-                    // descriptors); either way the next scrape gets a fresh try.
-                    if let Ok(mut conn) = conn {
-                        let _ = answer(&mut conn, &stats, started);
+                loop {
+                    match self.listener.accept() {
+                        Ok((mut conn, _)) => {
+                            let _ = answer(&mut conn, &stats, started);
+                        }
+                        // A client that reset before the accept, or a transient shortage (out
+                        // of descriptors): back off briefly rather than spin, then go on.
+                        Err(_) => thread::sleep(Duration::from_millis(10)),
                     }
                 }
             })
@@ -237,7 +240,12 @@ pub fn render(c: &Counters, backend: &str, uptime_secs: f64, rss_bytes: u64) -> 
         if Counters::GAUGES.contains(name) {
             family(name, "gauge", help, &value.to_string());
         } else {
-            family(&format!("{name}_total"), "counter", help, &value.to_string());
+            family(
+                &format!("{name}_total"),
+                "counter",
+                help,
+                &value.to_string(),
+            );
         }
     }
     family(
@@ -278,7 +286,9 @@ mod tests {
         let text = render(&c, "uring", 1.5, 4096);
         assert!(text.contains("# TYPE ringecho_accepted_total counter\n"));
         assert!(text.contains("ringecho_accepted_total{backend=\"uring\"} 7\n"));
-        assert!(text.contains("# TYPE ringecho_active gauge\nringecho_active{backend=\"uring\"} 3\n"));
+        assert!(
+            text.contains("# TYPE ringecho_active gauge\nringecho_active{backend=\"uring\"} 3\n")
+        );
         assert!(text.contains("ringecho_bytes_out_total{backend=\"uring\"} 1234\n"));
         assert!(text.contains("# HELP ringecho_accepted_total Connections accepted.\n"));
         assert!(text.contains("ringecho_resident_memory_bytes{backend=\"uring\"} 4096\n"));

@@ -32,7 +32,7 @@ use crate::backend::uring::{self, RingConfig, RingMode, SqPoll};
 use crate::backend::{Backend, epoll};
 use crate::error::Error;
 use crate::protocol::Protocol;
-use crate::stats::{Counters, SharedCounters};
+use crate::stats::{Counters, SharedCounters, StatsFormat};
 use crate::sys;
 pub use crate::sys::{Keepalive, SocketOptions};
 
@@ -81,6 +81,8 @@ pub(crate) struct ServerConfig {
     pub batch_wait_us: u32,
     /// Print a stats line to stderr this often.
     pub stats_interval: Option<Duration>,
+    /// How stats lines are written.
+    pub stats_format: StatsFormat,
     /// On shutdown, how long owed bytes may drain before connections are closed regardless.
     pub drain_timeout: Duration,
     /// After a protocol closes a connection, how long it keeps reading (and dropping) input
@@ -124,6 +126,7 @@ impl Default for ServerConfig {
             batch_max: 32,
             batch_wait_us: 0,
             stats_interval: None,
+            stats_format: StatsFormat::Text,
             drain_timeout: Duration::from_secs(5),
             lingering_close: Duration::from_secs(5),
             backlog: None,
@@ -416,6 +419,13 @@ impl ServerBuilder {
     /// default never; zero also means never).
     pub fn stats_interval(&mut self, every: Duration) -> &mut Self {
         self.cfg.stats_interval = Some(every).filter(|d| !d.is_zero());
+        self
+    }
+
+    /// How the `stats:` and `final:` lines are written (`--stats-format`; default
+    /// [`StatsFormat::Text`]).
+    pub fn stats_format(&mut self, format: StatsFormat) -> &mut Self {
+        self.cfg.stats_format = format;
         self
     }
 
@@ -783,7 +793,7 @@ impl Server {
             };
             match event {
                 None => {
-                    let line = stats_line("stats", started, &snapshot());
+                    let line = stats_line(self.cfg.stats_format, "stats", started, &snapshot());
                     let _ = writeln!(stats_out, "{line}");
                     next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
                 }
@@ -813,16 +823,14 @@ impl Server {
             return Err(e);
         }
         let total = snapshot();
-        let _ = writeln!(stats_out, "{}", stats_line("final", started, &total));
+        let line = stats_line(self.cfg.stats_format, "final", started, &total);
+        let _ = writeln!(stats_out, "{line}");
         Ok(total)
     }
 }
 
-/// One stats line: `LABEL t=SECONDS key=value ... rss_kib=N`.
-fn stats_line(label: &str, started: Instant, c: &Counters) -> String {
-    format!(
-        "{label}: t={:.1} {c} rss_kib={}",
-        started.elapsed().as_secs_f64(),
-        sys::rss_bytes() / 1024
-    )
+/// One stats line: `LABEL: t=SECONDS key=value ... rss_kib=N`, or the same as JSON.
+fn stats_line(format: StatsFormat, label: &str, started: Instant, c: &Counters) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    format.line(label, secs, c, sys::rss_bytes() / 1024)
 }

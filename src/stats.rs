@@ -140,6 +140,40 @@ counters! {
     bufs_held,
 }
 
+/// How the `stats:` and `final:` lines are written ([`ServerBuilder::stats_format`]).
+///
+/// [`ServerBuilder::stats_format`]: crate::ServerBuilder::stats_format
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatsFormat {
+    /// `stats: t=1.0 accepted=3 ... rss_kib=5120` (what [`Counters::parse`] reads).
+    #[default]
+    Text,
+    /// One JSON object a line: `{"kind":"stats","t":1.0,"accepted":3,...,"rss_kib":5120}`,
+    /// `kind` being `stats` or `final`, then `t`, every counter in [`Counters::NAMES`] order,
+    /// and `rss_kib`.
+    Json,
+}
+
+impl StatsFormat {
+    /// One line (without its newline): `kind` (`stats` or `final`), seconds since start, the
+    /// counters and the resident memory in KiB.
+    pub fn line(self, kind: &str, secs: f64, c: &Counters, rss_kib: u64) -> String {
+        match self {
+            StatsFormat::Text => format!("{kind}: t={secs:.1} {c} rss_kib={rss_kib}"),
+            StatsFormat::Json => {
+                // Keys and `kind` are identifiers: nothing to escape.
+                let mut s = format!("{{\"kind\":\"{kind}\",\"t\":{secs:.3}");
+                for (name, value) in Counters::NAMES.iter().zip(c.values()) {
+                    s.push_str(&format!(",\"{name}\":{value}"));
+                }
+                s.push_str(&format!(",\"rss_kib\":{rss_kib}}}"));
+                s
+            }
+        }
+    }
+}
+
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (name, value)) in Counters::NAMES.iter().zip(self.values()).enumerate() {
@@ -226,6 +260,30 @@ mod tests {
         for g in Counters::GAUGES {
             assert!(Counters::NAMES.contains(g), "{g}");
         }
+    }
+
+    #[test]
+    fn stats_lines_in_text_and_json() {
+        let mut c = Counters::default();
+        c.set("accepted", 3);
+        c.set("bufs_held", 2);
+        let text = StatsFormat::Text.line("stats", 1.25, &c, 5120);
+        assert!(
+            text.starts_with("stats: t=1.2 accepted=3 active=0 "),
+            "{text}"
+        );
+        assert!(text.ends_with(" bufs_held=2 rss_kib=5120"), "{text}");
+        assert_eq!(Counters::parse(&text), c);
+        let json = StatsFormat::Json.line("final", 1.25, &c, 5120);
+        assert!(
+            json.starts_with(r#"{"kind":"final","t":1.250,"accepted":3,"active":0,"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#","bufs_held":2,"rss_kib":5120}"#),
+            "{json}"
+        );
+        assert_eq!(json.matches(':').count(), Counters::NAMES.len() + 3);
     }
 
     #[test]

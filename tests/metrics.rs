@@ -2,8 +2,9 @@
 //! Prometheus text-format parser, carries every stats-line field, summed over shards and
 //! labelled with the backend; anything but `GET /metrics` gets a clean error and a close; a
 //! scraper that sends nothing delays only the next scrape, never the echo path; bad addresses
-//! are refused with one line.
+//! are refused with one line. Also `--stats-format json`: the stats and final lines as JSON.
 
+mod bench_support;
 mod common;
 
 use std::io::{Read, Write};
@@ -166,7 +167,12 @@ fn anything_but_get_metrics_is_refused_and_closed() {
             (b"GET /metrics\r\n\r\n", 400),
         ] {
             let (status, head, _) = http(maddr, request);
-            assert_eq!(status, want, "{:?}: {head}", String::from_utf8_lossy(request));
+            assert_eq!(
+                status,
+                want,
+                "{:?}: {head}",
+                String::from_utf8_lossy(request)
+            );
             assert!(head.contains("Connection: close"), "{head}");
         }
         let (status, head, _) = http(maddr, b"POST /metrics HTTP/1.1\r\n\r\n");
@@ -220,6 +226,49 @@ fn a_silent_scraper_delays_the_next_scrape_only_and_never_the_echo_path() {
 }
 
 #[test]
+fn stats_format_json_writes_one_object_a_line_with_every_field() {
+    with_backend("epoll", |b| {
+        let mut s = b.start(&["--stats-format", "json"]);
+        echo(&s, 500);
+        let stopped = s.stop(libc::SIGTERM);
+        assert!(stopped.status.success(), "{:?}", stopped.stderr);
+        let objects: Vec<_> = stopped
+            .stderr
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| bench_support::parse_flat_json(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let last = objects.last().expect("a final line");
+        assert_eq!(last["kind"], bench_support::Json::Str("final".into()));
+        assert!(
+            objects[..objects.len() - 1]
+                .iter()
+                .all(|o| o["kind"] == bench_support::Json::Str("stats".into())),
+            "interval lines are kind stats"
+        );
+        for o in &objects {
+            assert_eq!(
+                o.len(),
+                Counters::NAMES.len() + 3,
+                "kind, t, counters, rss_kib"
+            );
+            for name in Counters::NAMES.iter().chain(&["t", "rss_kib"]) {
+                assert!(o.contains_key(*name), "{name} missing");
+            }
+        }
+        assert_eq!(last["accepted"].num(), 1.0);
+        assert_eq!(last["bytes_out"].num(), 500.0);
+        assert!(
+            !stopped
+                .stderr
+                .iter()
+                .any(|l| l.starts_with("stats:") || l.starts_with("final:")),
+            "no text lines"
+        );
+    });
+}
+
+#[test]
 fn the_parser_used_here_rejects_what_is_not_the_text_format() {
     // The checks above mean something only if the parser can say no.
     for bad in [
@@ -246,10 +295,8 @@ fn bad_metrics_addresses_are_refused_in_one_line() {
     assert!(err.contains("--metrics"), "{err}");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let at = taken.local_addr().unwrap().to_string();
-    let (status, _, err) = run_to_exit(
-        &mut b.command(&["--metrics", &at]),
-        Duration::from_secs(10),
-    );
+    let (status, _, err) =
+        run_to_exit(&mut b.command(&["--metrics", &at]), Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{err}");
     let lines: Vec<&str> = err
         .lines()
