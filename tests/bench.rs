@@ -93,8 +93,9 @@ fn against_ringecho_counts_match_and_every_output_parses() {
 }
 
 #[test]
-fn human_summary_names_every_figure() {
+fn human_summary_names_every_figure_and_the_svg_chart_is_written() {
     let f = Fixture::start(Behaviour::Echo);
+    let svg = temp_path("summary.svg");
     let run = bench(&[
         "--addr",
         &f.addr.to_string(),
@@ -106,8 +107,22 @@ fn human_summary_names_every_figure() {
         "0.3",
         "--warmup",
         "0",
+        "--svg",
+        svg.to_str().unwrap(),
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(chart.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(chart.trim_end().ends_with("</svg>"));
+    assert!(
+        chart.contains("Latency by percentile: 3 conns × 128 B, depth 1, closed loop"),
+        "the title has the settings"
+    );
+    assert_eq!(chart.matches("<polyline").count(), 1, "one curve");
+    for tick in ["50%", "90%", "99%", "99.9%", "99.99%"] {
+        assert!(chart.contains(&format!(">{tick}</text>")), "{tick}");
+    }
     for word in [
         "msgs/s",
         "MB/s",
@@ -279,6 +294,27 @@ fn nobody_listening_exits_nonzero_with_the_reason() {
             "no summary for a run that never started"
         );
     }
+}
+
+#[test]
+fn an_unwritable_svg_path_fails_before_the_run() {
+    let f = Fixture::start(Behaviour::Echo);
+    let run = bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--svg",
+        "/nonexistent-dir/x.svg",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .trim()
+            .starts_with("ringecho bench: cannot create --svg file /nonexistent-dir/x.svg"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1);
+    assert!(run.stdout.is_empty());
 }
 
 #[test]

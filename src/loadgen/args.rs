@@ -156,6 +156,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
+    /// Write the latency percentile curve as an SVG chart (HdrHistogram's layout: x the
+    /// percentile on a log scale, 50% to 99.99%; y µs), titled with the run's settings.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
     /// A connect, or an echo with bytes outstanding, that makes no progress this long fails
     /// the connection (counted as a timeout). UDP: caps --udp-loss-timeout.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]

@@ -30,6 +30,7 @@ pub mod flow;
 pub mod framing;
 pub mod pattern;
 pub mod report;
+pub mod svg;
 pub mod udp;
 pub mod uring;
 pub mod worker;
@@ -108,6 +109,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         .hlog
         .as_deref()
         .map(|p| create(p, "--hlog"))
+        .transpose()?;
+    let mut svg_file = args
+        .svg
+        .as_deref()
+        .map(|p| create(p, "--svg"))
         .transpose()?;
 
     let workers = args.worker_count();
@@ -353,6 +359,17 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     if let Some(f) = hlog_file.as_mut() {
         f.flush()
             .map_err(|e| Error::io("cannot write --hlog file", e))?;
+    }
+    if let Some(f) = svg_file.as_mut() {
+        let (title, subtitle) = report.chart_titles();
+        let chart = svg::latency_chart(
+            &title,
+            &subtitle,
+            &[svg::Curve::of("latency", &report.hist)],
+        );
+        f.write_all(chart.as_bytes())
+            .and_then(|()| f.flush())
+            .map_err(|e| Error::io("cannot write --svg file", e))?;
     }
     let written = if args.json {
         writeln!(out, "{}", report.json())

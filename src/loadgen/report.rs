@@ -136,6 +136,44 @@ impl Report {
         }
     }
 
+    /// What the run was, for a chart: a title (the load) and a subtitle (where, how, how much).
+    pub fn chart_titles(&self) -> (String, String) {
+        let a = &self.args;
+        let what = if a.udp {
+            format!("{} UDP sockets × {} B datagrams", a.conns, a.size)
+        } else if a.framed {
+            format!("{} conns × {} B frames", a.conns, a.size)
+        } else {
+            format!("{} conns × {} B", a.conns, a.size)
+        };
+        let title = format!(
+            "Latency by percentile: {what}, depth {}, {}",
+            a.depth,
+            match a.rate {
+                Some(r) => format!("open loop at {} msgs/s", group(r.round() as u64)),
+                None => "closed loop".into(),
+            }
+        );
+        let subtitle = format!(
+            "ringecho bench {} · {} client, {} thread{} · {:.1} s after {:.1} s warm-up · {} msgs \
+             at {} msgs/s · latency from each message's {} time",
+            a.addr,
+            self.backend_name(),
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.window_secs,
+            a.warmup.as_secs_f64(),
+            group(self.msgs()),
+            opt(self.msgs_per_sec().map(|v| group(v.round() as u64))),
+            if a.rate.is_some() {
+                "intended send"
+            } else {
+                "send"
+            },
+        );
+        (title, subtitle)
+    }
+
     /// The human summary.
     pub fn summary(&self) -> String {
         let a = &self.args;
