@@ -1,6 +1,7 @@
 //! Command-line interface. The flag docs here are the `--help` text.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -33,6 +34,25 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
     Bench(Box<BenchArgs>),
+    /// Merge `bench --hlog` interval logs of several runs (load generators on several machines)
+    /// into one summary: messages, throughput summed over the window common to every run, and
+    /// the percentiles of every run's messages together.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Interval logs written by `ringecho bench --hlog` (one per run).
+    #[arg(required = true, value_name = "FILE.hlog")]
+    pub files: Vec<PathBuf>,
+
+    /// Print one JSON object (the fields of `bench --json` that apply, summed or merged).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the merged latency percentile curve as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 fn parse_pow2(s: &str) -> Result<u32, String> {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
+use cli::{Cli, Command, ProbeArgs, ProtocolKind, ReportArgs, ServeArgs};
 use metrics::MetricsListener;
 use ringecho::backend::uring::{self, RingConfig};
 use ringecho::error::EXIT_USAGE;
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Probe(args)) => probe(&args),
         Some(Command::Bench(args)) => return bench(&args),
+        Some(Command::Report(args)) => return report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +107,49 @@ fn bench(args: &BenchArgs) -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// Merges interval logs: exit 0, or 1 with one line when a file cannot be read or written.
+fn report(args: &ReportArgs) -> ExitCode {
+    match report_to(args, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("ringecho report: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report_to(args: &ReportArgs, out: &mut dyn Write) -> Result<(), String> {
+    use ringecho::loadgen::{hlog, svg};
+    // The output file first: a typo in its path should not wait for the reading.
+    let mut svg_file = match &args.svg {
+        Some(p) => Some(
+            std::fs::File::create(p)
+                .map_err(|e| format!("cannot create --svg file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let runs = args
+        .files
+        .iter()
+        .map(|p| hlog::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = hlog::merge(runs);
+    if let (Some(f), Some(path)) = (svg_file.as_mut(), &args.svg) {
+        let (title, subtitle) = merged.chart_titles();
+        let curve = svg::Curve::of("every run merged", &merged.hist);
+        f.write_all(svg::latency_chart(&title, &subtitle, &[curve]).as_bytes())
+            .map_err(|e| format!("cannot write --svg file {}: {e}", path.display()))?;
+    }
+    let text = if args.json {
+        format!("{}\n", merged.json())
+    } else {
+        merged.summary()
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write the report: {e}"))
 }
 
 fn probe(args: &ProbeArgs) -> Result<(), Error> {

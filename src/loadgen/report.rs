@@ -409,12 +409,12 @@ pub const JSON_FIELDS: &[&str] = &[
     "error",
 ];
 
-fn opt(v: Option<String>) -> String {
+pub(crate) fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "-".into())
 }
 
 /// `1234567` as `1,234,567`.
-fn group(n: u64) -> String {
+pub(crate) fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
@@ -428,23 +428,23 @@ fn group(n: u64) -> String {
 
 /// A flat JSON object written by hand: strings are escaped, non-finite numbers become null.
 #[derive(Default)]
-struct JsonObject {
+pub(crate) struct JsonObject {
     s: String,
 }
 
 impl JsonObject {
-    fn key(&mut self, k: &str) {
+    pub(crate) fn key(&mut self, k: &str) {
         self.s.push(if self.s.is_empty() { '{' } else { ',' });
         escape_into(&mut self.s, k);
         self.s.push(':');
     }
 
-    fn str(&mut self, k: &str, v: &str) {
+    pub(crate) fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         escape_into(&mut self.s, v);
     }
 
-    fn num(&mut self, k: &str, v: f64) {
+    pub(crate) fn num(&mut self, k: &str, v: f64) {
         self.key(k);
         if !v.is_finite() {
             self.s.push_str("null");
@@ -455,24 +455,24 @@ impl JsonObject {
         }
     }
 
-    fn opt(&mut self, k: &str, v: Option<f64>) {
+    pub(crate) fn opt(&mut self, k: &str, v: Option<f64>) {
         match v {
             Some(v) => self.num(k, v),
             None => self.null(k),
         }
     }
 
-    fn bool(&mut self, k: &str, v: bool) {
+    pub(crate) fn bool(&mut self, k: &str, v: bool) {
         self.key(k);
         self.s.push_str(if v { "true" } else { "false" });
     }
 
-    fn null(&mut self, k: &str) {
+    pub(crate) fn null(&mut self, k: &str) {
         self.key(k);
         self.s.push_str("null");
     }
 
-    fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         if self.s.is_empty() {
             self.s.push('{');
         }
