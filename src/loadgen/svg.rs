@@ -188,8 +188,15 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-/// Horizontal grid lines and labels for a linear y axis from 0 to `top`; returns the scale.
-fn y_axis(out: &mut String, top: f64, step: f64, label: &str) -> impl Fn(f64) -> f64 + use<> {
+/// Horizontal grid lines and labels (written by `fmt`) for a linear y axis from 0 to `top`;
+/// returns the scale.
+fn y_axis(
+    out: &mut String,
+    top: f64,
+    step: f64,
+    label: &str,
+    fmt: fn(f64) -> String,
+) -> impl Fn(f64) -> f64 + use<> {
     let (y0, y1) = (HEIGHT - BOTTOM, TOP);
     let scale = move |v: f64| y0 - (y0 - y1) * (v / top).clamp(0.0, 1.0);
     let mut v = 0.0;
@@ -202,7 +209,7 @@ fn y_axis(out: &mut String, top: f64, step: f64, label: &str) -> impl Fn(f64) ->
             WIDTH - RIGHT,
             LEFT - 6.0,
             y + 4.0,
-            tick_label(v)
+            fmt(v)
         );
         v += step;
     }
@@ -232,7 +239,7 @@ pub fn latency_chart(title: &str, subtitle: &str, curves: &[Curve]) -> String {
         .fold(0.0, f64::max);
     let step = nice_step(top_value, 6.0);
     let top = ((top_value / step).ceil() * step).max(step);
-    let y = y_axis(&mut out, top, step, "latency (µs)");
+    let y = y_axis(&mut out, top, step, "latency (µs)", tick_label);
     let (lo, hi) = (x_of(0.5), x_of(0.9999));
     let x = |p: f64| LEFT + (WIDTH - LEFT - RIGHT) * (x_of(p) - lo) / (hi - lo);
     for &(p, label) in PERCENTILE_TICKS {
@@ -295,7 +302,7 @@ pub fn bar_chart(title: &str, subtitle: &str, unit: &str, bars: &[Bar]) -> Strin
     let top_value = bars.iter().map(|b| b.max.max(b.median)).fold(0.0, f64::max);
     let step = nice_step(top_value, 6.0);
     let top = ((top_value * 1.08 / step).ceil() * step).max(step);
-    let y = y_axis(&mut out, top, step, unit);
+    let y = y_axis(&mut out, top, step, unit, count_label);
     let slot = (WIDTH - LEFT - RIGHT) / bars.len().max(1) as f64;
     let width = (slot * 0.6).min(90.0);
     for (i, b) in bars.iter().enumerate() {
@@ -332,6 +339,17 @@ pub fn bar_chart(title: &str, subtitle: &str, unit: &str, bars: &[Bar]) -> Strin
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A count on an axis, with k and M from a thousand: `5k`, `12.5k`, `1.5M`.
+fn count_label(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", tick_label(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{}k", tick_label(v / 1e3))
+    } else {
+        tick_label(v)
+    }
 }
 
 /// A value label with three significant digits and a k/M suffix: `336k`, `1.25M`, `41.2`.
@@ -485,6 +503,8 @@ mod tests {
         assert_eq!(tick_label_sig(336_617.0), "337k");
         assert_eq!(tick_label_sig(41.23), "41.2");
         assert_eq!(sig3(7557.12), "7557");
+        assert_eq!(count_label(5000.0), "5k");
+        assert_eq!(count_label(2_500_000.0), "2.5M");
         assert_eq!(wrap("aaaa · bbbb · cccc", 11), ["aaaa · bbbb", "cccc"]);
     }
 }
