@@ -122,7 +122,7 @@ fn answer(conn: &mut TcpStream, stats: &StatsHandle, started: Instant) -> io::Re
     let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
     let mut sink = [0u8; 1024];
     let mut drained = 0;
-    while drained < MAX_HEAD {
+    while drained < 8 * MAX_HEAD {
         match conn.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
