@@ -28,7 +28,7 @@ fmt:
 #   make bench PEERS='tokio=target/peers/release/tokio-echo'       (after `make bench-peers`)
 # On a shared host, MAX_OTHER_CPUS=0.2 repeats runs during which other work used > 0.2 CPU.
 # Other harness flags (`cargo bench --bench compare -- --help`) go in BENCH_ARGS.
-# Results: target/bench/latest.md and target/bench/<timestamp>.json.
+# Results: target/bench/latest.md, latest.html (with charts) and target/bench/<timestamp>.json.
 BENCH_FLAGS = $(if $(CASES),--cases '$(CASES)') $(if $(SERVERS),--servers '$(SERVERS)') \
 	$(if $(PEERS),--peers '$(PEERS)') $(if $(ROUNDS),--rounds $(ROUNDS)) \
 	--duration $(or $(DURATION),5) $(if $(WARMUP),--warmup $(WARMUP)) \

@@ -1,6 +1,7 @@
 //! Command-line interface. The flag docs here are the `--help` text.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -11,6 +12,7 @@ use ringecho::loadgen::BenchArgs;
 use ringecho::loadgen::args::parse_addr;
 use ringecho::protocol::{DEFAULT_HTTP_BODY, DEFAULT_MAX_FRAME};
 use ringecho::server::{DEFAULT_ADDR, Keepalive, Server, ServerBuilder, SocketOptions};
+use ringecho::stats::StatsFormat;
 
 /// An io_uring TCP echo server, with a verifying load generator and a kernel feature probe.
 ///
@@ -32,6 +34,25 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Drive an echo server (ours or any other) and report throughput, latency and CPU.
     Bench(Box<BenchArgs>),
+    /// Merge `bench --hlog` interval logs of several runs (load generators on several machines)
+    /// into one summary: messages, throughput summed over the window common to every run, and
+    /// the percentiles of every run's messages together.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Interval logs written by `ringecho bench --hlog` (one per run).
+    #[arg(required = true, value_name = "FILE.hlog")]
+    pub files: Vec<PathBuf>,
+
+    /// Print one JSON object (the fields of `bench --json` that apply, summed or merged).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write the merged latency percentile curve as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 fn parse_pow2(s: &str) -> Result<u32, String> {
@@ -95,6 +116,15 @@ pub enum ProtocolKind {
     /// A fixed `200 OK` to every HTTP/1.1 request (keep-alive, pipelining); 400 to malformed
     /// requests, 431 to heads over 8 KiB, 501 to chunked bodies, each followed by a close.
     Http,
+}
+
+/// How stats lines are written (the library's `StatsFormat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormatArg {
+    /// `stats: t=1.0 accepted=3 ... rss_kib=5120`.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Parses seconds, fractions allowed (`0.5`).
@@ -240,6 +270,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub stats_interval: Option<Duration>,
 
+    /// How the stats and final lines are written: `text` (`stats: t=1.0 accepted=3 ...`) or
+    /// `json` (one object a line: `{"kind":"stats","t":1.0,"accepted":3,...}`).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = StatsFormatArg::Text)]
+    pub stats_format: StatsFormatArg,
+
+    /// Serve the counters in Prometheus' text format at http://ADDR/metrics, on a listener of
+    /// its own (port 0 picks a free port); prints `metrics on http://ADDR/metrics` when ready.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
+
     /// On SIGINT/SIGTERM, let owed bytes drain this long before closing connections.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub drain_timeout: Duration,
@@ -321,6 +361,10 @@ impl ServeArgs {
             .batch_wait_us(self.batch_wait_us)
             .drain_timeout(self.drain_timeout)
             .lingering_close(self.lingering_close)
+            .stats_format(match self.stats_format {
+                StatsFormatArg::Text => StatsFormat::Text,
+                StatsFormatArg::Json => StatsFormat::Json,
+            })
             .socket_options(self.socket_options())
             .pin(self.pin)
             .reuseport(self.reuseport);

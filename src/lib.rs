@@ -446,4 +446,4 @@ pub mod kernel_notes {}
 pub use backend::Backend;
 pub use error::Error;
 pub use protocol::Protocol;
-pub use server::{Server, ServerBuilder, ShutdownHandle};
+pub use server::{Server, ServerBuilder, ShutdownHandle, StatsHandle};

@@ -1,13 +1,15 @@
 //! The `ringecho` binary: parse the command line, call the library, map errors to exit codes.
 
 mod cli;
+mod metrics;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ProbeArgs, ProtocolKind, ServeArgs};
+use cli::{Cli, Command, ProbeArgs, ProtocolKind, ReportArgs, ServeArgs};
+use metrics::MetricsListener;
 use ringecho::backend::uring::{self, RingConfig};
 use ringecho::error::EXIT_USAGE;
 use ringecho::loadgen::BenchArgs;
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Probe(args)) => probe(&args),
         Some(Command::Bench(args)) => return bench(&args),
+        Some(Command::Report(args)) => return report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,12 +43,30 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let server = args.to_builder().bind()?;
     server.shutdown_handle().shutdown_on_signals()?;
+    let metrics = args.metrics.map(MetricsListener::bind).transpose()?;
+    let stats = server.stats_handle();
+    let shutdown = server.shutdown_handle();
+    let mut metrics_failed = None;
     let on_ready = |addrs: &[std::net::SocketAddr]| {
         let mut out = std::io::stdout().lock();
         for a in addrs {
             let _ = writeln!(out, "listening on {a}");
+        }
+        // Started once the shards run, so that every scrape carries the backend they run.
+        if let Some(m) = metrics {
+            let at = m.local_addr();
+            match m.spawn(stats, started) {
+                Ok(()) => {
+                    let _ = writeln!(out, "metrics on http://{at}/metrics");
+                }
+                Err(e) => {
+                    shutdown.shutdown();
+                    metrics_failed = Some(e);
+                }
+            }
         }
         let _ = out.flush();
     };
@@ -55,7 +76,7 @@ fn serve(args: &ServeArgs) -> Result<(), Error> {
         ProtocolKind::Framed => server.run(Framed::new(args.max_frame), on_ready, stats_out)?,
         ProtocolKind::Http => server.run(Http::new(args.http_body), on_ready, stats_out)?,
     };
-    Ok(())
+    metrics_failed.map_or(Ok(()), Err)
 }
 
 /// Runs the load generator: exit 0 for a clean run, 1 for a run that went wrong (the line
@@ -86,6 +107,49 @@ fn bench(args: &BenchArgs) -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// Merges interval logs: exit 0, or 1 with one line when a file cannot be read or written.
+fn report(args: &ReportArgs) -> ExitCode {
+    match report_to(args, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("ringecho report: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report_to(args: &ReportArgs, out: &mut dyn Write) -> Result<(), String> {
+    use ringecho::loadgen::{hlog, svg};
+    // The output file first: a typo in its path should not wait for the reading.
+    let mut svg_file = match &args.svg {
+        Some(p) => Some(
+            std::fs::File::create(p)
+                .map_err(|e| format!("cannot create --svg file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let runs = args
+        .files
+        .iter()
+        .map(|p| hlog::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = hlog::merge(runs);
+    if let (Some(f), Some(path)) = (svg_file.as_mut(), &args.svg) {
+        let (title, subtitle) = merged.chart_titles();
+        let curve = svg::Curve::of("every run merged", &merged.hist);
+        f.write_all(svg::latency_chart(&title, &subtitle, &[curve]).as_bytes())
+            .map_err(|e| format!("cannot write --svg file {}: {e}", path.display()))?;
+    }
+    let text = if args.json {
+        format!("{}\n", merged.json())
+    } else {
+        merged.summary()
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write the report: {e}"))
 }
 
 fn probe(args: &ProbeArgs) -> Result<(), Error> {

@@ -23,8 +23,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use crate::backend::uring::{self, RingConfig, RingMode, SqPoll};
 use crate::backend::{Backend, epoll};
 use crate::error::Error;
 use crate::protocol::Protocol;
-use crate::stats::{Counters, SharedCounters};
+use crate::stats::{Counters, SharedCounters, StatsFormat};
 use crate::sys;
 pub use crate::sys::{Keepalive, SocketOptions};
 
@@ -82,6 +82,8 @@ pub(crate) struct ServerConfig {
     pub batch_wait_us: u32,
     /// Print a stats line to stderr this often.
     pub stats_interval: Option<Duration>,
+    /// How stats lines are written.
+    pub stats_format: StatsFormat,
     /// On shutdown, how long owed bytes may drain before connections are closed regardless.
     pub drain_timeout: Duration,
     /// After a protocol closes a connection, how long it keeps reading (and dropping) input
@@ -128,6 +130,7 @@ impl Default for ServerConfig {
             batch_max: 32,
             batch_wait_us: 0,
             stats_interval: None,
+            stats_format: StatsFormat::Text,
             drain_timeout: Duration::from_secs(5),
             lingering_close: Duration::from_secs(5),
             backlog: None,
@@ -503,6 +506,13 @@ impl ServerBuilder {
         self
     }
 
+    /// How the `stats:` and `final:` lines are written (`--stats-format`; default
+    /// [`StatsFormat::Text`]).
+    pub fn stats_format(&mut self, format: StatsFormat) -> &mut Self {
+        self.cfg.stats_format = format;
+        self
+    }
+
     /// On shutdown, how long owed bytes may drain before connections are closed regardless
     /// (`--drain-timeout`; default 5 s).
     pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
@@ -585,6 +595,50 @@ impl ShutdownHandle {
     }
 }
 
+/// The live counters of a server, readable from any thread while it runs: what its `stats:`
+/// lines print, for a metrics exporter or a dashboard. [`Server::stats_handle`] gives one.
+///
+/// Reading never stalls the shards: each shard publishes its counters to atomics once per loop
+/// turn, and a snapshot reads those (each field on its own, so a snapshot taken while shards
+/// publish may mix two turns of one shard; every field is still a value the shard had).
+///
+/// ```
+/// use ringecho::Server;
+///
+/// let server = Server::builder().addr("127.0.0.1:0".parse().unwrap()).bind()?;
+/// let stats = server.stats_handle();
+/// assert_eq!(stats.snapshot().accepted, 0);
+/// assert_eq!(stats.backend(), None, "not chosen until the server runs");
+/// # Ok::<(), ringecho::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct StatsHandle {
+    shards: Arc<[Arc<SharedCounters>]>,
+    backend: Arc<OnceLock<Backend>>,
+}
+
+impl StatsHandle {
+    /// Every counter summed over the shards, as of each shard's last loop turn.
+    pub fn snapshot(&self) -> Counters {
+        let mut total = Counters::default();
+        for s in self.shards.iter() {
+            total.add(&s.snapshot());
+        }
+        total
+    }
+
+    /// Shards (each publishes its own counters; [`snapshot`](Self::snapshot) sums them).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The backend serving connections ([`Backend::Uring`] or [`Backend::Epoll`]) once
+    /// [`Server::run`] has chosen it; `None` before.
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend.get().copied()
+    }
+}
+
 /// What one shard thread is given.
 pub(crate) struct ShardContext {
     pub index: usize,
@@ -613,6 +667,7 @@ pub struct Server {
     listeners: Vec<Vec<OwnedFd>>,
     local_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
+    stats: StatsHandle,
 }
 
 impl Server {
@@ -670,11 +725,16 @@ impl Server {
             local_addrs.push(resolved);
         }
         let fd = sys::eventfd().map_err(|e| Error::io("cannot create eventfd", e))?;
+        let stats = StatsHandle {
+            shards: (0..shards).map(|_| Arc::default()).collect(),
+            backend: Arc::default(),
+        };
         Ok(Server {
             cfg,
             listeners,
             local_addrs,
             shutdown: ShutdownHandle { fd: Arc::new(fd) },
+            stats,
         })
     }
 
@@ -686,6 +746,11 @@ impl Server {
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// A handle that reads the server's counters while it runs (and after).
+    pub fn stats_handle(&self) -> StatsHandle {
+        self.stats.clone()
     }
 
     /// The backend `run` will use: `auto` becomes io_uring if a ring with everything the
@@ -732,10 +797,11 @@ impl Server {
         stats_out: &mut dyn Write,
     ) -> Result<Counters, Error> {
         let backend = self.resolve_backend()?;
+        let _ = self.stats.backend.set(backend);
         let shards = self.listeners.len();
         let cpus = sys::allowed_cpus();
         let (tx, rx) = mpsc::channel();
-        let stats: Vec<Arc<SharedCounters>> = (0..shards).map(|_| Arc::default()).collect();
+        let stats = &self.stats.shards;
         let started = Instant::now();
         let mut handles = Vec::with_capacity(shards);
         for (index, listeners) in self.listeners.into_iter().enumerate() {
@@ -792,15 +858,7 @@ impl Server {
             }
         }
         drop(tx);
-        let snapshot = || {
-            Counters::sum(
-                stats
-                    .iter()
-                    .map(|s| s.snapshot())
-                    .collect::<Vec<_>>()
-                    .iter(),
-            )
-        };
+        let snapshot = || self.stats.snapshot();
 
         let mut ready = 0;
         let mut exited = 0;
@@ -821,7 +879,7 @@ impl Server {
             };
             match event {
                 None => {
-                    let line = stats_line("stats", started, &snapshot());
+                    let line = stats_line(self.cfg.stats_format, "stats", started, &snapshot());
                     let _ = writeln!(stats_out, "{line}");
                     next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
                 }
@@ -851,18 +909,16 @@ impl Server {
             return Err(e);
         }
         let total = snapshot();
-        let _ = writeln!(stats_out, "{}", stats_line("final", started, &total));
+        let line = stats_line(self.cfg.stats_format, "final", started, &total);
+        let _ = writeln!(stats_out, "{line}");
         Ok(total)
     }
 }
 
-/// One stats line: `LABEL t=SECONDS key=value ... rss_kib=N`.
-fn stats_line(label: &str, started: Instant, c: &Counters) -> String {
-    format!(
-        "{label}: t={:.1} {c} rss_kib={}",
-        started.elapsed().as_secs_f64(),
-        sys::rss_bytes() / 1024
-    )
+/// One stats line: `LABEL: t=SECONDS key=value ... rss_kib=N`, or the same as JSON.
+fn stats_line(format: StatsFormat, label: &str, started: Instant, c: &Counters) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    format.line(label, secs, c, sys::rss_bytes() / 1024)
 }
 
 impl ServerConfig {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::protocol::CloseReason;
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// A snapshot of every server counter. Gauges (`active`, `bufs_held`) are current
         /// values; the rest count events since start.
         ///
@@ -19,7 +19,7 @@ macro_rules! counters {
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct Counters {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         /// The atomic mirror a shard publishes into and a printer reads from.
@@ -43,6 +43,10 @@ macro_rules! counters {
         impl Counters {
             /// Field names in print order.
             pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
+
+            /// What each field counts, in [`NAMES`](Self::NAMES) order: its doc comment, the
+            /// lines joined (for a metrics exporter's help text).
+            pub const HELP: &'static [&'static str] = &[$( concat!($($doc),*), )*];
 
             /// Field values in [`NAMES`](Self::NAMES) order.
             pub fn values(&self) -> Vec<u64> {
@@ -122,17 +126,52 @@ counters! {
     dgram_truncated,
     /// UDP datagrams dropped because echoes were backed up.
     dgram_dropped,
-    /// ...because the peer asked in-band (HTTP `Connection: close`, HTTP/1.0).
+    /// Protocol closes because the peer asked in-band (HTTP `Connection: close`, HTTP/1.0).
     proto_requested,
-    /// ...because the input broke the grammar (HTTP `400`).
+    /// Protocol closes because the input broke the grammar (HTTP `400`).
     proto_malformed,
-    /// ...because the input exceeded a limit (framed: a length over `--max-frame`, the
-    /// issue's `frame_too_large`; HTTP: a head over 8 KiB, `431`).
+    /// Protocol closes because the input exceeded a limit (framed: a length over
+    /// `--max-frame`, the issue's `frame_too_large`; HTTP: a head over 8 KiB, `431`).
     proto_too_large,
-    /// ...because the input asked for what is not implemented (HTTP chunked bodies, `501`).
+    /// Protocol closes because the input asked for what is not implemented (HTTP chunked
+    /// bodies, `501`).
     proto_unsupported,
     /// Provided buffers held by user space now (gauge).
     bufs_held,
+}
+
+/// How the `stats:` and `final:` lines are written ([`ServerBuilder::stats_format`]).
+///
+/// [`ServerBuilder::stats_format`]: crate::ServerBuilder::stats_format
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatsFormat {
+    /// `stats: t=1.0 accepted=3 ... rss_kib=5120` (what [`Counters::parse`] reads).
+    #[default]
+    Text,
+    /// One JSON object a line: `{"kind":"stats","t":1.0,"accepted":3,...,"rss_kib":5120}`,
+    /// `kind` being `stats` or `final`, then `t`, every counter in [`Counters::NAMES`] order,
+    /// and `rss_kib`.
+    Json,
+}
+
+impl StatsFormat {
+    /// One line (without its newline): `kind` (`stats` or `final`), seconds since start, the
+    /// counters and the resident memory in KiB.
+    pub fn line(self, kind: &str, secs: f64, c: &Counters, rss_kib: u64) -> String {
+        match self {
+            StatsFormat::Text => format!("{kind}: t={secs:.1} {c} rss_kib={rss_kib}"),
+            StatsFormat::Json => {
+                // Keys and `kind` are identifiers: nothing to escape.
+                let mut s = format!("{{\"kind\":\"{kind}\",\"t\":{secs:.3}");
+                for (name, value) in Counters::NAMES.iter().zip(c.values()) {
+                    s.push_str(&format!(",\"{name}\":{value}"));
+                }
+                s.push_str(&format!(",\"rss_kib\":{rss_kib}}}"));
+                s
+            }
+        }
+    }
 }
 
 impl fmt::Display for Counters {
@@ -148,6 +187,10 @@ impl fmt::Display for Counters {
 }
 
 impl Counters {
+    /// The fields that are current values (they go up and down); every other field only grows
+    /// while the server runs.
+    pub const GAUGES: &'static [&'static str] = &["active", "bufs_held"];
+
     /// Counts what a connection did with `len` received bytes (both backends call this).
     pub(crate) fn record_recv(&mut self, len: usize, out: &crate::conn::RecvOutcome) {
         self.bytes_in += (len - out.discarded) as u64;
@@ -204,6 +247,43 @@ mod tests {
         }
         assert_eq!(Counters::parse(&c.to_string()), c);
         assert!(!c.set("nonsense", 1));
+    }
+
+    #[test]
+    fn every_field_has_help_and_the_gauges_are_fields() {
+        assert_eq!(Counters::HELP.len(), Counters::NAMES.len());
+        for (name, help) in Counters::NAMES.iter().zip(Counters::HELP) {
+            assert!(help.trim().len() > 10, "{name}: {help:?}");
+            assert!(!help.contains('\n'), "{name}: one line");
+        }
+        assert_eq!(Counters::HELP[0].trim(), "Connections accepted.");
+        for g in Counters::GAUGES {
+            assert!(Counters::NAMES.contains(g), "{g}");
+        }
+    }
+
+    #[test]
+    fn stats_lines_in_text_and_json() {
+        let mut c = Counters::default();
+        c.set("accepted", 3);
+        c.set("bufs_held", 2);
+        let text = StatsFormat::Text.line("stats", 1.25, &c, 5120);
+        assert!(
+            text.starts_with("stats: t=1.2 accepted=3 active=0 "),
+            "{text}"
+        );
+        assert!(text.ends_with(" bufs_held=2 rss_kib=5120"), "{text}");
+        assert_eq!(Counters::parse(&text), c);
+        let json = StatsFormat::Json.line("final", 1.25, &c, 5120);
+        assert!(
+            json.starts_with(r#"{"kind":"final","t":1.250,"accepted":3,"active":0,"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#","bufs_held":2,"rss_kib":5120}"#),
+            "{json}"
+        );
+        assert_eq!(json.matches(':').count(), Counters::NAMES.len() + 3);
     }
 
     #[test]

@@ -93,8 +93,9 @@ fn against_ringecho_counts_match_and_every_output_parses() {
 }
 
 #[test]
-fn human_summary_names_every_figure() {
+fn human_summary_names_every_figure_and_the_svg_chart_is_written() {
     let f = Fixture::start(Behaviour::Echo);
+    let svg = temp_path("summary.svg");
     let run = bench(&[
         "--addr",
         &f.addr.to_string(),
@@ -106,8 +107,22 @@ fn human_summary_names_every_figure() {
         "0.3",
         "--warmup",
         "0",
+        "--svg",
+        svg.to_str().unwrap(),
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(chart.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(chart.trim_end().ends_with("</svg>"));
+    assert!(
+        chart.contains("Latency by percentile: 3 conns × 128 B, depth 1, closed loop"),
+        "the title has the settings"
+    );
+    assert_eq!(chart.matches("<polyline").count(), 1, "one curve");
+    for tick in ["50%", "90%", "99%", "99.9%", "99.99%"] {
+        assert!(chart.contains(&format!(">{tick}</text>")), "{tick}");
+    }
     for word in [
         "msgs/s",
         "MB/s",
@@ -282,6 +297,27 @@ fn nobody_listening_exits_nonzero_with_the_reason() {
 }
 
 #[test]
+fn an_unwritable_svg_path_fails_before_the_run() {
+    let f = Fixture::start(Behaviour::Echo);
+    let run = bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--svg",
+        "/nonexistent-dir/x.svg",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .trim()
+            .starts_with("ringecho bench: cannot create --svg file /nonexistent-dir/x.svg"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1);
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
 fn bad_flags_are_refused_before_anything_runs() {
     for args in [
         &["--conns", "0"][..],
@@ -435,6 +471,182 @@ fn interval_logs_from_two_runs_merge_into_one_histogram() {
     }
     assert!(msgs > 0.0);
     assert_eq!(merged.len() as f64, msgs);
+}
+
+/// Runs `ringecho report` with `args`.
+fn report(args: &[&str]) -> Run {
+    let out = std::process::Command::new(BIN)
+        .arg("report")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ringecho report");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Two load generators started together with one `--start-at` against one server measure the
+/// same window; `ringecho report` merges their logs: the count is the sum of the two runs, and
+/// the percentiles are those of one histogram fed with both runs' values.
+#[test]
+fn two_runs_started_at_one_time_merge_into_one_report() {
+    let server = RingechoServer::start_with(&["--backend", "epoll", "--threads", "1"]);
+    let addr = server.addr.to_string();
+    let backend = backends("two_runs_started_at_one_time_merge_into_one_report")[0];
+    let now = ringecho::loadgen::args::unix_now();
+    // Whole milliseconds: the logs' StartTime has three decimals.
+    let at = format!("{:.3}", now + 1.5);
+    let logs = [temp_path("merge-a.hlog"), temp_path("merge-b.hlog")];
+    let children: Vec<_> = logs
+        .iter()
+        .map(|log| {
+            spawn_bench(&[
+                "--addr",
+                &addr,
+                "--backend",
+                backend,
+                "--conns",
+                "3",
+                "--threads",
+                "1",
+                "--duration",
+                "1.5",
+                "--warmup",
+                "0.2",
+                "--start-at",
+                &at,
+                "--json",
+                "--hlog",
+                log.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let runs: Vec<Run> = children.into_iter().map(collect).collect();
+    let mut msgs = 0.0;
+    let mut one: Histogram<u64> = Histogram::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+    for (run, log) in runs.iter().zip(&logs) {
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(run.stderr.contains("measuring at"), "{}", run.stderr);
+        let j = json_of(run, "a --start-at run");
+        assert_eq!(j["window_s"].num(), 1.5, "the window is the one asked for");
+        msgs += j["msgs"].num();
+        let (h, _) = read_hlog(log);
+        assert_eq!(h.len() as f64, j["msgs"].num());
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains(&format!("#[StartTime: {at} (seconds since epoch)]")),
+            "the log starts at --start-at:\n{text}"
+        );
+        one.add(&h).unwrap();
+    }
+    assert!(msgs > 0.0);
+    let svg = temp_path("merged.svg");
+    let paths: Vec<&str> = logs.iter().map(|p| p.to_str().unwrap()).collect();
+    let mut args = paths.clone();
+    args.extend(["--json", "--svg", svg.to_str().unwrap()]);
+    let merged = report(&args);
+    assert_eq!(merged.code, Some(0), "{}", merged.stderr);
+    let m = parse_flat_json(&merged.stdout).unwrap_or_else(|e| panic!("{e}: {}", merged.stdout));
+    assert_eq!(m.len(), ringecho::loadgen::hlog::REPORT_JSON_FIELDS.len());
+    assert_eq!(m["runs"].num(), 2.0);
+    assert_eq!(m["msgs"].num(), msgs, "the count is the sum of the runs");
+    assert_eq!(m["conns"].num(), 6.0);
+    assert_eq!(m["window_s"].num(), 1.5, "both measured the same window");
+    assert_eq!(m["window_start"].num(), at.parse::<f64>().unwrap());
+    assert_eq!(m["window_msgs"].num(), msgs, "every interval is inside it");
+    assert!((m["msgs_per_sec"].num() - msgs / 1.5).abs() < 1e-6);
+    for (field, q) in [
+        ("p50_us", 0.5),
+        ("p90_us", 0.9),
+        ("p99_us", 0.99),
+        ("p999_us", 0.999),
+    ] {
+        assert_eq!(
+            m[field].num(),
+            one.value_at_quantile(q) as f64 / 1000.0,
+            "{field} of the merged report vs one histogram of both runs"
+        );
+    }
+    assert_eq!(m["max_us"].num(), one.max() as f64 / 1000.0);
+    eprintln!(
+        "merged vs one histogram: msgs {} = {msgs}; p50 {} / {}; p99 {} / {}; p99.9 {} / {} µs",
+        m["msgs"].num(),
+        m["p50_us"].num(),
+        one.value_at_quantile(0.5) as f64 / 1000.0,
+        m["p99_us"].num(),
+        one.value_at_quantile(0.99) as f64 / 1000.0,
+        m["p999_us"].num(),
+        one.value_at_quantile(0.999) as f64 / 1000.0,
+    );
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("Latency by percentile: 2 runs, 6 conns × 128 B in all"));
+    let text = report(&paths);
+    assert_eq!(text.code, Some(0));
+    assert!(
+        text.stdout
+            .contains("2 runs, 6 conns × 128 B in all, closed loop"),
+        "{}",
+        text.stdout
+    );
+    for p in logs.iter().chain([&svg]) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn a_start_at_that_connecting_overruns_fails_the_run() {
+    let f = Fixture::start(Behaviour::Echo);
+    let at = format!("{:.3}", ringecho::loadgen::args::unix_now() + 0.5);
+    // Three connections at one a second take two seconds.
+    let run = bench(&[
+        "--addr",
+        &f.addr.to_string(),
+        "--backend",
+        "epoll",
+        "--conns",
+        "3",
+        "--threads",
+        "1",
+        "--connect-rate",
+        "1",
+        "--start-at",
+        &at,
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("after --start-at") && run.stderr.contains("no common window"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn report_refuses_what_it_cannot_read_in_one_line() {
+    let r = report(&["/nonexistent/a.hlog"]);
+    assert_eq!(r.code, Some(1));
+    assert_eq!(
+        r.stderr.trim(),
+        "ringecho report: cannot read /nonexistent/a.hlog: No such file or directory (os error 2)"
+    );
+    let junk = temp_path("junk.hlog");
+    std::fs::write(&junk, "not a log\n").unwrap();
+    let r = report(&[junk.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&junk);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not an HdrHistogram interval log"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1);
+    assert_eq!(report(&[]).code, Some(64), "no file is a bad flag");
+    let r = bench(&["--start-at", "12"]);
+    assert_eq!(r.code, Some(64));
+    assert!(r.stderr.contains("in the past"), "{}", r.stderr);
+    assert_eq!(bench(&["--start-at", "tomorrow"]).code, Some(64));
 }
 
 /// Ctrl-C ends the window early: connections drain, the report covers what was measured, and

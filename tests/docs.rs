@@ -194,3 +194,24 @@ fn readme_names_every_bench_json_field() {
         .collect();
     assert!(missing.is_empty(), "README does not name: {missing:?}");
 }
+
+/// Every field `ringecho report --json` writes is named in the README's "Load from several
+/// machines" section.
+#[test]
+fn readme_names_every_report_json_field() {
+    let readme = read("README.md");
+    let from = readme
+        .find("## Load from several machines")
+        .expect("README has a \"Load from several machines\" section");
+    let section = &readme[from..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let missing: Vec<&str> = ringecho::loadgen::hlog::REPORT_JSON_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| !section.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README section does not name: {missing:?}"
+    );
+}

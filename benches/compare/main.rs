@@ -1,6 +1,7 @@
 //! The side-by-side comparison harness (`make bench`): the same matrix of load cases against
 //! several echo servers (ringecho's two backends, ringecho flag variants, other servers), fairly,
-//! with every figure written to `target/bench/<timestamp>.json` and `target/bench/latest.md`.
+//! with every figure written to `target/bench/<timestamp>.json` and `target/bench/latest.md`,
+//! and the same tables with charts in `target/bench/latest.html`.
 //!
 //! Fair by construction: a fresh server for every run, server and client pinned to different
 //! CPUs, warm-up excluded, the servers alternating round by round (A B A B ...), median and
@@ -10,6 +11,7 @@
 //! how `cargo test` runs it) it does a quick self-check instead: its parsers, then one tiny case
 //! end to end against three servers.
 
+mod html;
 mod json;
 mod metrics;
 mod procfs;
@@ -420,7 +422,10 @@ fn write_outputs(
     )?;
     let md = report::markdown(meta, &plan.servers, results);
     write(&plan.out_dir.join(format!("{stamp}.md")), &md)?;
-    write(&plan.out_dir.join("latest.md"), &md)
+    write(&plan.out_dir.join("latest.md"), &md)?;
+    let page = html::html(meta, &plan.servers, results);
+    write(&plan.out_dir.join(format!("{stamp}.html")), &page)?;
+    write(&plan.out_dir.join("latest.html"), &page)
 }
 
 fn progress(done: usize, total: usize, case: Case, server: &Server, r: &Run) {
@@ -477,9 +482,10 @@ fn compare(args: &Args) -> Result<bool, String> {
     let meta_md = std::fs::read_to_string(plan.out_dir.join("latest.md")).unwrap_or_default();
     println!("{meta_md}");
     eprintln!(
-        "compare: wrote {} and {}",
+        "compare: wrote {}, {} and {}",
         json_path.display(),
-        plan.out_dir.join("latest.md").display()
+        plan.out_dir.join("latest.md").display(),
+        plan.out_dir.join("latest.html").display()
     );
     let failed = results
         .iter()

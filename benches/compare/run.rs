@@ -10,6 +10,8 @@ use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use ringecho::loadgen::hlog;
 use ringecho::stats::Counters;
 
 use crate::json::Json;
@@ -82,6 +84,9 @@ pub struct Run {
     pub tcp_mem_peak_kib: Option<u64>,
     /// Syscalls `perf` counted in the server over the whole client run (count passes only).
     pub perf_syscalls: Option<u64>,
+    /// Latencies (ns) of the measured window, from the client's `--hlog` (for the charts of
+    /// `latest.html`; not in the JSON).
+    pub latency: Option<Histogram<u64>>,
 }
 
 /// Pins a command to `cpus` and ties its life to ours (it is killed if the harness dies).
@@ -325,13 +330,32 @@ pub fn perf_available() -> Result<(), String> {
     }
 }
 
-/// Runs the client against `addr`; returns (exit code, stdout, stderr).
+/// A fresh path for one run's interval log, in the system's temporary directory.
+fn hlog_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "ringecho-compare-{}-{}.hlog",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Every interval of the log at `path` in one histogram, if it can be read; removes the file.
+fn read_latency(path: &std::path::Path) -> Option<Histogram<u64>> {
+    let merged = hlog::read(path).ok().map(|log| hlog::merge(vec![log]).hist);
+    let _ = std::fs::remove_file(path);
+    merged
+}
+
+/// Runs the client against `addr`, its interval log going to `hlog`; returns (exit code,
+/// stdout, stderr).
 fn run_client(
     settings: &Settings,
     case: Case,
     addr: &str,
     server_pid: u32,
     duration: f64,
+    hlog: &std::path::Path,
 ) -> Result<(Option<i32>, String, String), String> {
     let mut cmd = Command::new(&settings.ringecho);
     cmd.arg("bench")
@@ -346,6 +370,8 @@ fn run_client(
         .args(["--threads", &settings.client_threads.to_string()])
         .args(["--backend", &settings.client_backend])
         .args(["--server-pid", &server_pid.to_string()])
+        .arg("--hlog")
+        .arg(hlog)
         .arg("--json")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -411,7 +437,9 @@ pub fn run_once(
     };
     run.tcp_mem_base_kib = procfs::tcp_mem_kib();
     let sampler = SockstatSampler::start();
-    let client = run_client(settings, case, &proc.addr, pid, duration);
+    let hlog = hlog_path();
+    let client = run_client(settings, case, &proc.addr, pid, duration, &hlog);
+    run.latency = read_latency(&hlog);
     run.tcp_mem_peak_kib = sampler.finish();
     run.rss_peak_kib = procfs::peak_rss_kib(pid);
     if let Some(perf) = perf {

@@ -77,6 +77,7 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 fn units() -> Result<(), String> {
+    crate::html::self_check()?;
     // Cases.
     let d = parse_cases(crate::spec::DEFAULT_CASES)?;
     ensure!(d.len() == 12, "default matrix has 12 cases: {d:?}");
@@ -350,6 +351,29 @@ fn end_to_end() -> Result<(), String> {
         ensure!(rs.len() == 3, "three servers: {}", rs.len());
         let md = std::fs::read_to_string(out_dir.join("latest.md")).map_err(|e| e.to_string())?;
         ensure!(md.contains(NOISE_NOTE), "the noise note is in latest.md");
+        let page =
+            std::fs::read_to_string(out_dir.join("latest.html")).map_err(|e| e.to_string())?;
+        ensure!(page.starts_with("<!DOCTYPE html>"), "latest.html is a page");
+        ensure!(
+            page.matches("<svg").count() == 2,
+            "latest.html: two charts for the one case"
+        );
+        for fetches in ["<script", "src=", "href=", "url(", "@import", "<link"] {
+            ensure!(
+                !page.contains(fetches),
+                "latest.html is self-contained, but has {fetches:?}"
+            );
+        }
+        let drawn = results[0]
+            .servers
+            .iter()
+            .filter(|r| r.runs.iter().any(|run| run.latency.is_some()))
+            .count();
+        ensure!(
+            drawn >= 2 && page.matches("<polyline").count() == drawn,
+            "a latency curve per server that measured: {drawn} servers, {} curves",
+            page.matches("<polyline").count()
+        );
         for r in &results[0].servers {
             let s = &r.summary;
             if r.name == "uring" && s.problems.iter().any(|p| p.contains("(exit 2)")) {
@@ -387,6 +411,11 @@ fn end_to_end() -> Result<(), String> {
                 md.lines()
                     .any(|l| l.starts_with(&format!("| {} |", r.name))),
                 "{}: no row in latest.md",
+                r.name
+            );
+            ensure!(
+                page.contains(&format!("<tr><td>{}</td>", r.name)),
+                "{}: no row in latest.html",
                 r.name
             );
         }

@@ -154,6 +154,18 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
+    /// Connect at once, start traffic --warmup seconds before this wall-clock time (seconds
+    /// since 1970, as `date +%s` prints; fractions allowed) and measure from it, so that load
+    /// generators on several machines with synchronised clocks measure the same window (merge
+    /// their --hlog files with `ringecho report`). Fails if connecting takes until then.
+    #[arg(long, value_name = "UNIX_TIME", value_parser = parse_start_at)]
+    pub start_at: Option<f64>,
+
+    /// Write the latency percentile curve as an SVG chart (HdrHistogram's layout: x the
+    /// percentile on a log scale, 50% to 99.99%; y µs), titled with the run's settings.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
     /// A connect, or an echo with bytes outstanding, that makes no progress this long fails
     /// the connection (counted as a timeout). UDP: caps --udp-loss-timeout.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
@@ -176,6 +188,9 @@ impl BenchArgs {
     /// Checks what no single flag can: the line to exit with (status 64) if the flags do not go
     /// together.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(at) = self.start_at {
+            check_start_at(at, unix_now())?;
+        }
         if !self.udp {
             return Ok(());
         }
@@ -236,6 +251,44 @@ impl BenchArgs {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         t.clamp(1, self.conns.max(1) as usize)
     }
+}
+
+/// Seconds since 1970, now.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Longest wait `--start-at` may ask for: further looks like a mistake (milliseconds, a typo).
+pub const START_AT_MAX_WAIT_SECS: f64 = 86_400.0;
+
+fn parse_start_at(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a time in seconds since 1970 (for example $(( $(date +%s) + 30 )))"
+        )),
+    }
+}
+
+/// Whether `--start-at at` can be kept when it is `now`: not past, and at most a day away.
+pub fn check_start_at(at: f64, now: f64) -> Result<(), String> {
+    if at < now {
+        return Err(format!(
+            "--start-at {at} is {:.1} s in the past (it is {now:.1} now): pick a time far enough \
+             ahead for every load generator to start and connect",
+            now - at
+        ));
+    }
+    if at - now > START_AT_MAX_WAIT_SECS {
+        return Err(format!(
+            "--start-at {at} is {:.0} s from now, more than a day: is it in seconds since 1970 \
+             (date +%s), not milliseconds?",
+            at - now
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `HOST:PORT` (an IP literal, `[v6]:port`, or a name that resolves).
@@ -374,6 +427,26 @@ mod tests {
         assert!(n(&["--framed", "--size", "1048577"])[0].contains("--max-frame"));
         let l = parse(&["--udp-loss-timeout", "9", "--timeout", "2"]).unwrap();
         assert_eq!(l.loss_timeout(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn start_at_must_be_a_near_future_unix_time() {
+        assert!(parse(&["--start-at", "soon"]).is_err());
+        assert!(parse(&["--start-at", "-5"]).is_err());
+        assert_eq!(
+            parse(&["--start-at", "1700000000.5"]).unwrap().start_at,
+            Some(1700000000.5)
+        );
+        assert_eq!(check_start_at(1000.0, 990.0), Ok(()));
+        let past = check_start_at(1000.0, 1012.5).unwrap_err();
+        assert!(past.contains("12.5 s in the past"), "{past}");
+        let far = check_start_at(1.7e12, 1.7e9).unwrap_err();
+        assert!(far.contains("milliseconds"), "{far}");
+        let late = parse(&["--start-at", "1000"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(late.contains("in the past"), "{late}");
     }
 
     #[test]

@@ -28,8 +28,10 @@ pub mod cpu;
 pub mod epoll;
 pub mod flow;
 pub mod framing;
+pub mod hlog;
 pub mod pattern;
 pub mod report;
+pub mod svg;
 pub mod udp;
 pub mod uring;
 pub mod worker;
@@ -43,7 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -108,6 +110,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         .hlog
         .as_deref()
         .map(|p| create(p, "--hlog"))
+        .transpose()?;
+    let mut svg_file = args
+        .svg
+        .as_deref()
+        .map(|p| create(p, "--svg"))
         .transpose()?;
 
     let workers = args.worker_count();
@@ -204,14 +211,67 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     }
     let established: u64 = co.established.iter().flatten().sum();
     let mut timeline = None;
-    if established == 0 || co.error.is_some() || interrupted {
+    // With --start-at: when measuring starts, in ns since `base`, and a line if it is too late.
+    let mut late = None;
+    let warmup_ns = args.warmup.as_nanos() as u64;
+    let planned = args.start_at.map(|at| {
+        let since_base = at
+            - wall_base
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+        (since_base.max(0.0) * 1e9) as u64
+    });
+    if let Some(t_warm) = planned
+        && established > 0
+        && co.error.is_none()
+        && !interrupted
+    {
+        let now = base.elapsed().as_nanos() as u64;
+        if now > t_warm {
+            late = Some(format!(
+                "connecting took until {:.1} s after --start-at {}: no common window; start \
+                 later (or lower --conns, raise --connect-rate)",
+                (now - t_warm) as f64 / 1e9,
+                args.start_at.unwrap_or_default()
+            ));
+        } else {
+            eprintln!(
+                "ringecho bench: {established} connections established; traffic starts in \
+                 {:.1} s, measuring at {}",
+                t_warm.saturating_sub(warmup_ns).saturating_sub(now) as f64 / 1e9,
+                args.start_at.unwrap_or_default()
+            );
+            // Wait for the start (connections stay open and idle), watching for signals.
+            let t0 = t_warm.saturating_sub(warmup_ns);
+            loop {
+                let now = base.elapsed().as_nanos() as u64;
+                if now >= t0 {
+                    break;
+                }
+                if sys::eventfd_take(signals.as_raw_fd()) {
+                    interrupted = true;
+                    break;
+                }
+                let wait = Duration::from_nanos(t0 - now).min(SIGNAL_POLL);
+                match rx.recv_timeout(wait) {
+                    Ok(m) => co.handle(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+    }
+    if established == 0 || co.error.is_some() || interrupted || late.is_some() {
         abort.store(true, Ordering::Relaxed);
         for t in &to_workers {
             let _ = t.send(ToWorker::Stop);
         }
     } else {
-        let t0 = base.elapsed().as_nanos() as u64;
-        let t_warm = t0 + args.warmup.as_nanos() as u64;
+        let now = base.elapsed().as_nanos() as u64;
+        let (t0, t_warm) = match planned {
+            Some(t_warm) => (now.min(t_warm), t_warm),
+            None => (now, now + warmup_ns),
+        };
         let tl = Timeline {
             t0,
             t_warm,
@@ -259,6 +319,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
                         None => "closed loop".into(),
                     }
                 ))
+                .add_comment(&hlog::settings_comment(args, workers))
                 .add_comment("[Histogram log format version 1.3]")
                 .with_start_time(start)
                 .with_base_time(start)
@@ -330,7 +391,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         _ => CpuUse::default(),
     };
     let tally = co.tally;
-    let failure = failure_line(&tally, args);
+    let failure = late.or_else(|| failure_line(&tally, args));
     let report = Report {
         args: args.clone(),
         threads: workers,
@@ -353,6 +414,17 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     if let Some(f) = hlog_file.as_mut() {
         f.flush()
             .map_err(|e| Error::io("cannot write --hlog file", e))?;
+    }
+    if let Some(f) = svg_file.as_mut() {
+        let (title, subtitle) = report.chart_titles();
+        let chart = svg::latency_chart(
+            &title,
+            &subtitle,
+            &[svg::Curve::of("latency", &report.hist)],
+        );
+        f.write_all(chart.as_bytes())
+            .and_then(|()| f.flush())
+            .map_err(|e| Error::io("cannot write --svg file", e))?;
     }
     let written = if args.json {
         writeln!(out, "{}", report.json())

@@ -136,6 +136,44 @@ impl Report {
         }
     }
 
+    /// What the run was, for a chart: a title (the load) and a subtitle (where, how, how much).
+    pub fn chart_titles(&self) -> (String, String) {
+        let a = &self.args;
+        let what = if a.udp {
+            format!("{} UDP sockets × {} B datagrams", a.conns, a.size)
+        } else if a.framed {
+            format!("{} conns × {} B frames", a.conns, a.size)
+        } else {
+            format!("{} conns × {} B", a.conns, a.size)
+        };
+        let title = format!(
+            "Latency by percentile: {what}, depth {}, {}",
+            a.depth,
+            match a.rate {
+                Some(r) => format!("open loop at {} msgs/s", group(r.round() as u64)),
+                None => "closed loop".into(),
+            }
+        );
+        let subtitle = format!(
+            "ringecho bench {} · {} client, {} thread{} · {:.1} s after {:.1} s warm-up · {} msgs \
+             at {} msgs/s · latency from each message's {} time",
+            a.addr,
+            self.backend_name(),
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.window_secs,
+            a.warmup.as_secs_f64(),
+            group(self.msgs()),
+            opt(self.msgs_per_sec().map(|v| group(v.round() as u64))),
+            if a.rate.is_some() {
+                "intended send"
+            } else {
+                "send"
+            },
+        );
+        (title, subtitle)
+    }
+
     /// The human summary.
     pub fn summary(&self) -> String {
         let a = &self.args;
@@ -371,12 +409,12 @@ pub const JSON_FIELDS: &[&str] = &[
     "error",
 ];
 
-fn opt(v: Option<String>) -> String {
+pub(crate) fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "-".into())
 }
 
 /// `1234567` as `1,234,567`.
-fn group(n: u64) -> String {
+pub(crate) fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
@@ -390,23 +428,23 @@ fn group(n: u64) -> String {
 
 /// A flat JSON object written by hand: strings are escaped, non-finite numbers become null.
 #[derive(Default)]
-struct JsonObject {
+pub(crate) struct JsonObject {
     s: String,
 }
 
 impl JsonObject {
-    fn key(&mut self, k: &str) {
+    pub(crate) fn key(&mut self, k: &str) {
         self.s.push(if self.s.is_empty() { '{' } else { ',' });
         escape_into(&mut self.s, k);
         self.s.push(':');
     }
 
-    fn str(&mut self, k: &str, v: &str) {
+    pub(crate) fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         escape_into(&mut self.s, v);
     }
 
-    fn num(&mut self, k: &str, v: f64) {
+    pub(crate) fn num(&mut self, k: &str, v: f64) {
         self.key(k);
         if !v.is_finite() {
             self.s.push_str("null");
@@ -417,24 +455,24 @@ impl JsonObject {
         }
     }
 
-    fn opt(&mut self, k: &str, v: Option<f64>) {
+    pub(crate) fn opt(&mut self, k: &str, v: Option<f64>) {
         match v {
             Some(v) => self.num(k, v),
             None => self.null(k),
         }
     }
 
-    fn bool(&mut self, k: &str, v: bool) {
+    pub(crate) fn bool(&mut self, k: &str, v: bool) {
         self.key(k);
         self.s.push_str(if v { "true" } else { "false" });
     }
 
-    fn null(&mut self, k: &str) {
+    pub(crate) fn null(&mut self, k: &str) {
         self.key(k);
         self.s.push_str("null");
     }
 
-    fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         if self.s.is_empty() {
             self.s.push('{');
         }

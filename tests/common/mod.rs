@@ -281,6 +281,8 @@ pub struct Server {
     /// The backend it runs.
     pub backend: Backend,
     log: Arc<Log>,
+    /// Its stdout, line by line (`listening on`, `metrics on`).
+    out_log: Arc<Log>,
     stderr_reader: Option<JoinHandle<()>>,
     exited: Option<ExitStatus>,
     signalled_at: Option<Instant>,
@@ -318,18 +320,27 @@ impl Server {
         // never blocks on a full pipe; its lines come here.
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
+        let out_log = Arc::new(Log::default());
+        {
+            let log = Arc::clone(&out_log);
+            thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    lock(&log.state).lines.push(line.clone());
+                    log.cv.notify_all();
+                    let _ = tx.send(line);
+                }
+                lock(&log.state).closed = true;
+                log.cv.notify_all();
+            });
+        }
         let mut server = Server {
             child,
             addr: "0.0.0.0:0".parse().expect("literal"),
             addrs: Vec::new(),
             backend,
             log,
+            out_log,
             stderr_reader: Some(stderr_reader),
             exited: None,
             signalled_at: None,
@@ -376,10 +387,19 @@ impl Server {
         lock(&self.log.state).lines.clone()
     }
 
+    /// The first stdout line that starts with `prefix`, waiting for it up to `timeout`.
+    pub fn wait_stdout_line(&self, prefix: &str, timeout: Duration) -> String {
+        self.wait_line(&self.out_log, prefix, timeout)
+    }
+
     /// The first stderr line that starts with `prefix`, waiting for it up to `timeout`.
     pub fn wait_stderr_line(&self, prefix: &str, timeout: Duration) -> String {
+        self.wait_line(&self.log, prefix, timeout)
+    }
+
+    fn wait_line(&self, log: &Log, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
-        let mut st = lock(&self.log.state);
+        let mut st = lock(&log.state);
         loop {
             if let Some(l) = st.lines.iter().find(|l| l.starts_with(prefix)) {
                 return l.clone();
@@ -388,11 +408,12 @@ impl Server {
             if st.closed || now >= deadline {
                 drop(st);
                 panic!(
-                    "no stderr line starting with {prefix:?}; stderr:\n{}",
+                    "no line starting with {prefix:?}; stdout:\n{}\nstderr:\n{}",
+                    lock(&self.out_log.state).lines.join("\n"),
                     self.stderr_lines().join("\n")
                 );
             }
-            st = self.log.cv.wait_timeout(st, deadline - now).unwrap().0;
+            st = log.cv.wait_timeout(st, deadline - now).unwrap().0;
         }
     }
 
