@@ -324,7 +324,7 @@
 //! drops input until the peer closes too.
 //!
 //! - **Code**: [`UringShard::begin_close`][begin-close], [`UringShard::sync`][sync] and
-//!   [`UringShard::on_closed`][on-closed]; [`ops::cancel`] (by `user_data`), [`ops::close_fixed`],
+//!   [`UringShard::on_closed`][on-closed]; [`ops::cancel`] (by `user_data`), [`ops::close`],
 //!   [`ops::shutdown_write`]; [`Conn::on_eof`][on-eof], [`Conn::is_done`][is-done] and
 //!   [`Conn::release_all`][release-all].
 //! - **Kernel notes**: [Cancellation and close][k-close]; [Shutdown poll][k-shutdown] (how
@@ -412,8 +412,9 @@
 //! [`ops::accept_one`]: backend::uring::ops::accept_one
 //! [`ops::recv_multi`]: backend::uring::ops::recv_multi
 //! [`ops::send`]: backend::uring::ops::send
+//! [`ops::send_vectored`]: backend::uring::ops::send_vectored
 //! [`ops::cancel`]: backend::uring::ops::cancel
-//! [`ops::close_fixed`]: backend::uring::ops::close_fixed
+//! [`ops::close`]: backend::uring::ops::close
 //! [`ops::shutdown_write`]: backend::uring::ops::shutdown_write
 //! [`Token`]: token::Token
 //! [`Token::SHARD`]: token::Token::SHARD
