@@ -24,7 +24,7 @@ fmt:
 # The comparison harness, benches/compare (README: "Comparing servers"). Every variable is
 # optional; values must not contain single quotes. Servers are separated by `;`:
 #   make bench CASES='50x128x1 100x64x16' DURATION=3 ROUNDS=3
-#   make bench SERVERS='uring; epoll; nobatch=uring --batch-wait-us 0'
+#   make bench SERVERS='uring; epoll; batch=uring --batch-wait-us 50'
 #   make bench PEERS='tokio=target/peers/release/tokio-echo'       (after `make bench-peers`)
 # On a shared host, MAX_OTHER_CPUS=0.2 repeats runs during which other work used > 0.2 CPU.
 # Other harness flags (`cargo bench --bench compare -- --help`) go in BENCH_ARGS.
@@ -52,9 +52,10 @@ bench-smoke:
 	$(CARGO) test --bench compare
 
 # Issue 6: each io_uring feature on and off, side by side in one run.
-FEATURE_SERVERS = uring; nobatch=uring --batch-wait-us 0; coop=uring --ring-mode coop-taskrun; \
+FEATURE_SERVERS = uring; batch=uring --batch-wait-us 50; coop=uring --ring-mode coop-taskrun; \
 	plain=uring --ring-mode plain; sqpoll=uring --sqpoll; singleshot=uring --no-multishot-recv; \
-	bundle=uring --recv-bundle; whole-bufs=uring --no-buf-incremental; \
+	nobundle=uring --no-recv-bundle; inc=uring --buf-incremental; \
+	ordinary=uring --no-direct-descriptors; \
 	zc=uring --zc-threshold 1024; ringfd=uring --register-ring-fd; \
 	copy=uring --buf-budget 0; ring4096=uring --buf-count 4096; threads2=uring --threads 2; epoll
 bench-features:
