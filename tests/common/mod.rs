@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub use ringecho::rng::SplitMix64 as Rng;
 use ringecho::stats::Counters;
 
 /// The binary under test.
@@ -871,7 +872,7 @@ fn table() -> &'static [u8] {
     static T: OnceLock<Vec<u8>> = OnceLock::new();
     T.get_or_init(|| {
         let mut rng = Rng::new(0x5eed_f00d);
-        let mut t: Vec<u8> = (0..PERIOD).map(|_| rng.next() as u8).collect();
+        let mut t: Vec<u8> = (0..PERIOD).map(|_| rng.next_u64() as u8).collect();
         // Stored twice, so any window of up to PERIOD bytes is one contiguous slice.
         t.extend_from_within(..);
         t
@@ -943,36 +944,6 @@ impl Pattern {
             done += w.len();
         }
         Ok(())
-    }
-}
-
-/// A small deterministic PRNG (splitmix64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded generator.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// Next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
