@@ -14,7 +14,6 @@
 mod html;
 mod json;
 mod metrics;
-mod procfs;
 mod report;
 mod run;
 mod selfcheck;
@@ -25,6 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use ringecho::sys::proc;
 
 use report::{CaseResult, Meta, ServerResult};
 use run::{Run, Settings};
@@ -251,12 +251,12 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
     let mut meta = Meta {
         started: utc_text(started),
         kernel: ringecho::sys::kernel_release(),
-        cpu_model: procfs::cpu_model(),
+        cpu_model: proc::cpu_model(),
         cpus: ringecho::sys::allowed_cpus(),
         settings: plan.settings.clone(),
         rounds: plan.rounds,
         git: git_revision(),
-        load: (procfs::loadavg(), None),
+        load: (proc::loadavg(), None),
         perf: plan.perf.clone(),
         perf_duration: plan.perf_duration,
         max_other_cpus: plan.max_other_cpus,
@@ -373,7 +373,7 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
             })
             .collect();
         results.push(CaseResult { case, servers });
-        meta.load.1 = procfs::loadavg();
+        meta.load.1 = proc::loadavg();
         write_outputs(plan, &meta, &results, &json_path, &stamp)?;
     }
     Ok((meta, results, json_path))
@@ -383,7 +383,7 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
 fn wait_for_quiet(limit: f64, quiet: bool) {
     let started = std::time::Instant::now();
     let mut said = false;
-    while let Some(busy) = procfs::busy_cpus(Duration::from_secs(1)) {
+    while let Some(busy) = busy_cpus(Duration::from_secs(1)) {
         if busy <= limit {
             return;
         }
@@ -398,6 +398,16 @@ fn wait_for_quiet(limit: f64, quiet: bool) {
             said = true;
         }
     }
+}
+
+/// How many CPUs' worth of work the machine did over `window` (nothing of ours is running
+/// when the harness asks, so this is other people's work).
+fn busy_cpus(window: Duration) -> Option<f64> {
+    let a = proc::cpu_times()?;
+    std::thread::sleep(window);
+    let b = proc::cpu_times()?;
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)?;
+    Some(b.busy.saturating_sub(a.busy) as f64 / total as f64 * b.cpus as f64)
 }
 
 /// Why `run` is too noisy to keep under `--max-other-cpus`, if it is.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use ringecho::loadgen::hlog;
 use ringecho::stats::Counters;
+use ringecho::sys::proc;
 
 use crate::json::Json;
-use crate::procfs;
 use crate::spec::{Case, EXTERNAL_ENV, EXTERNAL_ENV_VALUE, Launch, Server, external_args};
 
 /// How long a server may take to print `listening on`.
@@ -235,6 +235,11 @@ impl ServerProcess {
     }
 }
 
+/// Kernel TCP socket memory now, KiB (the whole machine).
+fn tcp_mem_kib() -> Option<u64> {
+    Some(proc::sockstat(None)?.tcp_mem_kib())
+}
+
 /// Samples kernel TCP memory on a thread until stopped; returns the peak.
 struct SockstatSampler {
     stop: Arc<AtomicBool>,
@@ -248,7 +253,7 @@ impl SockstatSampler {
         let handle = thread::spawn(move || {
             let mut peak = None;
             while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(procfs::tcp_mem_kib());
+                peak = peak.max(tcp_mem_kib());
                 thread::sleep(SOCKSTAT_EVERY);
             }
             peak
@@ -435,13 +440,13 @@ pub fn run_once(
     } else {
         None
     };
-    run.tcp_mem_base_kib = procfs::tcp_mem_kib();
+    run.tcp_mem_base_kib = tcp_mem_kib();
     let sampler = SockstatSampler::start();
     let hlog = hlog_path();
     let client = run_client(settings, case, &proc.addr, pid, duration, &hlog);
     run.latency = read_latency(&hlog);
     run.tcp_mem_peak_kib = sampler.finish();
-    run.rss_peak_kib = procfs::peak_rss_kib(pid);
+    run.rss_peak_kib = proc::status_kib(pid, "VmHWM");
     if let Some(perf) = perf {
         match perf.finish() {
             Ok(n) => run.perf_syscalls = Some(n),

@@ -9,7 +9,6 @@ use ringecho::stats::Counters;
 
 use crate::json::Json;
 use crate::metrics::{Metrics, Stat, Summary};
-use crate::procfs::{parse_proc_stat, parse_sockstat_tcp_mem, parse_status_kib};
 use crate::report::{NOISE_NOTE, fmt_rate, fmt_ratio, fmt_sig};
 use crate::run::{Run, parse_perf_count};
 use crate::spec::{Case, Launch, Server, parse_cases, parse_servers};
@@ -230,19 +229,7 @@ fn units() -> Result<(), String> {
         "timestamp"
     );
 
-    // /proc and perf parsers.
-    let sockstat =
-        "sockets: used 13\nTCP: inuse 1 orphan 0 tw 3248 alloc 1 mem 193\nUDP: inuse 0 mem 7\n";
-    ensure!(parse_sockstat_tcp_mem(sockstat) == Some(193), "sockstat");
-    let stat = "cpu  100 5 50 1000 7 3 2 1 9 0\ncpu0 50 2 25 500 3 1 1 0 0 0\ncpu1 50 3 25 500 4 2 1 1 0 0\nintr 5\n";
-    ensure!(
-        parse_proc_stat(stat) == Some((161, 1168, 2)),
-        "/proc/stat: {:?}",
-        parse_proc_stat(stat)
-    );
-    ensure!(parse_sockstat_tcp_mem("garbage").is_none(), "bad sockstat");
-    let status = "Name:\tx\nVmHWMx:\t1 kB\nVmHWM:\t   3964 kB\nVmRSS:\t 3000 kB\n";
-    ensure!(parse_status_kib(status, "VmHWM") == Some(3964), "VmHWM");
+    // perf's output (the /proc parsers are unit-tested in ringecho::sys::proc).
     ensure!(
         parse_perf_count("\n20000,,raw_syscalls:sys_enter,2409324915,100.00,,\n") == Some(20000),
         "perf count"

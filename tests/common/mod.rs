@@ -19,7 +19,7 @@
 //!
 //! Nothing here sleeps to synchronise: waits are for a line, a counter in a stats line, or a
 //! socket event, each with a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 pub use ringecho::rng::SplitMix64 as Rng;
 use ringecho::stats::Counters;
+use ringecho::sys::proc;
+pub use ringecho::sys::proc::{PortSockets, SockStat, clock_ticks_per_sec, port_sockets, slab};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringecho");
@@ -489,22 +491,22 @@ impl Server {
 
     /// Resident set size of the server process in KiB (`VmRSS` in `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
-        proc_status_kib(self.pid(), "VmRSS:").expect("VmRSS of the server")
+        proc::status_kib(self.pid(), "VmRSS").expect("VmRSS of the server")
     }
 
     /// CPU time (user + system, all threads) the server has used, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        proc_cpu_ticks(self.pid()).expect("CPU time of the server")
+        proc::process_cpu_ticks(self.pid()).expect("CPU time of the server")
     }
 
     /// `/proc/net/sockstat` as the server's network namespace sees it.
     pub fn sockstat(&self) -> SockStat {
-        sockstat(self.pid())
+        proc::sockstat(Some(self.pid())).expect("sockstat")
     }
 
     /// The server-side TCP sockets of this server (local port = its port), from its namespace.
     pub fn server_sockets(&self) -> PortSockets {
-        port_sockets(self.pid(), self.addr.port())
+        proc::port_sockets(self.pid(), self.addr.port())
     }
 
     /// A blocking client connection with 10 s read and write timeouts and `TCP_NODELAY`.
@@ -647,154 +649,16 @@ pub fn run_to_exit(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String,
     (status, out.join().unwrap(), err.join().unwrap())
 }
 
-// ---- /proc -------------------------------------------------------------------------------
+// ---- /proc and limits -------------------------------------------------------------------
 
-/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
-pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// utime + stime of a process (all its threads), in clock ticks, from `/proc/PID/stat`.
-pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (`state`).
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
-pub fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
-}
-
-/// The TCP lines of `/proc/net/sockstat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockStat {
-    /// `sockets: used` (all families).
-    pub sockets_used: u64,
-    /// TCP sockets in use (every state except TIME_WAIT).
-    pub tcp_inuse: u64,
-    /// Orphaned TCP sockets.
-    pub tcp_orphan: u64,
-    /// TIME_WAIT sockets.
-    pub tcp_tw: u64,
-    /// Allocated TCP sockets.
-    pub tcp_alloc: u64,
-    /// Memory TCP sockets use, in pages (system-wide: not per namespace).
-    pub tcp_mem_pages: u64,
-}
-
-/// `/proc/PID/net/sockstat`: the counts of `pid`'s network namespace.
-pub fn sockstat(pid: u32) -> SockStat {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/net/sockstat")).expect("sockstat");
-    let mut s = SockStat::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(kind) = words.next() else { continue };
-        let words: Vec<&str> = words.collect();
-        for pair in words.chunks(2) {
-            let [k, v] = pair else { continue };
-            let v: u64 = v.parse().unwrap_or(0);
-            match (kind, *k) {
-                ("sockets:", "used") => s.sockets_used = v,
-                ("TCP:", "inuse") => s.tcp_inuse = v,
-                ("TCP:", "orphan") => s.tcp_orphan = v,
-                ("TCP:", "tw") => s.tcp_tw = v,
-                ("TCP:", "alloc") => s.tcp_alloc = v,
-                ("TCP:", "mem") => s.tcp_mem_pages = v,
-                _ => {}
-            }
-        }
-    }
-    s
-}
-
-/// TCP sockets whose local port is a given port, by state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PortSockets {
-    /// LISTEN.
-    pub listen: usize,
-    /// ESTABLISHED.
-    pub established: usize,
-    /// TIME_WAIT.
-    pub time_wait: usize,
-    /// Any other state (closing: CLOSE_WAIT, LAST_ACK, FIN_WAIT*, ...).
-    pub other: usize,
-}
-
-impl PortSockets {
-    /// Sockets that hold kernel resources for a connection (everything but LISTEN/TIME_WAIT).
-    pub fn open(&self) -> usize {
-        self.established + self.other
-    }
-}
-
-/// Counts `pid`'s namespace's TCP sockets with local port `port` (`/proc/PID/net/tcp{,6}`).
-/// Direct descriptors never appear in `/proc/PID/fd`, so this is how the test sees the
-/// server's connections.
-pub fn port_sockets(pid: u32, port: u16) -> PortSockets {
-    let mut c = PortSockets::default();
-    for file in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(st)) = (f.get(1), f.get(3)) else {
-                continue;
-            };
-            let lport = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if lport != Some(port) {
-                continue;
-            }
-            match *st {
-                "0A" => c.listen += 1,
-                "01" => c.established += 1,
-                "06" => c.time_wait += 1,
-                _ => c.other += 1,
-            }
-        }
-    }
-    c
-}
-
-/// Kernel slab usage for one cache in `/proc/slabinfo` as (active objects, object size), if
-/// readable (root only).
-pub fn slab(name: &str) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/slabinfo").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.first() == Some(&name) {
-            Some((f.get(1)?.parse().ok()?, f.get(3)?.parse().ok()?))
-        } else {
-            None
-        }
-    })
+/// `RLIMIT_NOFILE` of process `pid` as (soft, hard), from `/proc/PID/limits`.
+pub fn rlimit_nofile_of(pid: u32) -> (u64, u64) {
+    proc::nofile_limit(pid).expect("Max open files in /proc/PID/limits")
 }
 
 /// Raises this (test) process's soft `RLIMIT_NOFILE` to its hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> u64 {
-    // SAFETY: rlimit is plain old data; getrlimit/setrlimit read/write only the struct passed.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-        lim.rlim_cur
-    }
+    ringecho::sys::raise_nofile_limit().expect("raise RLIMIT_NOFILE")
 }
 
 // ---- isolation ---------------------------------------------------------------------------
@@ -1389,18 +1253,4 @@ pub fn setsockopt_int(s: &TcpStream, level: i32, opt: i32, value: i32) {
         "setsockopt({level}, {opt}): {}",
         io::Error::last_os_error()
     );
-}
-
-/// `RLIMIT_NOFILE` of process `pid` as (soft, hard), from `/proc/PID/limits`.
-pub fn rlimit_nofile_of(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("Max open files");
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (v[0], v[1])
 }
