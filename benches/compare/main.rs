@@ -17,6 +17,9 @@ mod metrics;
 mod report;
 mod run;
 mod selfcheck;
+// Shared with the integration tests, which spawn servers the same way.
+#[path = "../../tests/common/server_process.rs"]
+mod server_process;
 mod spec;
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::thread;
 
-use super::server::{Server, StartError, lock};
+use super::isolation::lock;
+use super::server::Server;
+use super::server_process::StartError;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringecho");

@@ -8,7 +8,6 @@ use std::thread;
 use ringecho::sys::proc;
 
 use super::backends::test_name;
-use super::server::lock;
 
 /// `RLIMIT_NOFILE` of process `pid` as (soft, hard), from `/proc/PID/limits`.
 pub fn rlimit_nofile_of(pid: u32) -> (u64, u64) {
@@ -18,6 +17,11 @@ pub fn rlimit_nofile_of(pid: u32) -> (u64, u64) {
 /// Raises this (test) process's soft `RLIMIT_NOFILE` to its hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> u64 {
     ringecho::sys::raise_nofile_limit().expect("raise RLIMIT_NOFILE")
+}
+
+/// Locks `m`, even if a test thread panicked while holding it (the data is still usable).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serialises the tests of one binary that measure (CPU time, RSS, syscalls per message), so

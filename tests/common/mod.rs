@@ -31,6 +31,7 @@ mod isolation;
 mod latency;
 mod pattern;
 mod server;
+mod server_process;
 mod sockets;
 
 pub use backends::*;

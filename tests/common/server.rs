@@ -1,78 +1,23 @@
-//! A `ringecho serve` child process on port 0: readiness from its `listening on ADDR` line,
-//! every stderr line kept (start-up line, `stats:` lines, the `final:` line), stopped with a
-//! signal; and running a command that should exit to completion with a deadline.
+//! One test's server: the child process (spawned, made ready and stopped by
+//! `server_process.rs`, which the bench tests and the comparison harness share) and what tests
+//! ask of it: its addresses, lines and `stats:` counters, its /proc figures, a client
+//! connection, a stop that must be clean. And running a command that should exit to completion
+//! with a deadline.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use ringecho::stats::Counters;
 use ringecho::sys::proc::{self, PortSockets, SockStat};
 
-use super::backends::{BIN, Backend};
+use super::backends::Backend;
+use super::server_process::{Lines, ServerProcess, StartError, WaitEnd};
 
-/// How long a server may take to print `listening on`.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopped server may take to exit before the test fails (and kills it).
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Why a server did not become ready.
-#[derive(Debug)]
-pub enum StartError {
-    /// It exited before printing `listening on`.
-    Exited {
-        /// Its exit status.
-        status: ExitStatus,
-        /// Everything it wrote to stderr.
-        stderr: String,
-    },
-    /// It printed nothing in time (it was killed).
-    Timeout {
-        /// Everything it wrote to stderr.
-        stderr: String,
-    },
-    /// It could not be spawned.
-    Spawn(io::Error),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Exited { status, stderr } => {
-                write!(f, "exited ({status}) before listening; stderr:\n{stderr}")
-            }
-            StartError::Timeout { stderr } => {
-                write!(
-                    f,
-                    "not listening after {READY_TIMEOUT:?}; stderr:\n{stderr}"
-                )
-            }
-            StartError::Spawn(e) => write!(f, "cannot spawn {BIN}: {e}"),
-        }
-    }
-}
-
-/// The server's stderr, line by line, as it arrives.
-#[derive(Default)]
-struct Log {
-    state: Mutex<LogState>,
-    cv: Condvar,
-}
-
-#[derive(Default)]
-struct LogState {
-    lines: Vec<String>,
-    /// stderr reached EOF (the process has exited or closed it).
-    closed: bool,
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a stopped server left behind.
 #[derive(Debug)]
@@ -119,20 +64,15 @@ impl Stopped {
     }
 }
 
-/// A running `ringecho serve`. Dropping it kills the process.
+/// A running `ringecho serve` (or example server) for one test. Dropping it kills the process.
 pub struct Server {
-    child: Child,
+    process: ServerProcess,
     /// The resolved listening address (the first one).
     pub addr: SocketAddr,
     /// Every resolved listening address, in `--addr` order.
     pub addrs: Vec<SocketAddr>,
     /// The backend it runs.
     pub backend: Backend,
-    log: Arc<Log>,
-    /// Its stdout, line by line (`listening on`, `metrics on`).
-    out_log: Arc<Log>,
-    stderr_reader: Option<JoinHandle<()>>,
-    exited: Option<ExitStatus>,
     signalled_at: Option<Instant>,
 }
 
@@ -142,127 +82,56 @@ impl Server {
         Server::spawn(backend, backend.command(args))
     }
 
-    /// Spawns `cmd` (a server command line for `backend`) and waits for `listening on ADDR`.
-    pub fn spawn(backend: Backend, mut cmd: Command) -> Result<Server, StartError> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // One `listening on` line per address.
-        let want_addrs = cmd.get_args().filter(|a| *a == "--addr").count().max(1);
-        let mut child = cmd.spawn().map_err(StartError::Spawn)?;
-        let log = Arc::new(Log::default());
-        let stderr = child.stderr.take().expect("piped stderr");
-        let stderr_reader = {
-            let log = Arc::clone(&log);
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lock(&log.state).lines.push(line);
-                    log.cv.notify_all();
-                }
-                lock(&log.state).closed = true;
-                log.cv.notify_all();
-            })
-        };
-        // stdout is read on its own thread for the whole life of the process, so the server
-        // never blocks on a full pipe; its lines come here.
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let out_log = Arc::new(Log::default());
-        {
-            let log = Arc::clone(&out_log);
-            thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    lock(&log.state).lines.push(line.clone());
-                    log.cv.notify_all();
-                    let _ = tx.send(line);
-                }
-                lock(&log.state).closed = true;
-                log.cv.notify_all();
-            });
-        }
-        let mut server = Server {
-            child,
-            addr: "0.0.0.0:0".parse().expect("literal"),
-            addrs: Vec::new(),
+    /// Spawns `cmd` (a server command line for `backend`) and waits for one `listening on ADDR`
+    /// line per `--addr`.
+    pub fn spawn(backend: Backend, cmd: Command) -> Result<Server, StartError> {
+        let listeners = cmd.get_args().filter(|a| *a == "--addr").count().max(1);
+        let process = ServerProcess::spawn(cmd, listeners)?;
+        let addrs: Vec<SocketAddr> = process
+            .addrs
+            .iter()
+            .map(|a| a.parse().expect("listening on <addr>"))
+            .collect();
+        Ok(Server {
+            addr: addrs[0],
+            addrs,
+            process,
             backend,
-            log,
-            out_log,
-            stderr_reader: Some(stderr_reader),
-            exited: None,
             signalled_at: None,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
-                        server
-                            .addrs
-                            .push(a.trim().parse().expect("listening on <addr>"));
-                        if server.addrs.len() == want_addrs {
-                            server.addr = server.addrs[0];
-                            return Ok(server);
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed before the readiness line: the process is exiting.
-                    let status = server.wait_exit_status(EXIT_TIMEOUT);
-                    server.join_stderr();
-                    let stderr = server.stderr_lines().join("\n");
-                    return Err(StartError::Exited { status, stderr });
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    server.kill();
-                    server.join_stderr();
-                    let stderr = server.stderr_lines().join("\n");
-                    return Err(StartError::Timeout { stderr });
-                }
-            }
-        }
+        })
     }
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Every stderr line so far.
     pub fn stderr_lines(&self) -> Vec<String> {
-        lock(&self.log.state).lines.clone()
+        self.process.stderr().snapshot()
     }
 
     /// The first stdout line that starts with `prefix`, waiting for it up to `timeout`.
     pub fn wait_stdout_line(&self, prefix: &str, timeout: Duration) -> String {
-        self.wait_line(&self.out_log, prefix, timeout)
+        self.wait_line(self.process.stdout(), prefix, timeout)
     }
 
     /// The first stderr line that starts with `prefix`, waiting for it up to `timeout`.
     pub fn wait_stderr_line(&self, prefix: &str, timeout: Duration) -> String {
-        self.wait_line(&self.log, prefix, timeout)
+        self.wait_line(self.process.stderr(), prefix, timeout)
     }
 
-    fn wait_line(&self, log: &Log, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut st = lock(&log.state);
-        loop {
-            if let Some(l) = st.lines.iter().find(|l| l.starts_with(prefix)) {
-                return l.clone();
-            }
-            let now = Instant::now();
-            if st.closed || now >= deadline {
-                drop(st);
-                panic!(
-                    "no line starting with {prefix:?}; stdout:\n{}\nstderr:\n{}",
-                    lock(&self.out_log.state).lines.join("\n"),
-                    self.stderr_lines().join("\n")
-                );
-            }
-            st = log.cv.wait_timeout(st, deadline - now).unwrap().0;
-        }
+    fn wait_line(&self, lines: &Lines, prefix: &str, timeout: Duration) -> String {
+        let found = lines.wait_for(0, Instant::now() + timeout, |l| {
+            l.starts_with(prefix).then(|| l.to_string())
+        });
+        found.unwrap_or_else(|_| {
+            panic!(
+                "no line starting with {prefix:?}; stdout:\n{}\nstderr:\n{}",
+                self.process.stdout().snapshot().join("\n"),
+                self.stderr_lines().join("\n")
+            )
+        })
     }
 
     /// Waits for a `stats:` line printed *after this call* whose counters satisfy `pred`, and
@@ -276,57 +145,49 @@ impl Server {
         timeout: Duration,
         pred: impl Fn(&Counters) -> bool,
     ) -> Counters {
-        let deadline = Instant::now() + timeout;
-        let mut st = lock(&self.log.state);
-        let mut next = st.lines.len();
+        let stderr = self.process.stderr();
         let mut last: Option<String> = None;
-        loop {
-            for line in &st.lines[next..] {
-                if line.starts_with("stats:") {
-                    let c = Counters::parse(line);
-                    if pred(&c) {
-                        return c;
-                    }
-                    last = Some(line.clone());
-                }
+        let found = stderr.wait_for(stderr.len(), Instant::now() + timeout, |line| {
+            if !line.starts_with("stats:") {
+                return None;
             }
-            next = st.lines.len();
-            let now = Instant::now();
-            if st.closed || now >= deadline {
-                let why = if st.closed {
-                    "server exited"
-                } else {
-                    "timed out"
-                };
-                drop(st);
-                panic!(
-                    "{why} after {:?} waiting for {what}; last stats line:\n{}\nstderr tail:\n{}",
-                    timeout,
-                    last.unwrap_or_default(),
-                    tail(&self.stderr_lines(), 5)
-                );
+            let c = Counters::parse(line);
+            if pred(&c) {
+                return Some(c);
             }
-            st = self.log.cv.wait_timeout(st, deadline - now).unwrap().0;
-        }
+            last = Some(line.to_string());
+            None
+        });
+        found.unwrap_or_else(|end| {
+            let why = match end {
+                WaitEnd::Closed => "server exited",
+                WaitEnd::TimedOut => "timed out",
+            };
+            panic!(
+                "{why} after {:?} waiting for {what}; last stats line:\n{}\nstderr tail:\n{}",
+                timeout,
+                last.unwrap_or_default(),
+                tail(&self.stderr_lines(), 5)
+            )
+        })
     }
 
     /// The counters of the most recent `stats:` line, without waiting (`None` before the first).
     pub fn latest_stats(&self) -> Option<Counters> {
-        let st = lock(&self.log.state);
-        st.lines
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("stats:"))
-            .map(|l| Counters::parse(l))
+        self.process.stderr().scan(|lines| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("stats:"))
+                .map(|l| Counters::parse(l))
+        })
     }
 
     /// How many stderr lines contain `needle` so far.
     pub fn count_stderr(&self, needle: &str) -> usize {
-        lock(&self.log.state)
-            .lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.process
+            .stderr()
+            .scan(|lines| lines.iter().filter(|l| l.contains(needle)).count())
     }
 
     /// The counters of the next `stats:` line.
@@ -366,13 +227,11 @@ impl Server {
 
     /// Sends `sig` (for example `libc::SIGTERM`) and notes when, for [`Stopped::elapsed`].
     pub fn signal(&mut self, sig: i32) {
-        if self.exited.is_some() {
+        if self.process.exited().is_some() {
             return;
         }
-        // SAFETY: kill(2) with a pid we spawned and have not reaped (so it cannot have been
-        // reused) and a valid signal number; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+        let sent = self.process.signal(sig);
+        sent.unwrap_or_else(|e| panic!("kill: {e}"));
         self.signalled_at = Some(Instant::now());
     }
 
@@ -380,16 +239,20 @@ impl Server {
     /// (after killing it) if it does not.
     pub fn wait_exit(&mut self, timeout: Duration) -> Stopped {
         let from = self.signalled_at.unwrap_or_else(Instant::now);
-        let status = self.wait_exit_status(timeout);
+        let Some(status) = self.process.wait_exit(timeout) else {
+            self.process.kill();
+            panic!(
+                "server did not exit within {timeout:?} (killed); stderr tail:\n{}",
+                tail(&self.stderr_lines(), 10)
+            );
+        };
         let elapsed = from.elapsed();
-        self.join_stderr();
-        let stderr = self.stderr_lines();
-        let fin = stderr.iter().rev().find(|l| l.starts_with("final:"));
+        let fin = self.process.final_line();
         Stopped {
             status,
-            counters: fin.map(|l| Counters::parse(l)),
-            rss_kib: fin.and_then(|l| field(l, "rss_kib")),
-            stderr,
+            counters: fin.as_deref().map(Counters::parse),
+            rss_kib: fin.as_deref().and_then(|l| field(l, "rss_kib")),
+            stderr: self.stderr_lines(),
             elapsed,
         }
     }
@@ -399,45 +262,11 @@ impl Server {
         self.signal(sig);
         self.wait_exit(EXIT_TIMEOUT)
     }
-
-    fn wait_exit_status(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(s) = self.exited {
-            return s;
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("waitpid") {
-                self.exited = Some(s);
-                return s;
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                panic!(
-                    "server did not exit within {timeout:?} (killed); stderr tail:\n{}",
-                    tail(&self.stderr_lines(), 10)
-                );
-            }
-            thread::sleep(Duration::from_millis(5)); // polling waitpid, not synchronising
-        }
-    }
-
-    fn kill(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            self.exited = self.child.wait().ok();
-        }
-    }
-
-    fn join_stderr(&mut self) {
-        if let Some(h) = self.stderr_reader.take() {
-            let _ = h.join();
-        }
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
         if thread::panicking() {
             eprintln!(
                 "--- server ({}) stderr tail ---\n{}",
