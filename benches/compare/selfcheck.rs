@@ -75,9 +75,20 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// The harness's own pieces on known inputs.
 fn units() -> Result<(), String> {
     crate::html::self_check()?;
-    // Cases.
+    cases()?;
+    servers()?;
+    json_values()?;
+    statistics_and_formats()?;
+    perf_output()?;
+    run_figures()?;
+    Ok(())
+}
+
+/// `--cases`: the default matrix, the spellings of a case, and what is refused.
+fn cases() -> Result<(), String> {
     let d = parse_cases(crate::spec::DEFAULT_CASES)?;
     ensure!(d.len() == 12, "default matrix has 12 cases: {d:?}");
     ensure!(d[4] == Case::tcp(100, 64, 16), "100x64x16: {:?}", d[4]);
@@ -106,8 +117,14 @@ fn units() -> Result<(), String> {
     ] {
         ensure!(parse_cases(bad).is_err(), "case {bad:?} should be refused");
     }
+    Ok(())
+}
 
-    // Servers.
+/// `--servers`: ringecho variants, external servers, the arguments each gets, and what is
+/// refused.
+fn servers() -> Result<(), String> {
+    let udp = parse_cases("udp:50x64")?[0];
+    let one = Case::tcp(1, 1, 1);
     let s = parse_servers("uring; epoll;nb=uring --batch-wait-us 0\nraw=--backend epoll")?;
     ensure!(s.len() == 4, "four servers: {s:?}");
     ensure!(
@@ -120,7 +137,6 @@ fn units() -> Result<(), String> {
         "a uring variant: {:?}",
         s[2]
     );
-    let one = Case::tcp(1, 1, 1);
     ensure!(
         s[0].ringecho_args("A", &one) == ["--addr", "A", "--threads", "1", "--backend", "uring"],
         "one shard unless asked: {:?}",
@@ -169,8 +185,11 @@ fn units() -> Result<(), String> {
             "server list {bad:?} should be refused"
         );
     }
+    Ok(())
+}
 
-    // JSON.
+/// The JSON value tree: parsing, escapes, round trips, and what is refused.
+fn json_values() -> Result<(), String> {
     let sample = r#"{"msgs":673234,"msgs_per_sec":336617,"p50_us":142.591,"rate":null,
         "verify":true,"error":null,"s":"a\"b\\c\u0041\n","arr":[1,[2,{"k":-1.5e3}]]}"#;
     let j = Json::parse(sample)?;
@@ -199,8 +218,11 @@ fn units() -> Result<(), String> {
     ] {
         ensure!(Json::parse(bad).is_err(), "JSON {bad:?} should be refused");
     }
+    Ok(())
+}
 
-    // Statistics and formats.
+/// Medians and ranges, and how numbers, rates, ratios and timestamps are written.
+fn statistics_and_formats() -> Result<(), String> {
     let st = Stat::of(&[3.0, 1.0, f64::NAN, 2.0]).ok_or("stat")?;
     ensure!(
         (st.median, st.min, st.max, st.n) == (2.0, 1.0, 3.0, 3),
@@ -228,8 +250,12 @@ fn units() -> Result<(), String> {
         crate::utc_stamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000)) == "20231114-221320",
         "timestamp"
     );
+    Ok(())
+}
 
-    // perf's output (the /proc parsers are unit-tested in ringecho::sys::proc).
+/// `perf stat` output, counted and not (the /proc parsers are unit-tested in
+/// `ringecho::sys::proc`).
+fn perf_output() -> Result<(), String> {
     ensure!(
         parse_perf_count("\n20000,,raw_syscalls:sys_enter,2409324915,100.00,,\n") == Some(20000),
         "perf count"
@@ -238,8 +264,12 @@ fn units() -> Result<(), String> {
         parse_perf_count("<not counted>,,raw_syscalls:sys_enter,0,0.00,,").is_none(),
         "perf not counted"
     );
+    Ok(())
+}
 
-    // One run's figures.
+/// One run's figures from the client's JSON and the server's counters, a repeated attempt
+/// left out of the summary, and a failed run saying why.
+fn run_figures() -> Result<(), String> {
     let case = Case::tcp(2, 100, 1);
     let run = Run {
         round: Some(0),
