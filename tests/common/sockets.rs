@@ -2,8 +2,8 @@
 //! kernel's buffers, small fixed buffers and MSS, socket options.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
 
 use super::Pattern;
 
@@ -73,15 +73,10 @@ pub fn push_until_blocked(s: &mut TcpStream, pat: &Pattern, offset: u64, cap: u6
 /// and the *server's* send buffer, which grows with cwnd × MSS, swells to `tcp_wmem` max (4 MiB
 /// here) for a peer that never reads: a small MSS keeps a slow reader's cost to the machine small.
 pub fn connect_small(addr: SocketAddr, buf: i32, mss: i32) -> TcpStream {
-    use std::os::fd::FromRawFd;
     let SocketAddr::V4(v4) = addr else {
         panic!("connect_small: IPv4 only")
     };
-    // SAFETY: socket(2) takes no pointers; the result is checked and owned by the TcpStream.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh socket nobody else owns.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let stream = tcp_socket_v4(0);
     for (level, opt, v) in [
         (libc::SOL_SOCKET, libc::SO_RCVBUF, buf),
         (libc::SOL_SOCKET, libc::SO_SNDBUF, buf),
@@ -89,24 +84,50 @@ pub fn connect_small(addr: SocketAddr, buf: i32, mss: i32) -> TcpStream {
     ] {
         setsockopt_int(&stream, level, opt, v);
     }
+    connect_raw(&stream, v4).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+}
+
+/// A new, unconnected IPv4 TCP socket (close-on-exec, plus `flags` such as `SOCK_NONBLOCK`),
+/// for a test that sets options before `connect` or connects without waiting.
+pub fn tcp_socket_v4(flags: i32) -> TcpStream {
+    // SAFETY: socket(2) takes no pointers; the result is checked and owned by the TcpStream.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
+    assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    unsafe { TcpStream::from_raw_fd(fd) }
+}
+
+/// `connect(2)` on a socket from [`tcp_socket_v4`]; on a nonblocking one, `EINPROGRESS` means
+/// the handshake has started.
+pub fn connect_raw(s: &TcpStream, addr: SocketAddrV4) -> io::Result<()> {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
+        sin_port: addr.port().to_be(),
         sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
         },
         sin_zero: [0; 8],
     };
-    // SAFETY: connect reads a live sockaddr_in of the size passed.
+    // SAFETY: connect reads a live sockaddr_in of the size passed, on an open socket.
     let rc = unsafe {
         libc::connect(
-            fd,
+            s.as_raw_fd(),
             (&sin as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "connect {addr}: {}", io::Error::last_os_error());
-    stream
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Sets an integer socket option, panicking on failure.
