@@ -1,43 +1,28 @@
 //! Per-connection byte patterns: a connection that receives another connection's bytes (or its
 //! own out of order) is caught at the first wrong byte.
 
-use std::sync::OnceLock;
+use ringecho::loadgen::pattern;
 
-use super::Rng;
-
-/// Period of every pattern: a prime, so it lines up with no buffer size.
-const PERIOD: usize = 65_521;
-
-fn table() -> &'static [u8] {
-    static T: OnceLock<Vec<u8>> = OnceLock::new();
-    T.get_or_init(|| {
-        let mut rng = Rng::new(0x5eed_f00d);
-        let mut t: Vec<u8> = (0..PERIOD).map(|_| rng.next_u64() as u8).collect();
-        // Stored twice, so any window of up to PERIOD bytes is one contiguous slice.
-        t.extend_from_within(..);
-        t
-    })
-}
-
-/// The bytes connection `seed` sends: byte `i` is `table[(i + seed * STRIDE) % PERIOD]`, a
-/// random sequence with a different phase per connection. Filling and checking are memcpy and
-/// memcmp, so verifying every byte costs little even in a debug build.
+/// The bytes connection `seed` sends: the load generator's stream for connection `seed`
+/// (`ringecho::loadgen::pattern`: one shared table of random bytes, a different starting point
+/// per connection), so the tests and `ringecho bench` check echoes the same way. Filling and
+/// checking are memcpy and memcmp, so verifying every byte costs little even in a debug build.
 #[derive(Clone, Copy, Debug)]
 pub struct Pattern {
-    phase: usize,
+    base: u32,
 }
 
 impl Pattern {
     /// The pattern of connection `seed`.
     pub fn new(seed: u64) -> Pattern {
         Pattern {
-            phase: (seed.wrapping_mul(7_919) % PERIOD as u64) as usize,
+            base: pattern::stream_base(seed),
         }
     }
 
+    /// Up to one period of the bytes at `offset..offset + len`, as one slice.
     fn window(&self, offset: u64, len: usize) -> &'static [u8] {
-        let start = ((offset % PERIOD as u64) as usize + self.phase) % PERIOD;
-        &table()[start..start + len.min(PERIOD)]
+        pattern::span(self.base, offset, len as u64)
     }
 
     /// Fills `buf` with the bytes at stream offset `offset`.
@@ -69,7 +54,7 @@ impl Pattern {
                 let mut which = String::new();
                 for s in 0..1024u64 {
                     let p = Pattern::new(s);
-                    if p.phase != self.phase
+                    if p.base != self.base
                         && got[i..].starts_with(p.window(at, 16.min(got.len() - i)))
                     {
                         which = format!(" (these are the bytes connection pattern {s} has there)");
