@@ -9,7 +9,7 @@ use ringecho::stats::Counters;
 
 use crate::json::Json;
 use crate::metrics::{Metrics, Stat, Summary};
-use crate::report::{NOISE_NOTE, fmt_rate, fmt_ratio, fmt_sig};
+use crate::report::{CaseResult, NOISE_NOTE, ServerResult, fmt_rate, fmt_ratio, fmt_sig};
 use crate::run::{Run, parse_perf_count};
 use crate::spec::{Case, Launch, Server, parse_cases, parse_servers};
 
@@ -322,6 +322,8 @@ fn run_figures() -> Result<(), String> {
     Ok(())
 }
 
+/// One tiny case end to end against ringecho's two backends and one ringecho started the way
+/// an external server is, checking every output file.
 fn end_to_end() -> Result<(), String> {
     let bin = crate::default_ringecho();
     let out_dir =
@@ -359,86 +361,7 @@ fn end_to_end() -> Result<(), String> {
         noise_retries: 0,
     };
     let (_, results, json_path) = crate::execute(&plan, false)?;
-    let check = || -> Result<(), String> {
-        let text = std::fs::read_to_string(&json_path).map_err(|e| e.to_string())?;
-        let doc = Json::parse(&text)?;
-        let cases = doc.arr("cases").ok_or("no cases in the JSON")?;
-        ensure!(cases.len() == 1, "one case");
-        let rs = cases[0].arr("results").ok_or("no results")?;
-        ensure!(rs.len() == 3, "three servers: {}", rs.len());
-        let md = std::fs::read_to_string(out_dir.join("latest.md")).map_err(|e| e.to_string())?;
-        ensure!(md.contains(NOISE_NOTE), "the noise note is in latest.md");
-        let page =
-            std::fs::read_to_string(out_dir.join("latest.html")).map_err(|e| e.to_string())?;
-        ensure!(page.starts_with("<!DOCTYPE html>"), "latest.html is a page");
-        ensure!(
-            page.matches("<svg").count() == 2,
-            "latest.html: two charts for the one case"
-        );
-        for fetches in ["<script", "src=", "href=", "url(", "@import", "<link"] {
-            ensure!(
-                !page.contains(fetches),
-                "latest.html is self-contained, but has {fetches:?}"
-            );
-        }
-        let drawn = results[0]
-            .servers
-            .iter()
-            .filter(|r| r.runs.iter().any(|run| run.latency.is_some()))
-            .count();
-        ensure!(
-            drawn >= 2 && page.matches("<polyline").count() == drawn,
-            "a latency curve per server that measured: {drawn} servers, {} curves",
-            page.matches("<polyline").count()
-        );
-        for r in &results[0].servers {
-            let s = &r.summary;
-            if r.name == "uring" && s.problems.iter().any(|p| p.contains("(exit 2)")) {
-                println!(
-                    "{NAME}: io_uring unavailable here, uring skipped: {:?}",
-                    s.problems
-                );
-                continue;
-            }
-            ensure!(
-                s.rounds == 2 && s.verified == 2,
-                "{}: {} of {} rounds verified: {:?}",
-                r.name,
-                s.verified,
-                s.rounds,
-                s.problems
-            );
-            ensure!(
-                s.median("msgs_per_sec").is_some_and(|v| v > 0.0),
-                "{}: no throughput",
-                r.name
-            );
-            ensure!(
-                s.median("server_cpu_us_per_msg").is_some(),
-                "{}: no server CPU",
-                r.name
-            );
-            let counted = r.name != "ext" || plan.perf.is_ok();
-            ensure!(
-                !counted || s.median("syscalls_per_msg").is_some_and(|v| v > 0.0),
-                "{}: no syscalls per message",
-                r.name
-            );
-            ensure!(
-                md.lines()
-                    .any(|l| l.starts_with(&format!("| {} |", r.name))),
-                "{}: no row in latest.md",
-                r.name
-            );
-            ensure!(
-                page.contains(&format!("<tr><td>{}</td>", r.name)),
-                "{}: no row in latest.html",
-                r.name
-            );
-        }
-        Ok(())
-    };
-    let result = check();
+    let result = check_outputs(&json_path, &out_dir, &results[0], plan.perf.is_ok());
     match &result {
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&out_dir);
@@ -446,4 +369,96 @@ fn end_to_end() -> Result<(), String> {
         Err(_) => println!("{NAME}: outputs kept in {}", out_dir.display()),
     }
     result
+}
+
+/// The outputs of the end-to-end run of one `case`: the JSON, `latest.md` and `latest.html`,
+/// and every server's figures in them (`perf`: whether perf could count the external server).
+fn check_outputs(
+    json_path: &std::path::Path,
+    out_dir: &std::path::Path,
+    case: &CaseResult,
+    perf: bool,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(json_path).map_err(|e| e.to_string())?;
+    let doc = Json::parse(&text)?;
+    let cases = doc.arr("cases").ok_or("no cases in the JSON")?;
+    ensure!(cases.len() == 1, "one case");
+    let rs = cases[0].arr("results").ok_or("no results")?;
+    ensure!(rs.len() == 3, "three servers: {}", rs.len());
+    let md = std::fs::read_to_string(out_dir.join("latest.md")).map_err(|e| e.to_string())?;
+    ensure!(md.contains(NOISE_NOTE), "the noise note is in latest.md");
+    let page = std::fs::read_to_string(out_dir.join("latest.html")).map_err(|e| e.to_string())?;
+    ensure!(page.starts_with("<!DOCTYPE html>"), "latest.html is a page");
+    ensure!(
+        page.matches("<svg").count() == 2,
+        "latest.html: two charts for the one case"
+    );
+    for fetches in ["<script", "src=", "href=", "url(", "@import", "<link"] {
+        ensure!(
+            !page.contains(fetches),
+            "latest.html is self-contained, but has {fetches:?}"
+        );
+    }
+    let drawn = case
+        .servers
+        .iter()
+        .filter(|r| r.runs.iter().any(|run| run.latency.is_some()))
+        .count();
+    ensure!(
+        drawn >= 2 && page.matches("<polyline").count() == drawn,
+        "a latency curve per server that measured: {drawn} servers, {} curves",
+        page.matches("<polyline").count()
+    );
+    for r in &case.servers {
+        check_server(r, &md, &page, perf)?;
+    }
+    Ok(())
+}
+
+/// One server's figures of the end-to-end run, and its rows in `latest.md` and `latest.html`.
+fn check_server(r: &ServerResult, md: &str, page: &str, perf: bool) -> Result<(), String> {
+    let s = &r.summary;
+    if r.name == "uring" && s.problems.iter().any(|p| p.contains("(exit 2)")) {
+        println!(
+            "{NAME}: io_uring unavailable here, uring skipped: {:?}",
+            s.problems
+        );
+        return Ok(());
+    }
+    ensure!(
+        s.rounds == 2 && s.verified == 2,
+        "{}: {} of {} rounds verified: {:?}",
+        r.name,
+        s.verified,
+        s.rounds,
+        s.problems
+    );
+    ensure!(
+        s.median("msgs_per_sec").is_some_and(|v| v > 0.0),
+        "{}: no throughput",
+        r.name
+    );
+    ensure!(
+        s.median("server_cpu_us_per_msg").is_some(),
+        "{}: no server CPU",
+        r.name
+    );
+    let counted = r.name != "ext" || perf;
+    ensure!(
+        !counted || s.median("syscalls_per_msg").is_some_and(|v| v > 0.0),
+        "{}: no syscalls per message",
+        r.name
+    );
+    ensure!(
+        md.lines()
+            .any(|l| l.starts_with(&format!("| {} |", r.name))),
+        "{}: no row in latest.md",
+        r.name
+    );
+    ensure!(
+        page.contains(&format!("<tr><td>{}</td>", r.name)),
+        "{}: no row in latest.html",
+        r.name
+    );
+    Ok(())
 }
