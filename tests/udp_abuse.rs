@@ -31,11 +31,13 @@ struct UdpSnmp {
 }
 
 fn udp_snmp() -> UdpSnmp {
-    // thread-self: the namespace this test thread entered, not the process's.
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
-    let udp = ringecho::sys::proc::parse_snmp(&text, "Udp");
-    assert!(!udp.is_empty(), "no Udp counters in /proc/net/snmp");
-    let get = |n: &str| udp.iter().find(|(k, _)| *k == n).map_or(0, |(_, v)| *v);
+    // The namespace this test thread entered, not the process's.
+    let udp = ringecho::sys::proc::thread_snmp("Udp");
+    assert!(
+        !udp.is_empty(),
+        "no Udp counters in /proc/thread-self/net/snmp"
+    );
+    let get = |n: &str| udp.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v);
     UdpSnmp {
         in_datagrams: get("InDatagrams"),
         no_ports: get("NoPorts"),

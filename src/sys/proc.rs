@@ -314,6 +314,17 @@ pub fn parse_snmp<'a>(text: &'a str, group: &str) -> Vec<(&'a str, u64)> {
         .collect()
 }
 
+/// One group of the SNMP counters of the calling *thread*'s network namespace
+/// (`/proc/thread-self/net/snmp`: a thread that entered a namespace of its own sees that one's);
+/// empty if the file cannot be read.
+pub fn thread_snmp(group: &str) -> Vec<(String, u64)> {
+    let text = fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
+    parse_snmp(&text, group)
+        .into_iter()
+        .map(|(name, v)| (name.to_string(), v))
+        .collect()
+}
+
 /// One cache's line of `/proc/slabinfo`: (active objects, object size in bytes).
 pub fn parse_slab(slabinfo: &str, name: &str) -> Option<(u64, u64)> {
     slabinfo.lines().find_map(|l| {
@@ -451,5 +462,10 @@ mod tests {
         assert!(nofile_limit(me).is_some_and(|(soft, hard)| soft <= hard));
         assert!(sockstat(None).is_some());
         assert!(meminfo_kib("MemTotal").is_some_and(|kib| kib > 0));
+        assert!(
+            thread_snmp("Udp")
+                .iter()
+                .any(|(name, _)| name == "InDatagrams")
+        );
     }
 }

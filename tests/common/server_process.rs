@@ -215,6 +215,7 @@ impl ServerProcess {
                     server.join_stderr();
                     let stderr = server.stderr.snapshot().join("\n");
                     return Err(StartError::Exited {
+                        // Reaping our own child only fails if something else reaped it.
                         status: status.unwrap_or_default(),
                         stderr,
                     });
