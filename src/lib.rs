@@ -433,6 +433,9 @@ pub mod error;
 #[doc(hidden)]
 pub mod loadgen;
 pub mod protocol;
+// The tests' deterministic generator (unit and integration tests alike); not a public API.
+#[doc(hidden)]
+pub mod rng;
 pub mod server;
 pub mod stats;
 #[doc(hidden)]

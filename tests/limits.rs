@@ -9,14 +9,14 @@ mod common;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, Pattern, Server, echo_once, exclusive, for_each_backend, in_fresh_netns, pct,
-    round_trips, set_linger_zero,
+    Backend, Pattern, Server, connect_raw, echo_once, exclusive, for_each_backend, in_fresh_netns,
+    pct, round_trips, set_linger_zero, tcp_socket_v4,
 };
 
 /// Sets `pid`'s `RLIMIT_NOFILE` (soft and hard) with `prlimit(2)`; returns the old (soft, hard).
@@ -331,14 +331,6 @@ fn connect_storm(
     let SocketAddr::V4(v4) = addr else {
         panic!("IPv4 only")
     };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
     let mut open: VecDeque<TcpStream> = VecDeque::new();
     let (mut t0, mut made) = (Instant::now(), 0u64);
     while !stop.load(Ordering::Relaxed) {
@@ -351,25 +343,9 @@ fn connect_storm(
             std::thread::sleep(Duration::from_micros(200)); // pacing the storm
             continue;
         }
-        // SAFETY: socket(2) takes no pointers; the result is checked and owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
-        // SAFETY: `fd` is a fresh socket nobody else owns.
-        let s = unsafe { TcpStream::from_raw_fd(fd) };
-        // SAFETY: connect reads a live sockaddr_in of the size passed.
-        unsafe {
-            libc::connect(
-                fd,
-                (&sin as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
+        let s = tcp_socket_v4(libc::SOCK_NONBLOCK);
+        // Nonblocking: EINPROGRESS (or a refusal the server counts) is all a storm waits for.
+        let _ = connect_raw(&s, v4);
         made += 1;
         attempts.fetch_add(1, Ordering::Relaxed);
         open.push_back(s);

@@ -4,8 +4,9 @@
 //! scraper that sends nothing delays only the next scrape, never the echo path; bad addresses
 //! are refused with one line. Also `--stats-format json`: the stats and final lines as JSON.
 
-mod bench_support;
 mod common;
+#[path = "bench_support/json.rs"]
+mod json;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -236,14 +237,14 @@ fn stats_format_json_writes_one_object_a_line_with_every_field() {
             .stderr
             .iter()
             .filter(|l| l.starts_with('{'))
-            .map(|l| bench_support::parse_flat_json(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .map(|l| json::parse_flat_json(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
         let last = objects.last().expect("a final line");
-        assert_eq!(last["kind"], bench_support::Json::Str("final".into()));
+        assert_eq!(last["kind"], json::Json::Str("final".into()));
         assert!(
             objects[..objects.len() - 1]
                 .iter()
-                .all(|o| o["kind"] == bench_support::Json::Str("stats".into())),
+                .all(|o| o["kind"] == json::Json::Str("stats".into())),
             "interval lines are kind stats"
         );
         for o in &objects {

@@ -14,27 +14,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::for_each_backend;
+use ringecho::sys::proc::{self, TcpSocket};
 
-/// `TCP_NODELAY` on each of `pid`'s sockets with local port `port` in TCP state `state`
-/// (`0A` listening, `01` established) that sit in its descriptor table, read through a
-/// duplicate of the descriptor taken with `pidfd_getfd` (5.6; the test is the server's parent,
-/// which may). io_uring's accepted connections are direct descriptors, in no descriptor table,
-/// so for that backend only the listener shows.
-fn nodelay_of(pid: u32, port: u16, state: &str) -> Vec<bool> {
-    let mut inodes = Vec::new();
-    for file in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let lport = f
-                .get(1)
-                .and_then(|l| l.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if lport == Some(port) && f.get(3) == Some(&state) {
-                inodes.push(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
+/// `TCP_NODELAY` on each of `pid`'s sockets with local port `port` in TCP state `state` that
+/// sit in its descriptor table, read through a duplicate of the descriptor taken with
+/// `pidfd_getfd` (5.6; the test is the server's parent, which may). io_uring's accepted
+/// connections are direct descriptors, in no descriptor table, so for that backend only the
+/// listener shows.
+fn nodelay_of(pid: u32, port: u16, state: u8) -> Vec<bool> {
+    let inodes: Vec<String> = proc::tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.local_port == port && s.state == state)
+        .map(|s| format!("socket:[{}]", s.inode))
+        .collect();
     // SAFETY: pidfd_open takes a pid and flags, no pointers.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     assert!(
@@ -94,14 +86,14 @@ fn nodelay_is_on_by_default_and_can_be_turned_off() {
             s.write_all(b"x").unwrap();
             s.read_exact(&mut [0u8; 1]).unwrap();
             let (pid, port) = (server.pid(), server.addr.port());
-            let listeners = nodelay_of(pid, port, "0A");
+            let listeners = nodelay_of(pid, port, TcpSocket::LISTEN);
             assert!(!listeners.is_empty(), "{flags:?}: no listener found");
             assert!(
                 listeners.iter().all(|&on| on == want),
                 "{flags:?}: listener TCP_NODELAY {listeners:?}, want {want}"
             );
             if b.name == "epoll" {
-                let accepted = nodelay_of(pid, port, "01");
+                let accepted = nodelay_of(pid, port, TcpSocket::ESTABLISHED);
                 assert_eq!(
                     accepted,
                     [want],
@@ -115,33 +107,11 @@ fn nodelay_is_on_by_default_and_can_be_turned_off() {
 /// The keepalive timer of the server-side sockets on `port`, from `/proc/PID/net/tcp`: the
 /// timer kind ("2" is keepalive) and the seconds until it fires.
 fn server_timers(pid: u32, port: u16) -> Vec<(u8, f64)> {
-    let mut out = Vec::new();
-    for file in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(st), Some(timer)) = (f.get(1), f.get(3), f.get(5)) else {
-                continue;
-            };
-            let lport = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if lport != Some(port) || *st != "01" {
-                continue;
-            }
-            // "tr:tm->when": timer kind, then jiffies until it fires.
-            let Some((kind, when)) = timer.split_once(':') else {
-                continue;
-            };
-            let kind = u8::from_str_radix(kind, 16).unwrap_or(0);
-            let jiffies = u64::from_str_radix(when, 16).unwrap_or(0);
-            out.push((kind, jiffies as f64 / jiffies_per_sec()));
-        }
-    }
-    out
+    proc::tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.local_port == port && s.state == TcpSocket::ESTABLISHED)
+        .map(|s| (s.timer.0, s.timer.1 as f64 / jiffies_per_sec()))
+        .collect()
 }
 
 /// The kernel's timer frequency as /proc/net/tcp reports it (USER_HZ-independent: the file

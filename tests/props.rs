@@ -27,12 +27,12 @@ fn tokens_round_trip_and_any_user_data_decodes_without_panic() {
     let mut rng = Rng::new(9);
     for _ in 0..cases(100_000) {
         let t = Token::conn(
-            (rng.next() as u32 % Token::SHARD) as usize,
-            rng.next() as u32 & ringecho::token::GENERATION_MASK,
+            (rng.next_u64() as u32 % Token::SHARD) as usize,
+            rng.next_u64() as u32 & ringecho::token::GENERATION_MASK,
             ops[rng.below(ops.len())],
         );
         assert_eq!(Token::decode(t.encode()), Some(t));
-        let raw = rng.next();
+        let raw = rng.next_u64();
         if let Some(d) = Token::decode(raw) {
             assert_eq!(d.encode(), raw, "decode is the inverse of encode");
         }
@@ -51,7 +51,7 @@ fn stats_lines_parse_garbage_without_panic_and_round_trip() {
         let _ = Counters::parse(&String::from_utf8_lossy(&junk));
         let mut c = Counters::default();
         for name in Counters::NAMES {
-            assert!(c.set(name, rng.next() >> rng.below(64)));
+            assert!(c.set(name, rng.next_u64() >> rng.below(64)));
         }
         assert_eq!(Counters::parse(&format!("stats: t=1.0 {c} rss_kib=5")), c);
     }

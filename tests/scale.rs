@@ -116,14 +116,7 @@ fn ten_thousand_short_connections_leak_nothing() {
 
 /// `Slab:` of `/proc/meminfo` in KiB (whole machine).
 fn slab_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("Slab:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    ringecho::sys::proc::meminfo_kib("Slab").unwrap_or(0)
 }
 
 #[test]

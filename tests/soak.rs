@@ -61,13 +61,13 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 /// Log-uniform in `1..=max`: as many tiny sizes as huge ones.
 fn log_uniform(rng: &mut Rng, max: u64) -> u64 {
-    let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     ((max as f64).ln() * u).exp().clamp(1.0, max as f64) as u64
 }
 
 /// Exponentially distributed delay with the given mean (Poisson arrivals).
 fn exp_delay(rng: &mut Rng, mean: Duration) -> Duration {
-    let u = ((rng.next() >> 11) as f64 + 1.0) / ((1u64 << 53) as f64 + 1.0);
+    let u = ((rng.next_u64() >> 11) as f64 + 1.0) / ((1u64 << 53) as f64 + 1.0);
     mean.mul_f64(-u.ln()).min(mean * 20)
 }
 
@@ -395,7 +395,7 @@ fn run_load(
         if !ending {
             while peers.iter().filter(|p| p.kind == Kind::Long).count() < load.long_conns {
                 let (lo, hi) = load.long_life;
-                let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
                 let life = lo.mul_f64((hi.as_secs_f64() / lo.as_secs_f64()).powf(u));
                 next_id += 1;
                 tally.connections += 1;

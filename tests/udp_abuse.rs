@@ -31,17 +31,13 @@ struct UdpSnmp {
 }
 
 fn udp_snmp() -> UdpSnmp {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
-    let names: Vec<&str> = lines.next().unwrap().split_whitespace().skip(1).collect();
-    let values: Vec<u64> = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    let get = |n: &str| names.iter().position(|x| *x == n).map_or(0, |i| values[i]);
+    // The namespace this test thread entered, not the process's.
+    let udp = ringecho::sys::proc::thread_snmp("Udp");
+    assert!(
+        !udp.is_empty(),
+        "no Udp counters in /proc/thread-self/net/snmp"
+    );
+    let get = |n: &str| udp.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v);
     UdpSnmp {
         in_datagrams: get("InDatagrams"),
         no_ports: get("NoPorts"),

@@ -14,10 +14,12 @@
 mod html;
 mod json;
 mod metrics;
-mod procfs;
 mod report;
 mod run;
 mod selfcheck;
+// Shared with the integration tests, which spawn servers the same way.
+#[path = "../../tests/common/server_process.rs"]
+mod server_process;
 mod spec;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use ringecho::sys::proc;
 
 use report::{CaseResult, Meta, ServerResult};
 use run::{Run, Settings};
@@ -248,106 +251,34 @@ pub fn settings_for(
 /// Runs the whole plan; writes the outputs after every case (a partial run leaves a report).
 pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathBuf), String> {
     let started = SystemTime::now();
-    let mut meta = Meta {
-        started: utc_text(started),
-        kernel: ringecho::sys::kernel_release(),
-        cpu_model: procfs::cpu_model(),
-        cpus: ringecho::sys::allowed_cpus(),
-        settings: plan.settings.clone(),
-        rounds: plan.rounds,
-        git: git_revision(),
-        load: (procfs::loadavg(), None),
-        perf: plan.perf.clone(),
-        perf_duration: plan.perf_duration,
-        max_other_cpus: plan.max_other_cpus,
-    };
+    let mut meta = meta_of(plan, started);
     std::fs::create_dir_all(&plan.out_dir)
         .map_err(|e| format!("{}: {e}", plan.out_dir.display()))?;
     let stamp = utc_stamp(started);
     let json_path = plan.out_dir.join(format!("{stamp}.json"));
+    // External servers count no syscalls of their own: perf counts them in a pass of its own.
     let count_pass: Vec<bool> = plan
         .servers
         .iter()
         .map(|s| !s.self_counting() && plan.perf.is_ok())
         .collect();
-    let total: usize = plan
-        .cases
-        .iter()
-        .map(|case| {
-            plan.servers
-                .iter()
-                .zip(&count_pass)
-                .filter(|(s, _)| s.skips(case).is_none())
-                .map(|(_, count)| plan.rounds + usize::from(*count))
-                .sum::<usize>()
-        })
-        .sum();
+    let mut tally = Tally {
+        done: 0,
+        total: runs_in_total(plan, &count_pass),
+        quiet,
+    };
     if !quiet {
-        let s = &plan.settings;
-        let secs = total as f64 * (s.duration + s.warmup + 0.6);
-        eprintln!(
-            "compare: {} case(s) × {} server(s) × {} round(s), {} s + {} s warm-up each: about {}",
-            plan.cases.len(),
-            plan.servers.len(),
-            plan.rounds,
-            s.duration,
-            s.warmup,
-            if secs < 120.0 {
-                format!("{secs:.0} s")
-            } else {
-                format!("{:.0} min", (secs / 60.0).ceil())
-            }
-        );
-        if s.server_cpus.is_none() {
-            eprintln!("compare: fewer than 2 CPUs: server and client are not pinned");
-        }
-        if let Err(e) = &plan.perf
-            && plan.servers.iter().any(|s| !s.self_counting())
-        {
-            eprintln!("compare: external servers' syscalls: n/a ({e})");
-        }
+        announce(plan, tally.total);
     }
-    let mut done = 0;
     let mut results: Vec<CaseResult> = Vec::new();
     for &case in &plan.cases {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); plan.servers.len()];
         for round in 0..plan.rounds {
             for (i, server) in plan.servers.iter().enumerate() {
-                if server.skips(&case).is_some() {
-                    continue;
+                if server.skips(&case).is_none() {
+                    measure(plan, case, server, round, &mut tally, &mut runs[i]);
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                let mut attempt = 0;
-                loop {
-                    if let Some(limit) = plan.max_other_cpus {
-                        wait_for_quiet(limit, quiet);
-                    }
-                    let mut r = run::run_once(
-                        &plan.settings,
-                        case,
-                        server,
-                        Some(round),
-                        false,
-                        plan.settings.duration,
-                    );
-                    let noisy = too_noisy(plan, &r, case);
-                    let retry = noisy.is_some() && attempt < plan.noise_retries;
-                    if retry {
-                        r.discarded = noisy;
-                    } else {
-                        done += 1;
-                    }
-                    if !quiet {
-                        progress(done, total, case, server, &r);
-                    }
-                    runs[i].push(r);
-                    if !retry {
-                        break;
-                    }
-                    attempt += 1;
-                    // Give the other work a moment to finish before trying again.
-                    std::thread::sleep(Duration::from_secs(2 * attempt as u64));
-                }
-                std::thread::sleep(Duration::from_millis(200));
             }
         }
         for (i, server) in plan.servers.iter().enumerate() {
@@ -355,10 +286,7 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
                 continue;
             }
             let r = run::run_once(&plan.settings, case, server, None, true, plan.perf_duration);
-            done += 1;
-            if !quiet {
-                progress(done, total, case, server, &r);
-            }
+            tally.record(case, server, &r, true);
             runs[i].push(r);
         }
         let servers = plan
@@ -373,17 +301,134 @@ pub fn execute(plan: &Plan, quiet: bool) -> Result<(Meta, Vec<CaseResult>, PathB
             })
             .collect();
         results.push(CaseResult { case, servers });
-        meta.load.1 = procfs::loadavg();
+        meta.load.1 = proc::loadavg();
         write_outputs(plan, &meta, &results, &json_path, &stamp)?;
     }
     Ok((meta, results, json_path))
+}
+
+/// What the report says about the machine and the plan.
+fn meta_of(plan: &Plan, started: SystemTime) -> Meta {
+    Meta {
+        started: utc_text(started),
+        kernel: ringecho::sys::kernel_release(),
+        cpu_model: proc::cpu_model(),
+        cpus: ringecho::sys::allowed_cpus(),
+        settings: plan.settings.clone(),
+        rounds: plan.rounds,
+        git: git_revision(),
+        load: (proc::loadavg(), None),
+        perf: plan.perf.clone(),
+        perf_duration: plan.perf_duration,
+        max_other_cpus: plan.max_other_cpus,
+    }
+}
+
+/// How many runs the plan makes (not counting repeats of noisy ones).
+fn runs_in_total(plan: &Plan, count_pass: &[bool]) -> usize {
+    plan.cases
+        .iter()
+        .map(|case| {
+            plan.servers
+                .iter()
+                .zip(count_pass)
+                .filter(|(s, _)| s.skips(case).is_none())
+                .map(|(_, count)| plan.rounds + usize::from(*count))
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Says what is about to run, about how long it takes, and what will be missing.
+fn announce(plan: &Plan, total: usize) {
+    let s = &plan.settings;
+    let secs = total as f64 * (s.duration + s.warmup + 0.6);
+    eprintln!(
+        "compare: {} case(s) × {} server(s) × {} round(s), {} s + {} s warm-up each: about {}",
+        plan.cases.len(),
+        plan.servers.len(),
+        plan.rounds,
+        s.duration,
+        s.warmup,
+        if secs < 120.0 {
+            format!("{secs:.0} s")
+        } else {
+            format!("{:.0} min", (secs / 60.0).ceil())
+        }
+    );
+    if s.server_cpus.is_none() {
+        eprintln!("compare: fewer than 2 CPUs: server and client are not pinned");
+    }
+    if let Err(e) = &plan.perf
+        && plan.servers.iter().any(|s| !s.self_counting())
+    {
+        eprintln!("compare: external servers' syscalls: n/a ({e})");
+    }
+}
+
+/// Runs done out of the total, for the progress lines.
+struct Tally {
+    done: usize,
+    total: usize,
+    quiet: bool,
+}
+
+impl Tally {
+    /// Counts `r` (unless it is to be repeated) and prints its progress line.
+    fn record(&mut self, case: Case, server: &Server, r: &Run, counts: bool) {
+        if counts {
+            self.done += 1;
+        }
+        if !self.quiet {
+            progress(self.done, self.total, case, server, r);
+        }
+    }
+}
+
+/// One measured round of `case` against `server`, repeated (up to `--noise-retries` times)
+/// while other work on the machine makes it too noisy to keep; every attempt goes to `runs`.
+fn measure(
+    plan: &Plan,
+    case: Case,
+    server: &Server,
+    round: usize,
+    tally: &mut Tally,
+    runs: &mut Vec<Run>,
+) {
+    let mut attempt = 0;
+    loop {
+        if let Some(limit) = plan.max_other_cpus {
+            wait_for_quiet(limit, tally.quiet);
+        }
+        let mut r = run::run_once(
+            &plan.settings,
+            case,
+            server,
+            Some(round),
+            false,
+            plan.settings.duration,
+        );
+        let noisy = too_noisy(plan, &r, case);
+        let retry = noisy.is_some() && attempt < plan.noise_retries;
+        if retry {
+            r.discarded = noisy;
+        }
+        tally.record(case, server, &r, !retry);
+        runs.push(r);
+        if !retry {
+            return;
+        }
+        attempt += 1;
+        // Give the other work a moment to finish before trying again.
+        std::thread::sleep(Duration::from_secs(2 * attempt as u64));
+    }
 }
 
 /// Waits (up to two minutes) until other work on the machine uses at most `limit` CPUs.
 fn wait_for_quiet(limit: f64, quiet: bool) {
     let started = std::time::Instant::now();
     let mut said = false;
-    while let Some(busy) = procfs::busy_cpus(Duration::from_secs(1)) {
+    while let Some(busy) = busy_cpus(Duration::from_secs(1)) {
         if busy <= limit {
             return;
         }
@@ -398,6 +443,16 @@ fn wait_for_quiet(limit: f64, quiet: bool) {
             said = true;
         }
     }
+}
+
+/// How many CPUs' worth of work the machine did over `window` (nothing of ours is running
+/// when the harness asks, so this is other people's work).
+fn busy_cpus(window: Duration) -> Option<f64> {
+    let a = proc::cpu_times()?;
+    std::thread::sleep(window);
+    let b = proc::cpu_times()?;
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)?;
+    Some(b.busy.saturating_sub(a.busy) as f64 / total as f64 * b.cpus as f64)
 }
 
 /// Why `run` is too noisy to keep under `--max-other-cpus`, if it is.

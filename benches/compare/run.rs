@@ -1,25 +1,24 @@
 //! One measured run: start a fresh server pinned to its CPU, drive it with `ringecho bench`
 //! pinned to another, read every figure, stop the server and read its final counters.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringecho::loadgen::hlog;
 use ringecho::stats::Counters;
+use ringecho::sys::proc;
 
 use crate::json::Json;
-use crate::procfs;
+use crate::server_process::{READY_TIMEOUT, ServerProcess, StartError};
 use crate::spec::{Case, EXTERNAL_ENV, EXTERNAL_ENV_VALUE, Launch, Server, external_args};
 
-/// How long a server may take to print `listening on`.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often kernel socket memory is sampled while the client runs.
@@ -154,85 +153,59 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-/// A running server under test.
-struct ServerProcess {
-    child: Child,
-    addr: String,
-    stderr: JoinHandle<String>,
+/// Starts `server` for `case` on a free port, pinned to `cpus`, and waits for its `listening
+/// on ADDR` line.
+fn start_server(
+    settings: &Settings,
+    server: &Server,
+    case: &Case,
+    cpus: Option<&[usize]>,
+) -> Result<ServerProcess, String> {
+    const ADDR: &str = "127.0.0.1:0";
+    let mut cmd = match &server.launch {
+        Launch::Ringecho { .. } => {
+            let mut c = Command::new(&settings.ringecho);
+            c.arg("serve").args(server.ringecho_args(ADDR, case));
+            c
+        }
+        Launch::External { program, args } => {
+            let mut c = Command::new(program);
+            c.args(external_args(args, ADDR))
+                .env(EXTERNAL_ENV, EXTERNAL_ENV_VALUE);
+            c
+        }
+    };
+    prepare(&mut cmd, cpus);
+    ServerProcess::spawn(cmd, 1).map_err(|e| match e {
+        StartError::Spawn { error, .. } => format!("cannot start: {error}"),
+        StartError::Timeout { stderr } => format!(
+            "no `listening on ADDR` line within {READY_TIMEOUT:?}: {}",
+            tail(&stderr, 3)
+        ),
+        StartError::Exited { status, stderr } => format!(
+            "exited ({}) before listening: {}",
+            describe_exit(status),
+            tail(&stderr, 3)
+        ),
+    })
 }
 
-impl ServerProcess {
-    fn start(
-        settings: &Settings,
-        server: &Server,
-        case: &Case,
-        cpus: Option<&[usize]>,
-    ) -> Result<Self, String> {
-        const ADDR: &str = "127.0.0.1:0";
-        let mut cmd = match &server.launch {
-            Launch::Ringecho { .. } => {
-                let mut c = Command::new(&settings.ringecho);
-                c.arg("serve").args(server.ringecho_args(ADDR, case));
-                c
-            }
-            Launch::External { program, args } => {
-                let mut c = Command::new(program);
-                c.args(external_args(args, ADDR))
-                    .env(EXTERNAL_ENV, EXTERNAL_ENV_VALUE);
-                c
-            }
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        prepare(&mut cmd, cpus);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
-        let stderr = drain(child.stderr.take().expect("stderr is piped"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) if !addr.is_empty() => Ok(ServerProcess {
-                child,
-                addr,
-                stderr,
-            }),
-            other => {
-                signal(&child, libc::SIGKILL);
-                let status = child.wait().map(describe_exit).unwrap_or_default();
-                let err = stderr.join().unwrap_or_default();
-                let why = match other {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        format!("no `listening on ADDR` line within {READY_TIMEOUT:?}")
-                    }
-                    _ => format!("exited ({status}) before listening"),
-                };
-                Err(format!("{why}: {}", tail(&err, 3)))
-            }
+/// SIGTERM, wait (SIGKILL after [`STOP_TIMEOUT`]); returns how it exited and its stderr.
+fn stop_server(mut server: ServerProcess) -> (String, Vec<String>) {
+    let _ = server.signal(libc::SIGTERM);
+    let status = match server.wait_exit(STOP_TIMEOUT) {
+        Some(s) => describe_exit(s),
+        None => {
+            server.kill();
+            format!("killed: still running {STOP_TIMEOUT:?} after SIGTERM")
         }
-    }
+    };
+    (status, server.stderr().snapshot())
+}
 
-    /// SIGTERM, wait (SIGKILL after [`STOP_TIMEOUT`]); returns how it exited and its stderr.
-    fn stop(mut self) -> (String, String) {
-        signal(&self.child, libc::SIGTERM);
-        let status = match wait_timeout(&mut self.child, STOP_TIMEOUT) {
-            Some(s) => describe_exit(s),
-            None => {
-                signal(&self.child, libc::SIGKILL);
-                let _ = self.child.wait();
-                format!("killed: still running {STOP_TIMEOUT:?} after SIGTERM")
-            }
-        };
-        (status, self.stderr.join().unwrap_or_default())
-    }
+/// Kernel TCP socket memory now, KiB (the whole machine).
+fn tcp_mem_kib() -> Option<u64> {
+    Some(proc::sockstat(None)?.tcp_mem_kib())
 }
 
 /// Samples kernel TCP memory on a thread until stopped; returns the peak.
@@ -248,7 +221,7 @@ impl SockstatSampler {
         let handle = thread::spawn(move || {
             let mut peak = None;
             while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(procfs::tcp_mem_kib());
+                peak = peak.max(tcp_mem_kib());
                 thread::sleep(SOCKSTAT_EVERY);
             }
             peak
@@ -416,14 +389,14 @@ pub fn run_once(
         server_cpus: settings.cpus_for(server.threads()),
         ..Run::default()
     };
-    let proc = match ServerProcess::start(settings, server, &case, run.server_cpus.as_deref()) {
+    let process = match start_server(settings, server, &case, run.server_cpus.as_deref()) {
         Ok(p) => p,
         Err(e) => {
             run.error = Some(e);
             return run;
         }
     };
-    let pid = proc.child.id();
+    let pid = process.pid();
     let perf = if count_syscalls {
         match PerfCount::attach(pid) {
             Ok(p) => Some(p),
@@ -435,28 +408,28 @@ pub fn run_once(
     } else {
         None
     };
-    run.tcp_mem_base_kib = procfs::tcp_mem_kib();
+    run.tcp_mem_base_kib = tcp_mem_kib();
     let sampler = SockstatSampler::start();
     let hlog = hlog_path();
-    let client = run_client(settings, case, &proc.addr, pid, duration, &hlog);
+    let client = run_client(settings, case, &process.addrs[0], pid, duration, &hlog);
     run.latency = read_latency(&hlog);
     run.tcp_mem_peak_kib = sampler.finish();
-    run.rss_peak_kib = procfs::peak_rss_kib(pid);
+    run.rss_peak_kib = proc::status_kib(pid, "VmHWM");
     if let Some(perf) = perf {
         match perf.finish() {
             Ok(n) => run.perf_syscalls = Some(n),
             Err(e) => run.error = Some(e),
         }
     }
-    let (status, stderr) = proc.stop();
+    let (status, stderr) = stop_server(process);
     run.server_exit = Some(status);
     run.startup = stderr
-        .lines()
+        .iter()
         .find(|l| l.starts_with("ringecho: io_uring") || l.starts_with("ringecho: epoll"))
-        .map(str::to_string);
+        .cloned();
     if server.self_counting() {
         run.counters = stderr
-            .lines()
+            .iter()
             .rev()
             .find_map(|l| l.strip_prefix("final:"))
             .map(Counters::parse);

@@ -9,8 +9,7 @@ use ringecho::stats::Counters;
 
 use crate::json::Json;
 use crate::metrics::{Metrics, Stat, Summary};
-use crate::procfs::{parse_proc_stat, parse_sockstat_tcp_mem, parse_status_kib};
-use crate::report::{NOISE_NOTE, fmt_rate, fmt_ratio, fmt_sig};
+use crate::report::{CaseResult, NOISE_NOTE, ServerResult, fmt_rate, fmt_ratio, fmt_sig};
 use crate::run::{Run, parse_perf_count};
 use crate::spec::{Case, Launch, Server, parse_cases, parse_servers};
 
@@ -76,9 +75,20 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// The harness's own pieces on known inputs.
 fn units() -> Result<(), String> {
     crate::html::self_check()?;
-    // Cases.
+    cases()?;
+    servers()?;
+    json_values()?;
+    statistics_and_formats()?;
+    perf_output()?;
+    run_figures()?;
+    Ok(())
+}
+
+/// `--cases`: the default matrix, the spellings of a case, and what is refused.
+fn cases() -> Result<(), String> {
     let d = parse_cases(crate::spec::DEFAULT_CASES)?;
     ensure!(d.len() == 12, "default matrix has 12 cases: {d:?}");
     ensure!(d[4] == Case::tcp(100, 64, 16), "100x64x16: {:?}", d[4]);
@@ -107,8 +117,14 @@ fn units() -> Result<(), String> {
     ] {
         ensure!(parse_cases(bad).is_err(), "case {bad:?} should be refused");
     }
+    Ok(())
+}
 
-    // Servers.
+/// `--servers`: ringecho variants, external servers, the arguments each gets, and what is
+/// refused.
+fn servers() -> Result<(), String> {
+    let udp = parse_cases("udp:50x64")?[0];
+    let one = Case::tcp(1, 1, 1);
     let s = parse_servers("uring; epoll;nb=uring --batch-wait-us 0\nraw=--backend epoll")?;
     ensure!(s.len() == 4, "four servers: {s:?}");
     ensure!(
@@ -121,7 +137,6 @@ fn units() -> Result<(), String> {
         "a uring variant: {:?}",
         s[2]
     );
-    let one = Case::tcp(1, 1, 1);
     ensure!(
         s[0].ringecho_args("A", &one) == ["--addr", "A", "--threads", "1", "--backend", "uring"],
         "one shard unless asked: {:?}",
@@ -170,8 +185,11 @@ fn units() -> Result<(), String> {
             "server list {bad:?} should be refused"
         );
     }
+    Ok(())
+}
 
-    // JSON.
+/// The JSON value tree: parsing, escapes, round trips, and what is refused.
+fn json_values() -> Result<(), String> {
     let sample = r#"{"msgs":673234,"msgs_per_sec":336617,"p50_us":142.591,"rate":null,
         "verify":true,"error":null,"s":"a\"b\\c\u0041\n","arr":[1,[2,{"k":-1.5e3}]]}"#;
     let j = Json::parse(sample)?;
@@ -200,8 +218,11 @@ fn units() -> Result<(), String> {
     ] {
         ensure!(Json::parse(bad).is_err(), "JSON {bad:?} should be refused");
     }
+    Ok(())
+}
 
-    // Statistics and formats.
+/// Medians and ranges, and how numbers, rates, ratios and timestamps are written.
+fn statistics_and_formats() -> Result<(), String> {
     let st = Stat::of(&[3.0, 1.0, f64::NAN, 2.0]).ok_or("stat")?;
     ensure!(
         (st.median, st.min, st.max, st.n) == (2.0, 1.0, 3.0, 3),
@@ -229,20 +250,12 @@ fn units() -> Result<(), String> {
         crate::utc_stamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000)) == "20231114-221320",
         "timestamp"
     );
+    Ok(())
+}
 
-    // /proc and perf parsers.
-    let sockstat =
-        "sockets: used 13\nTCP: inuse 1 orphan 0 tw 3248 alloc 1 mem 193\nUDP: inuse 0 mem 7\n";
-    ensure!(parse_sockstat_tcp_mem(sockstat) == Some(193), "sockstat");
-    let stat = "cpu  100 5 50 1000 7 3 2 1 9 0\ncpu0 50 2 25 500 3 1 1 0 0 0\ncpu1 50 3 25 500 4 2 1 1 0 0\nintr 5\n";
-    ensure!(
-        parse_proc_stat(stat) == Some((161, 1168, 2)),
-        "/proc/stat: {:?}",
-        parse_proc_stat(stat)
-    );
-    ensure!(parse_sockstat_tcp_mem("garbage").is_none(), "bad sockstat");
-    let status = "Name:\tx\nVmHWMx:\t1 kB\nVmHWM:\t   3964 kB\nVmRSS:\t 3000 kB\n";
-    ensure!(parse_status_kib(status, "VmHWM") == Some(3964), "VmHWM");
+/// `perf stat` output, counted and not (the /proc parsers are unit-tested in
+/// `ringecho::sys::proc`).
+fn perf_output() -> Result<(), String> {
     ensure!(
         parse_perf_count("\n20000,,raw_syscalls:sys_enter,2409324915,100.00,,\n") == Some(20000),
         "perf count"
@@ -251,8 +264,12 @@ fn units() -> Result<(), String> {
         parse_perf_count("<not counted>,,raw_syscalls:sys_enter,0,0.00,,").is_none(),
         "perf not counted"
     );
+    Ok(())
+}
 
-    // One run's figures.
+/// One run's figures from the client's JSON and the server's counters, a repeated attempt
+/// left out of the summary, and a failed run saying why.
+fn run_figures() -> Result<(), String> {
     let case = Case::tcp(2, 100, 1);
     let run = Run {
         round: Some(0),
@@ -305,6 +322,8 @@ fn units() -> Result<(), String> {
     Ok(())
 }
 
+/// One tiny case end to end against ringecho's two backends and one ringecho started the way
+/// an external server is, checking every output file.
 fn end_to_end() -> Result<(), String> {
     let bin = crate::default_ringecho();
     let out_dir =
@@ -342,86 +361,7 @@ fn end_to_end() -> Result<(), String> {
         noise_retries: 0,
     };
     let (_, results, json_path) = crate::execute(&plan, false)?;
-    let check = || -> Result<(), String> {
-        let text = std::fs::read_to_string(&json_path).map_err(|e| e.to_string())?;
-        let doc = Json::parse(&text)?;
-        let cases = doc.arr("cases").ok_or("no cases in the JSON")?;
-        ensure!(cases.len() == 1, "one case");
-        let rs = cases[0].arr("results").ok_or("no results")?;
-        ensure!(rs.len() == 3, "three servers: {}", rs.len());
-        let md = std::fs::read_to_string(out_dir.join("latest.md")).map_err(|e| e.to_string())?;
-        ensure!(md.contains(NOISE_NOTE), "the noise note is in latest.md");
-        let page =
-            std::fs::read_to_string(out_dir.join("latest.html")).map_err(|e| e.to_string())?;
-        ensure!(page.starts_with("<!DOCTYPE html>"), "latest.html is a page");
-        ensure!(
-            page.matches("<svg").count() == 2,
-            "latest.html: two charts for the one case"
-        );
-        for fetches in ["<script", "src=", "href=", "url(", "@import", "<link"] {
-            ensure!(
-                !page.contains(fetches),
-                "latest.html is self-contained, but has {fetches:?}"
-            );
-        }
-        let drawn = results[0]
-            .servers
-            .iter()
-            .filter(|r| r.runs.iter().any(|run| run.latency.is_some()))
-            .count();
-        ensure!(
-            drawn >= 2 && page.matches("<polyline").count() == drawn,
-            "a latency curve per server that measured: {drawn} servers, {} curves",
-            page.matches("<polyline").count()
-        );
-        for r in &results[0].servers {
-            let s = &r.summary;
-            if r.name == "uring" && s.problems.iter().any(|p| p.contains("(exit 2)")) {
-                println!(
-                    "{NAME}: io_uring unavailable here, uring skipped: {:?}",
-                    s.problems
-                );
-                continue;
-            }
-            ensure!(
-                s.rounds == 2 && s.verified == 2,
-                "{}: {} of {} rounds verified: {:?}",
-                r.name,
-                s.verified,
-                s.rounds,
-                s.problems
-            );
-            ensure!(
-                s.median("msgs_per_sec").is_some_and(|v| v > 0.0),
-                "{}: no throughput",
-                r.name
-            );
-            ensure!(
-                s.median("server_cpu_us_per_msg").is_some(),
-                "{}: no server CPU",
-                r.name
-            );
-            let counted = r.name != "ext" || plan.perf.is_ok();
-            ensure!(
-                !counted || s.median("syscalls_per_msg").is_some_and(|v| v > 0.0),
-                "{}: no syscalls per message",
-                r.name
-            );
-            ensure!(
-                md.lines()
-                    .any(|l| l.starts_with(&format!("| {} |", r.name))),
-                "{}: no row in latest.md",
-                r.name
-            );
-            ensure!(
-                page.contains(&format!("<tr><td>{}</td>", r.name)),
-                "{}: no row in latest.html",
-                r.name
-            );
-        }
-        Ok(())
-    };
-    let result = check();
+    let result = check_outputs(&json_path, &out_dir, &results[0], plan.perf.is_ok());
     match &result {
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&out_dir);
@@ -429,4 +369,96 @@ fn end_to_end() -> Result<(), String> {
         Err(_) => println!("{NAME}: outputs kept in {}", out_dir.display()),
     }
     result
+}
+
+/// The outputs of the end-to-end run of one `case`: the JSON, `latest.md` and `latest.html`,
+/// and every server's figures in them (`perf`: whether perf could count the external server).
+fn check_outputs(
+    json_path: &std::path::Path,
+    out_dir: &std::path::Path,
+    case: &CaseResult,
+    perf: bool,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(json_path).map_err(|e| e.to_string())?;
+    let doc = Json::parse(&text)?;
+    let cases = doc.arr("cases").ok_or("no cases in the JSON")?;
+    ensure!(cases.len() == 1, "one case");
+    let rs = cases[0].arr("results").ok_or("no results")?;
+    ensure!(rs.len() == 3, "three servers: {}", rs.len());
+    let md = std::fs::read_to_string(out_dir.join("latest.md")).map_err(|e| e.to_string())?;
+    ensure!(md.contains(NOISE_NOTE), "the noise note is in latest.md");
+    let page = std::fs::read_to_string(out_dir.join("latest.html")).map_err(|e| e.to_string())?;
+    ensure!(page.starts_with("<!DOCTYPE html>"), "latest.html is a page");
+    ensure!(
+        page.matches("<svg").count() == 2,
+        "latest.html: two charts for the one case"
+    );
+    for fetches in ["<script", "src=", "href=", "url(", "@import", "<link"] {
+        ensure!(
+            !page.contains(fetches),
+            "latest.html is self-contained, but has {fetches:?}"
+        );
+    }
+    let drawn = case
+        .servers
+        .iter()
+        .filter(|r| r.runs.iter().any(|run| run.latency.is_some()))
+        .count();
+    ensure!(
+        drawn >= 2 && page.matches("<polyline").count() == drawn,
+        "a latency curve per server that measured: {drawn} servers, {} curves",
+        page.matches("<polyline").count()
+    );
+    for r in &case.servers {
+        check_server(r, &md, &page, perf)?;
+    }
+    Ok(())
+}
+
+/// One server's figures of the end-to-end run, and its rows in `latest.md` and `latest.html`.
+fn check_server(r: &ServerResult, md: &str, page: &str, perf: bool) -> Result<(), String> {
+    let s = &r.summary;
+    if r.name == "uring" && s.problems.iter().any(|p| p.contains("(exit 2)")) {
+        println!(
+            "{NAME}: io_uring unavailable here, uring skipped: {:?}",
+            s.problems
+        );
+        return Ok(());
+    }
+    ensure!(
+        s.rounds == 2 && s.verified == 2,
+        "{}: {} of {} rounds verified: {:?}",
+        r.name,
+        s.verified,
+        s.rounds,
+        s.problems
+    );
+    ensure!(
+        s.median("msgs_per_sec").is_some_and(|v| v > 0.0),
+        "{}: no throughput",
+        r.name
+    );
+    ensure!(
+        s.median("server_cpu_us_per_msg").is_some(),
+        "{}: no server CPU",
+        r.name
+    );
+    let counted = r.name != "ext" || perf;
+    ensure!(
+        !counted || s.median("syscalls_per_msg").is_some_and(|v| v > 0.0),
+        "{}: no syscalls per message",
+        r.name
+    );
+    ensure!(
+        md.lines()
+            .any(|l| l.starts_with(&format!("| {} |", r.name))),
+        "{}: no row in latest.md",
+        r.name
+    );
+    ensure!(
+        page.contains(&format!("<tr><td>{}</td>", r.name)),
+        "{}: no row in latest.html",
+        r.name
+    );
+    Ok(())
 }

@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use crate::sys;
+use crate::sys::proc;
 
 /// One reading of the CPU clocks.
 #[derive(Clone, Copy, Debug)]
@@ -22,47 +23,11 @@ pub struct CpuSample {
     pub server_us: Option<u64>,
 }
 
-fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf takes no pointers.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
-}
-
-/// Busy ticks summed over every CPU, from the first line of `/proc/stat`.
-pub fn parse_proc_stat_busy(stat: &str) -> Option<u64> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is already inside user).
-    let field = |i: usize| v.get(i).copied().unwrap_or(0);
-    Some(field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
-}
-
-/// utime + stime ticks from a `/proc/PID/stat` line.
-pub fn parse_pid_stat_ticks(stat: &str) -> Option<u64> {
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Field 3 (state) is f[0]; utime and stime are fields 14 and 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Reads every clock now.
 pub fn sample(server_pid: Option<u32>) -> CpuSample {
-    let tick_us = 1_000_000 / clock_ticks_per_sec();
-    let machine_busy_us = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| parse_proc_stat_busy(&s))
-        .map(|t| t * tick_us);
-    let server_us = server_pid.and_then(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| parse_pid_stat_ticks(&s))
-            .map(|t| t * tick_us)
-    });
+    let tick_us = 1_000_000 / proc::clock_ticks_per_sec();
+    let machine_busy_us = proc::cpu_times().map(|t| t.busy * tick_us);
+    let server_us = server_pid.and_then(|pid| proc::process_cpu_ticks(pid).map(|t| t * tick_us));
     CpuSample {
         at: Instant::now(),
         process_us: sys::process_cpu_micros(),
@@ -100,19 +65,6 @@ impl CpuUse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_stat() {
-        let s = "cpu  100 5 50 1000 7 3 2 1 9 0\ncpu0 50 2 25 500 3 1 1 0 0 0\n";
-        assert_eq!(parse_proc_stat_busy(s), Some(100 + 5 + 50 + 3 + 2 + 1));
-    }
-
-    #[test]
-    fn parses_pid_stat_with_awkward_names() {
-        let s = "1234 (my (weird) srv) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0";
-        assert_eq!(parse_pid_stat_ticks(s), Some(325));
-        assert_eq!(parse_pid_stat_ticks("garbage"), None);
-    }
 
     #[test]
     fn samples_this_machine() {

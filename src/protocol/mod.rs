@@ -150,68 +150,7 @@ pub(crate) mod testkit {
     use super::{CloseReason, Protocol};
     use crate::conn::{Conn, Limits, SendSpan};
 
-    /// SplitMix64: tiny, deterministic, good enough to pick splits and garbage. A failing seed
-    /// reproduces the failing case exactly.
-    pub struct Rng(u64);
-
-    impl Rng {
-        pub fn new(seed: u64) -> Rng {
-            Rng(seed)
-        }
-
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform-ish in `0..n` (`n > 0`).
-        pub fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-
-        /// True with probability `1/n`.
-        pub fn one_in(&mut self, n: usize) -> bool {
-            self.below(n) == 0
-        }
-
-        pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next_u64() as u8).collect()
-        }
-
-        /// A size in `0..=max` biased to the small end and to powers of two and their
-        /// neighbours.
-        pub fn size(&mut self, max: usize) -> usize {
-            match self.below(4) {
-                0 => self.below(4.min(max + 1)),
-                1 => {
-                    let p = 1usize << self.below(usize::BITS as usize - 1);
-                    (p.saturating_add(self.below(3)).saturating_sub(1)).min(max)
-                }
-                _ => self.below(max + 1),
-            }
-        }
-
-        /// Cuts `len` bytes into random pieces: many tiny ones, some large.
-        pub fn splits(&mut self, len: usize) -> Vec<std::ops::Range<usize>> {
-            let mut out = Vec::new();
-            let mut at = 0;
-            while at < len {
-                let max = match self.below(4) {
-                    0 => 1,
-                    1 => 8,
-                    2 => 64,
-                    _ => 4096,
-                };
-                let n = (1 + self.below(max)).min(len - at);
-                out.push(at..at + n);
-                at += n;
-            }
-            out
-        }
-    }
+    pub use crate::rng::SplitMix64 as Rng;
 
     /// A protocol behind a real `Conn`: input goes in through `on_recv` (as zero-copy provided
     /// buffers or as copies), and every byte the connection would send is collected in `sent`.

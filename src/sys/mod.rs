@@ -8,6 +8,8 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
+pub mod proc;
+
 /// Calls a libc function and maps a `-1` result to `io::Error::last_os_error()`.
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
