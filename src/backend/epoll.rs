@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent};
 use crate::backend::{SEND_VEC_MAX, Timers};
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
-use crate::server::{ServerConfig, ShardContext, ShardEvent};
 use crate::stats::Counters;
 use crate::sys::syscall;
 use crate::token::{GENERATION_MASK, Op, Token};
@@ -97,16 +97,16 @@ const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u
 
 /// Runs one epoll shard until shutdown.
 pub(crate) fn run_shard<P: Protocol + Clone>(
-    cfg: &ServerConfig,
+    cfg: &ShardConfig,
     proto: P,
     mut ctx: ShardContext,
 ) -> Result<(), Error> {
-    let (_, buf_size) = cfg.bufs();
+    let buf_size = cfg.buf_size;
     let ep =
         syscall!(epoll_create1(libc::EPOLL_CLOEXEC)).map_err(|e| Error::io("epoll_create1", e))?;
     // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-    let listeners: Vec<TcpListener> = std::mem::take(&mut ctx.listeners)
+    let listeners: Vec<TcpListener> = std::mem::take(&mut ctx.sockets)
         .into_iter()
         .map(TcpListener::from)
         .collect();
@@ -133,7 +133,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         Token::shard(Op::Shutdown).encode(),
     )
     .map_err(|e| Error::io("epoll_ctl(eventfd)", e))?;
-    let max_conns = cfg.max_conns.expect("validated config");
+    let max_conns = cfg.max_conns;
     if ctx.index == 0 {
         eprintln!(
             "ringecho: epoll shards={} edge-triggered read_buffer={}B max_conns={max_conns} (per shard)",
@@ -604,9 +604,9 @@ impl DgramBatch {
 /// Runs one epoll UDP shard: `recvmmsg` a batch, `sendmmsg` the batch back to its sources.
 /// Truncated datagrams are counted and dropped, never echoed short. When the socket's send
 /// buffer is full the rest of a batch waits for `EPOLLOUT` and reading pauses.
-pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result<(), Error> {
-    let (_, buf_size) = cfg.bufs();
-    let sockets: Vec<std::net::UdpSocket> = std::mem::take(&mut ctx.listeners)
+pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), Error> {
+    let buf_size = cfg.buf_size;
+    let sockets: Vec<std::net::UdpSocket> = std::mem::take(&mut ctx.sockets)
         .into_iter()
         .map(std::net::UdpSocket::from)
         .collect();

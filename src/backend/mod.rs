@@ -35,6 +35,7 @@
 //! [`Counters`]: crate::stats::Counters
 
 pub(crate) mod epoll;
+pub(crate) mod shard;
 pub mod uring;
 
 /// Most owed chunks one send carries (an `iovec` each). A chunk is a run of bytes in one
@@ -45,6 +46,27 @@ pub const SEND_VEC_MAX: usize = 64;
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::protocol::Protocol;
+use shard::{ShardConfig, ShardContext};
+
+/// Runs one shard on the calling thread until shutdown: the one place that picks the loop for
+/// a backend (`Uring` or `Epoll`, already resolved from `Auto`) and a transport (TCP
+/// connections answered with `proto`, or UDP datagrams echoed, with `cfg.udp`).
+pub(crate) fn run_shard<P: Protocol + Clone>(
+    backend: Backend,
+    cfg: &ShardConfig,
+    proto: P,
+    ctx: ShardContext,
+) -> Result<(), Error> {
+    match (backend, cfg.udp) {
+        (Backend::Epoll, false) => epoll::run_shard(cfg, proto, ctx),
+        (Backend::Epoll, true) => epoll::run_udp_shard(cfg, ctx),
+        (Backend::Uring | Backend::Auto, false) => uring::run_shard(cfg, proto, ctx),
+        (Backend::Uring | Backend::Auto, true) => uring::udp::run_udp_shard(cfg, ctx),
+    }
+}
 
 /// Which kernel interface serves the connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

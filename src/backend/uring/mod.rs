@@ -43,10 +43,10 @@ pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
 use crate::backend::Timers;
+use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent, table_headroom};
 use crate::conn::{Chunk, Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
-use crate::server::{ServerConfig, ShardContext, ShardEvent, table_headroom};
 use crate::stats::Counters;
 use crate::token::{GENERATION_MASK, Op, Token};
 use driver::Driver;
@@ -252,14 +252,14 @@ struct UringShard<P> {
 /// Runs one io_uring shard until shutdown. Creates the ring and registers everything on the
 /// calling thread (`IORING_SETUP_SINGLE_ISSUER` requires it).
 pub(crate) fn run_shard<P: Protocol + Clone>(
-    cfg: &ServerConfig,
+    cfg: &ShardConfig,
     proto: P,
     mut ctx: ShardContext,
 ) -> Result<(), Error> {
-    let (buf_count, buf_size) = cfg.bufs();
+    let (buf_count, buf_size) = (cfg.buf_count, cfg.buf_size);
     let (mut ring, features) = build_ring(&cfg.ring)?;
     features.require_server_minimum()?;
-    let max_conns = cfg.max_conns.expect("validated config");
+    let max_conns = cfg.max_conns;
     let table = (max_conns + table_headroom(max_conns)) as u32;
     let direct = cfg.direct_descriptors && features.direct_close;
     if direct {
@@ -281,7 +281,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         )
     })?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
-    let buf_budget = cfg.buf_budget.unwrap_or(buf_count / 2) as usize;
+    let buf_budget = cfg.buf_budget as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
     let startup_line = (ctx.index == 0).then(|| {
         format!(
@@ -322,12 +322,12 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }
         )
     });
-    let multishot_floor = multishot_floor(cfg, ctx.listeners.len());
+    let multishot_floor = multishot_floor(cfg.backlog, ctx.sockets.len());
     let mut shard = UringShard {
         proto,
         bufs,
         conns: Slab::with_capacity(1024.min(max_conns)),
-        listeners: std::mem::take(&mut ctx.listeners)
+        listeners: std::mem::take(&mut ctx.sockets)
             .into_iter()
             .map(|socket| Listener {
                 socket: Some(TcpListener::from(socket)),
@@ -1131,9 +1131,8 @@ fn slot_eof<P: Protocol>(slot: &mut Slot<P>) {
 
 /// Room below the cap a multishot accept needs: it may take the whole backlog of every
 /// listener at once before its cancellation lands, plus arrivals during one loop turn.
-fn multishot_floor(cfg: &ServerConfig, listeners: usize) -> usize {
-    let backlog = cfg.backlog.unwrap_or_else(crate::sys::somaxconn).max(1) as usize;
-    backlog * listeners.max(1) + 64
+fn multishot_floor(backlog: i32, listeners: usize) -> usize {
+    backlog.max(1) as usize * listeners.max(1) + 64
 }
 
 /// Describes why io_uring is unusable for a server here, or `Ok` with what it offers. Used by

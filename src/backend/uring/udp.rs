@@ -20,8 +20,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use super::buf_ring::{BufRing, Segment};
 use super::driver::{self, Driver};
 use super::{BGID, ShardMemory, build_ring, catch_panic, finish_shard, ops};
+use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent};
 use crate::error::Error;
-use crate::server::{ServerConfig, ShardContext, ShardEvent};
 use crate::stats::Counters;
 use crate::token::{Op, Token};
 
@@ -81,8 +81,8 @@ struct UdpShard {
 }
 
 /// Runs one io_uring UDP shard until shutdown.
-pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result<(), Error> {
-    let (buf_count, buf_size) = cfg.bufs();
+pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), Error> {
+    let (buf_count, buf_size) = (cfg.buf_count, cfg.buf_size);
     let (mut ring, features) = build_ring(&cfg.ring)?;
     features.require_server_minimum()?;
     if !features.multishot_recv {
@@ -113,7 +113,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             crate::backend::udp_max_payload(buf_size)
         );
     }
-    let sockets = std::mem::take(&mut ctx.listeners)
+    let sockets = std::mem::take(&mut ctx.sockets)
         .into_iter()
         .map(|fd| {
             // SAFETY: msghdr is plain old data; all-zero is a valid (empty) header.
@@ -148,7 +148,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         sends,
         pending: Vec::with_capacity(256),
         segs: Vec::with_capacity(1),
-        budget: cfg.buf_budget.unwrap_or(buf_count / 2) as usize,
+        budget: cfg.buf_budget as usize,
         in_flight: 0,
         draining: false,
         drain_deadline: None,
