@@ -23,6 +23,7 @@ use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::stats::Counters;
+use crate::sys::epoll::{Epoll, Events};
 use crate::sys::syscall;
 use crate::token::{GENERATION_MASK, Op, Token};
 
@@ -61,7 +62,7 @@ struct Slot<P> {
 
 struct EpollShard<P> {
     proto: P,
-    ep: OwnedFd,
+    ep: Epoll,
     listeners: Vec<TcpListener>,
     conns: Slab<Slot<P>>,
     limits: Limits,
@@ -83,13 +84,10 @@ struct EpollShard<P> {
     now: Instant,
 }
 
-fn ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, data: u64) -> std::io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: data };
-    syscall!(epoll_ctl(ep, op, fd, &mut ev)).map(drop)
-}
-
 fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl with F_GETFL and F_SETFL takes and returns plain integers.
     let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    // SAFETY: as above.
     syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map(drop)
 }
 
@@ -102,10 +100,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     mut ctx: ShardContext,
 ) -> Result<(), Error> {
     let buf_size = cfg.buf_size;
-    let ep =
-        syscall!(epoll_create1(libc::EPOLL_CLOEXEC)).map_err(|e| Error::io("epoll_create1", e))?;
-    // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
-    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let ep = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
     let listeners: Vec<TcpListener> = std::mem::take(&mut ctx.sockets)
         .into_iter()
         .map(TcpListener::from)
@@ -116,18 +111,14 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             generation: i as u32,
             ..Token::shard(Op::Accept)
         };
-        ctl(
-            ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
+        ep.add(
             l.as_raw_fd(),
             (libc::EPOLLIN | libc::EPOLLET) as u32,
             tok.encode(),
         )
         .map_err(|e| Error::io("epoll_ctl(listener)", e))?;
     }
-    ctl(
-        ep.as_raw_fd(),
-        libc::EPOLL_CTL_ADD,
+    ep.add(
         ctx.shutdown_fd,
         libc::EPOLLIN as u32,
         Token::shard(Op::Shutdown).encode(),
@@ -170,8 +161,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
 
 impl<P: Protocol + Clone> EpollShard<P> {
     fn run(&mut self, ctx: &ShardContext) -> Result<(), Error> {
-        // SAFETY: epoll_event is plain old data; zeroed entries are valid and overwritten.
-        let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; MAX_EVENTS];
+        let mut events = Events::with_capacity(MAX_EVENTS);
         // Connections may already be waiting in the backlog.
         self.accept_all();
         loop {
@@ -181,33 +171,24 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 self.counters.active = 0;
                 return Ok(());
             }
-            let timeout_ms = if !self.ready.is_empty() {
-                0
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
             } else {
-                self.timers.next().map_or(-1, |d| {
-                    d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1
-                })
+                self.timers.next().map(|d| d.saturating_duration_since(now))
             };
             // Publish before a wait that may block indefinitely (accepts made before it).
             self.counters.active = self.conns.len() as u64;
             ctx.stats.publish(&self.counters);
             self.counters.enters += 1;
             self.counters.syscalls += 1;
-            let n = match syscall!(epoll_wait(
-                self.ep.as_raw_fd(),
-                events.as_mut_ptr(),
-                MAX_EVENTS as i32,
-                timeout_ms
-            )) {
-                Ok(n) => n as usize,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => 0,
-                Err(e) => return Err(Error::io("epoll_wait", e)),
-            };
+            let n = self
+                .ep
+                .wait(&mut events, timeout)
+                .map_err(|e| Error::io("epoll_wait", e))?;
             self.counters.events += n as u64;
             self.now = Instant::now();
-            for ev in &events[..n] {
-                let (bits, data) = (ev.events, ev.u64);
-                self.dispatch(bits, data);
+            for ev in events.iter() {
+                self.dispatch(ev.bits, ev.key);
             }
             // Only now: starting the drain closes idle connections, and events later in the
             // batch for those would find their slots gone.
@@ -284,6 +265,8 @@ impl<P: Protocol + Clone> EpollShard<P> {
             reads += 1;
             let fd = slot.fd.as_raw_fd();
             self.counters.syscalls += 1;
+            // SAFETY: the kernel writes at most `scratch.len()` bytes into `scratch`, which
+            // this shard owns and nothing else borrows during the call.
             match syscall!(read(
                 fd,
                 self.scratch.as_mut_ptr().cast(),
@@ -328,6 +311,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
             slot.conn.on_fin_sent();
             self.counters.syscalls += 1;
             // A failure means the peer is gone; the next read reports it.
+            // SAFETY: shutdown takes no pointers; the descriptor is the connection's own.
             let _ = syscall!(shutdown(slot.fd.as_raw_fd(), libc::SHUT_WR));
         }
         let want_out = slot.conn.owed() > 0 && !slot.writable;
@@ -339,14 +323,10 @@ impl<P: Protocol + Clone> EpollShard<P> {
             };
             self.counters.syscalls += 1;
             let tok = Token::conn(key, slot.generation, Op::Recv);
-            if ctl(
-                self.ep.as_raw_fd(),
-                libc::EPOLL_CTL_MOD,
-                slot.fd.as_raw_fd(),
-                events,
-                tok.encode(),
-            )
-            .is_err()
+            if self
+                .ep
+                .modify(slot.fd.as_raw_fd(), events, tok.encode())
+                .is_err()
             {
                 self.counters.conn_errors += 1;
                 return self.close(key);
@@ -452,6 +432,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 }
                 let lfd = self.listeners[i].as_raw_fd();
                 self.counters.syscalls += 1;
+                // SAFETY: null address and length pointers ask for no peer address.
                 let fd = match syscall!(accept4(
                     lfd,
                     std::ptr::null_mut(),
@@ -491,14 +472,10 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 let key = entry.key();
                 let tok = Token::conn(key, generation, Op::Recv);
                 self.counters.syscalls += 1;
-                if ctl(
-                    self.ep.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    fd.as_raw_fd(),
-                    CONN_EVENTS,
-                    tok.encode(),
-                )
-                .is_err()
+                if self
+                    .ep
+                    .add(fd.as_raw_fd(), CONN_EVENTS, tok.encode())
+                    .is_err()
                 {
                     self.counters.accept_errors += 1;
                     continue;
@@ -610,15 +587,10 @@ pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<
         .into_iter()
         .map(std::net::UdpSocket::from)
         .collect();
-    let ep =
-        syscall!(epoll_create1(libc::EPOLL_CLOEXEC)).map_err(|e| Error::io("epoll_create1", e))?;
-    // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
-    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let ep = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
     for (i, s) in sockets.iter().enumerate() {
         set_nonblocking(s.as_raw_fd()).map_err(|e| Error::io("fcntl(O_NONBLOCK)", e))?;
-        ctl(
-            ep.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
+        ep.add(
             s.as_raw_fd(),
             (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32,
             i as u64,
@@ -626,14 +598,8 @@ pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<
         .map_err(|e| Error::io("epoll_ctl(udp)", e))?;
     }
     let shutdown_key = u64::MAX;
-    ctl(
-        ep.as_raw_fd(),
-        libc::EPOLL_CTL_ADD,
-        ctx.shutdown_fd,
-        libc::EPOLLIN as u32,
-        shutdown_key,
-    )
-    .map_err(|e| Error::io("epoll_ctl(eventfd)", e))?;
+    ep.add(ctx.shutdown_fd, libc::EPOLLIN as u32, shutdown_key)
+        .map_err(|e| Error::io("epoll_ctl(eventfd)", e))?;
     let max_payload = crate::backend::udp_max_payload(buf_size).max(1);
     if ctx.index == 0 {
         eprintln!(
@@ -649,20 +615,17 @@ pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<
     let mut writable = vec![true; sockets.len()];
     let mut backlog: Vec<Vec<(libc::sockaddr_storage, u32, Vec<u8>)>> =
         vec![Vec::new(); sockets.len()];
-    // SAFETY: epoll_event is plain old data.
-    let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; 64];
+    let mut events = Events::with_capacity(64);
     let _ = ctx.events.send(ShardEvent::Ready);
     loop {
         counters.enters += 1;
         counters.syscalls += 1;
-        let n = match syscall!(epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 64, -1)) {
-            Ok(n) => n as usize,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => 0,
-            Err(e) => return Err(Error::io("epoll_wait", e)),
-        };
+        let n = ep
+            .wait(&mut events, None)
+            .map_err(|e| Error::io("epoll_wait", e))?;
         counters.events += n as u64;
-        for ev in &events[..n] {
-            let (bits, key) = (ev.events as i32, ev.u64);
+        for ev in events.iter() {
+            let (bits, key) = (ev.bits as i32, ev.key);
             if key == shutdown_key {
                 // Datagrams are not owed the way stream bytes are: stop at once.
                 ctx.stats.publish(&counters);
