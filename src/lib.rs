@@ -344,7 +344,7 @@
 //! Memory that is not a provided buffer follows the same rule: a copied reply lives in the
 //! connection's own buffer and is neither moved nor freed while a send reads it.
 //!
-//! The epoll backend ([`src/backend/epoll.rs`][epoll]) serves the same `Conn` and the same
+//! The epoll backend ([`src/backend/epoll/tcp.rs`][epoll]) serves the same `Conn` and the same
 //! protocols with readiness and `read`/`write`: one scratch buffer per shard and a copy for
 //! every reply, which is what makes the comparison honest.
 //!
@@ -360,7 +360,7 @@
 //! [`io_uring::IoUring`]: https://docs.rs/io-uring/0.7/io_uring/struct.IoUring.html
 //! [fixed]: https://docs.rs/io-uring/0.7/io_uring/types/struct.Fixed.html
 //! [conn]: ../src/ringecho/conn/mod.rs.html
-//! [epoll]: ../src/ringecho/backend/epoll.rs.html
+//! [epoll]: ../src/ringecho/backend/epoll/tcp.rs.html
 //! [run-shard]: ../src/ringecho/backend/uring/mod.rs.html "run_shard"
 //! [shard-run]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::run"
 //! [dispatch]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::dispatch"

@@ -1,7 +1,7 @@
-//! The epoll backend: the same connections, the same [`Conn`] decisions, readiness instead of
-//! completions.
+//! TCP on epoll: the same connections, the same [`Conn`] decisions as on io_uring, readiness
+//! instead of completions.
 //!
-//! Edge-triggered epoll. Each readiness event marks a connection readable or writable; then
+//! Each readiness event marks a connection readable or writable; then
 //! `EpollShard::drive` does the I/O the connection wants until the socket would block: writes
 //! owed bytes, reads while the connection wants to receive (a read shorter than the buffer
 //! means the socket is drained, so no extra read is spent on `EAGAIN`), closes when done.
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::shard_epoll;
 use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent};
 use crate::backend::{SEND_VEC_MAX, Timers};
 use crate::conn::{Conn, Limits, SendSpan};
@@ -84,13 +85,6 @@ struct EpollShard<P> {
     now: Instant,
 }
 
-fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl with F_GETFL and F_SETFL takes and returns plain integers.
-    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
-    // SAFETY: as above.
-    syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map(drop)
-}
-
 const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
 /// Runs one epoll shard until shutdown.
@@ -100,30 +94,17 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     mut ctx: ShardContext,
 ) -> Result<(), Error> {
     let buf_size = cfg.buf_size;
-    let ep = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
     let listeners: Vec<TcpListener> = std::mem::take(&mut ctx.sockets)
         .into_iter()
         .map(TcpListener::from)
         .collect();
-    for (i, l) in listeners.iter().enumerate() {
-        set_nonblocking(l.as_raw_fd()).map_err(|e| Error::io("fcntl(O_NONBLOCK)", e))?;
-        let tok = Token {
-            generation: i as u32,
-            ..Token::shard(Op::Accept)
-        };
-        ep.add(
-            l.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            tok.encode(),
-        )
-        .map_err(|e| Error::io("epoll_ctl(listener)", e))?;
-    }
-    ep.add(
+    let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let ep = shard_epoll(
+        &fds,
+        (libc::EPOLLIN | libc::EPOLLET) as u32,
+        Op::Accept,
         ctx.shutdown_fd,
-        libc::EPOLLIN as u32,
-        Token::shard(Op::Shutdown).encode(),
-    )
-    .map_err(|e| Error::io("epoll_ctl(eventfd)", e))?;
+    )?;
     let max_conns = cfg.max_conns;
     if ctx.index == 0 {
         eprintln!(
@@ -525,233 +506,5 @@ impl<P: Protocol + Clone> EpollShard<P> {
             self.conns[key].conn.begin_shutdown();
             self.drive(key);
         }
-    }
-}
-
-/// Datagrams per `recvmmsg`/`sendmmsg` batch.
-const DGRAM_BATCH: usize = 64;
-
-/// One batch of datagrams and where each came from, reused for every batch.
-struct DgramBatch {
-    bufs: Vec<u8>,
-    buf_size: usize,
-    iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_storage>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl DgramBatch {
-    fn new(buf_size: usize) -> DgramBatch {
-        DgramBatch {
-            bufs: vec![0; buf_size * DGRAM_BATCH],
-            buf_size,
-            iovs: Vec::with_capacity(DGRAM_BATCH),
-            // SAFETY: plain old data; all-zero is valid.
-            addrs: vec![unsafe { std::mem::zeroed() }; DGRAM_BATCH],
-            // SAFETY: as above.
-            hdrs: vec![unsafe { std::mem::zeroed() }; DGRAM_BATCH],
-        }
-    }
-
-    /// Points every header at its buffer and address slot, ready for `recvmmsg`.
-    fn prepare_recv(&mut self) {
-        self.iovs.clear();
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..DGRAM_BATCH {
-            self.iovs.push(libc::iovec {
-                // SAFETY: i * buf_size is within `bufs`, which holds DGRAM_BATCH buffers.
-                iov_base: unsafe { base.add(i * self.buf_size) }.cast(),
-                iov_len: self.buf_size,
-            });
-        }
-        for i in 0..DGRAM_BATCH {
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
-        }
-    }
-}
-
-/// Runs one epoll UDP shard: `recvmmsg` a batch, `sendmmsg` the batch back to its sources.
-/// Truncated datagrams are counted and dropped, never echoed short. When the socket's send
-/// buffer is full the rest of a batch waits for `EPOLLOUT` and reading pauses.
-pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), Error> {
-    let buf_size = cfg.buf_size;
-    let sockets: Vec<std::net::UdpSocket> = std::mem::take(&mut ctx.sockets)
-        .into_iter()
-        .map(std::net::UdpSocket::from)
-        .collect();
-    let ep = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
-    for (i, s) in sockets.iter().enumerate() {
-        set_nonblocking(s.as_raw_fd()).map_err(|e| Error::io("fcntl(O_NONBLOCK)", e))?;
-        ep.add(
-            s.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32,
-            i as u64,
-        )
-        .map_err(|e| Error::io("epoll_ctl(udp)", e))?;
-    }
-    let shutdown_key = u64::MAX;
-    ep.add(ctx.shutdown_fd, libc::EPOLLIN as u32, shutdown_key)
-        .map_err(|e| Error::io("epoll_ctl(eventfd)", e))?;
-    let max_payload = crate::backend::udp_max_payload(buf_size).max(1);
-    if ctx.index == 0 {
-        eprintln!(
-            "ringecho: epoll udp shards={} recvmmsg/sendmmsg batch={DGRAM_BATCH} (largest datagram \
-             {max_payload}B)",
-            ctx.shards
-        );
-    }
-    let mut counters = Counters::default();
-    let mut batch = DgramBatch::new(max_payload as usize);
-    // Per socket: readable edge not yet drained, writable, and the unsent tail of a batch.
-    let mut readable = vec![true; sockets.len()];
-    let mut writable = vec![true; sockets.len()];
-    let mut backlog: Vec<Vec<(libc::sockaddr_storage, u32, Vec<u8>)>> =
-        vec![Vec::new(); sockets.len()];
-    let mut events = Events::with_capacity(64);
-    let _ = ctx.events.send(ShardEvent::Ready);
-    loop {
-        counters.enters += 1;
-        counters.syscalls += 1;
-        let n = ep
-            .wait(&mut events, None)
-            .map_err(|e| Error::io("epoll_wait", e))?;
-        counters.events += n as u64;
-        for ev in events.iter() {
-            let (bits, key) = (ev.bits as i32, ev.key);
-            if key == shutdown_key {
-                // Datagrams are not owed the way stream bytes are: stop at once.
-                ctx.stats.publish(&counters);
-                return Ok(());
-            }
-            let i = key as usize;
-            if bits & libc::EPOLLIN != 0 {
-                readable[i] = true;
-            }
-            if bits & libc::EPOLLOUT != 0 {
-                writable[i] = true;
-            }
-        }
-        for i in 0..sockets.len() {
-            let fd = sockets[i].as_raw_fd();
-            // First whatever is left of an earlier batch, one datagram at a time.
-            while writable[i] && !backlog[i].is_empty() {
-                let (addr, alen, data) = &backlog[i][0];
-                counters.syscalls += 1;
-                match syscall!(sendto(
-                    fd,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_NOSIGNAL,
-                    (addr as *const libc::sockaddr_storage).cast(),
-                    *alen
-                )) {
-                    Ok(sent) => {
-                        counters.sends += 1;
-                        counters.bytes_out += sent as u64;
-                        backlog[i].remove(0);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => writable[i] = false,
-                    Err(_) => {
-                        counters.conn_errors += 1;
-                        backlog[i].remove(0);
-                    }
-                }
-            }
-            while readable[i] && backlog[i].is_empty() && writable[i] {
-                batch.prepare_recv();
-                counters.syscalls += 1;
-                let got = match syscall!(recvmmsg(
-                    fd,
-                    batch.hdrs.as_mut_ptr(),
-                    DGRAM_BATCH as u32,
-                    0,
-                    std::ptr::null_mut()
-                )) {
-                    Ok(got) => got as usize,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        readable[i] = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        counters.conn_errors += 1;
-                        break;
-                    }
-                };
-                // Keep the good datagrams at the front, pointed at exactly their payload.
-                let mut keep = 0;
-                for j in 0..got {
-                    let h = batch.hdrs[j];
-                    counters.recv_cqes += 1;
-                    counters.bytes_in += u64::from(h.msg_len);
-                    if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                        counters.dgram_truncated += 1;
-                        continue;
-                    }
-                    batch.iovs[keep] = libc::iovec {
-                        iov_base: batch.iovs[j].iov_base,
-                        iov_len: h.msg_len as usize,
-                    };
-                    batch.addrs.swap(keep, j);
-                    let mut out = h;
-                    out.msg_hdr.msg_iov = &mut batch.iovs[keep];
-                    out.msg_hdr.msg_name =
-                        (&mut batch.addrs[keep] as *mut libc::sockaddr_storage).cast();
-                    out.msg_len = 0;
-                    batch.hdrs[keep] = out;
-                    keep += 1;
-                }
-                if got < DGRAM_BATCH {
-                    readable[i] = false;
-                }
-                let mut sent = 0;
-                while sent < keep {
-                    counters.syscalls += 1;
-                    match syscall!(sendmmsg(
-                        fd,
-                        batch.hdrs[sent..].as_mut_ptr(),
-                        (keep - sent) as u32,
-                        libc::MSG_NOSIGNAL
-                    )) {
-                        Ok(k) => {
-                            for h in &batch.hdrs[sent..sent + k as usize] {
-                                counters.sends += 1;
-                                counters.bytes_out += u64::from(h.msg_len);
-                            }
-                            sent += k as usize;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            writable[i] = false;
-                            break;
-                        }
-                        Err(_) => {
-                            counters.conn_errors += 1;
-                            sent += 1;
-                        }
-                    }
-                }
-                // Whatever the full send buffer refused waits, copied, for EPOLLOUT.
-                for j in sent..keep {
-                    let h = &batch.hdrs[j];
-                    // SAFETY: the iovec points at `msg_len` received bytes inside `bufs`.
-                    let data = unsafe {
-                        std::slice::from_raw_parts(
-                            batch.iovs[j].iov_base.cast::<u8>(),
-                            batch.iovs[j].iov_len,
-                        )
-                    };
-                    backlog[i].push((batch.addrs[j], h.msg_hdr.msg_namelen, data.to_vec()));
-                }
-            }
-        }
-        ctx.stats.publish(&counters);
     }
 }
