@@ -6,7 +6,7 @@
 //! Each received buffer is sent straight back to the peer and only then returned to the
 //! kernel; the comments say who owns each buffer at each step.
 //!
-//! Left out, and found in the real server (`src/backend/uring/mod.rs`): a connection cap,
+//! Left out, and found in the real server (`src/backend/uring/tcp.rs`): a connection cap,
 //! back-pressure and a budget of held buffers (here one client that sends without reading can
 //! hold every buffer), graceful shutdown, fallbacks for kernels older than 6.0. One
 //! simplification to keep in mind when reading both: here a connection is stored at the index

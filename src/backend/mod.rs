@@ -63,8 +63,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     match (backend, cfg.udp) {
         (Backend::Epoll, false) => epoll::tcp::run_shard(cfg, proto, ctx),
         (Backend::Epoll, true) => epoll::udp::run_shard(cfg, ctx),
-        (Backend::Uring | Backend::Auto, false) => uring::run_shard(cfg, proto, ctx),
-        (Backend::Uring | Backend::Auto, true) => uring::udp::run_udp_shard(cfg, ctx),
+        (Backend::Uring | Backend::Auto, false) => uring::tcp::run_shard(cfg, proto, ctx),
+        (Backend::Uring | Backend::Auto, true) => uring::udp::run_shard(cfg, ctx),
     }
 }
 

@@ -270,6 +270,13 @@ pub fn cancel_all_on(sock: Sock, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
+/// Cancels every request in flight on the ring (`IORING_ASYNC_CANCEL_ANY`, 5.19): the UDP
+/// shard's last resort when its drain time is up. Untagged: its completion carries
+/// `user_data` 0, which is no [`Token`].
+pub fn cancel_any() -> squeue::Entry {
+    opcode::AsyncCancel2::new(types::CancelBuilder::any()).build()
+}
+
 /// Shuts down the write side of `sock`: the peer gets FIN after every byte already sent
 /// (5.11).
 pub fn shutdown_write(sock: Sock, tok: Token) -> squeue::Entry {
@@ -279,6 +286,28 @@ pub fn shutdown_write(sock: Sock, tok: Token) -> squeue::Entry {
 /// Closes `sock` (a direct descriptor frees its file slot; 5.15 for direct descriptors).
 pub fn close(sock: Sock, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::Close::new(t).build()).user_data(tok.encode())
+}
+
+/// Multishot `recvmsg` on the UDP socket `fd` (6.0): each datagram goes into a buffer of group
+/// `bgid`, laid out as `struct io_uring_recvmsg_out`, then the source address (room for
+/// `hdr.msg_namelen` bytes), then the payload ([`types::RecvMsgOut::parse`] reads it back).
+///
+/// The caller keeps `*hdr` valid and unchanged until the receive's final CQE.
+pub fn recv_msg_multi(fd: i32, hdr: *const libc::msghdr, bgid: u16, tok: Token) -> squeue::Entry {
+    opcode::RecvMsgMulti::new(types::Fd(fd), hdr, bgid)
+        .build()
+        .user_data(tok.encode())
+}
+
+/// `sendmsg` on the UDP socket `fd` (5.3): the datagram `hdr` names, to the address it names.
+///
+/// The caller keeps `*hdr`, its address, its `iovec`s and their bytes valid and unchanged
+/// until the send's CQE.
+pub fn send_msg(fd: i32, hdr: *const libc::msghdr, tok: Token) -> squeue::Entry {
+    opcode::SendMsg::new(types::Fd(fd), hdr)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build()
+        .user_data(tok.encode())
 }
 
 /// Waits (once) for `fd` to become readable: the shard's shutdown eventfd.

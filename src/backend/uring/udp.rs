@@ -15,7 +15,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, squeue, types};
 
 use super::buf_ring::{BufRing, Segment};
 use super::driver::{self, Driver};
@@ -81,7 +81,7 @@ struct UdpShard {
 }
 
 /// Runs one io_uring UDP shard until shutdown.
-pub(crate) fn run_udp_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), Error> {
+pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), Error> {
     let (buf_count, buf_size) = (cfg.buf_count, cfg.buf_size);
     let (mut ring, features) = build_ring(&cfg.ring)?;
     features.require_server_minimum()?;
@@ -200,8 +200,7 @@ impl UdpShard {
             {
                 // Drain time is up: stop waiting for echoes still queued in the kernel.
                 self.drain_deadline = None;
-                self.pending
-                    .push(opcode::AsyncCancel2::new(types::CancelBuilder::any()).build());
+                self.pending.push(ops::cancel_any());
             }
             if self.draining
                 && self.in_flight == 0
@@ -245,11 +244,12 @@ impl UdpShard {
             generation: idx as u32,
             ..Token::shard(Op::Recv)
         };
-        self.pending.push(
-            opcode::RecvMsgMulti::new(types::Fd(s.socket.as_raw_fd()), &*s.hdr, BGID)
-                .build()
-                .user_data(tok.encode()),
-        );
+        self.pending.push(ops::recv_msg_multi(
+            s.socket.as_raw_fd(),
+            &*s.hdr,
+            BGID,
+            tok,
+        ));
         s.recv = RecvState::Armed;
         if s.armed_once {
             self.counters.recv_rearms += 1;
@@ -394,12 +394,7 @@ impl UdpShard {
         };
         // The buffer keeps the completion's reference until the send completes; the slot's
         // header, iovec and address stay put (the slice of slots is never resized).
-        self.pending.push(
-            opcode::SendMsg::new(types::Fd(fd), &slot.hdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(tok.encode()),
-        );
+        self.pending.push(ops::send_msg(fd, &slot.hdr, tok));
         self.in_flight += 1;
     }
 
