@@ -700,7 +700,7 @@ pub struct Server {
     cfg: ServerConfig,
     resolved: Resolved,
     /// Bound sockets per shard (one per address each): TCP listeners, or UDP sockets.
-    listeners: Vec<Vec<OwnedFd>>,
+    sockets: Vec<Vec<OwnedFd>>,
     local_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
     stats: StatsHandle,
@@ -736,7 +736,7 @@ impl Server {
                 sys::tcp_listener(addr, opts).map(OwnedFd::from)
             }
         };
-        let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut sockets: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for &addr in &cfg.addrs {
             let bind_err = |source| Error::Bind { addr, source };
@@ -754,8 +754,8 @@ impl Server {
             let first = bind(addr, &opts).map_err(bind_err)?;
             let resolved =
                 sys::local_addr(first.as_raw_fd()).map_err(|e| Error::io("getsockname", e))?;
-            listeners[0].push(first);
-            for shard in listeners.iter_mut().skip(1) {
+            sockets[0].push(first);
+            for shard in sockets.iter_mut().skip(1) {
                 shard.push(bind(resolved, &opts).map_err(bind_err)?);
             }
             local_addrs.push(resolved);
@@ -768,7 +768,7 @@ impl Server {
         Ok(Server {
             cfg: cfg.clone(),
             resolved,
-            listeners,
+            sockets,
             local_addrs,
             shutdown: ShutdownHandle { fd: Arc::new(fd) },
             stats,
@@ -828,27 +828,51 @@ impl Server {
     /// run here; otherwise the first error any shard stopped on (the others are then shut
     /// down too).
     pub fn run<P: Protocol + Clone>(
-        self,
+        mut self,
         proto: P,
         on_ready: impl FnOnce(&[SocketAddr]),
         stats_out: &mut dyn Write,
     ) -> Result<Counters, Error> {
         let backend = self.resolve_backend()?;
         let _ = self.stats.backend.set(backend);
-        let shards = self.listeners.len();
-        let cpus = sys::allowed_cpus();
-        let (tx, rx) = mpsc::channel();
-        let stats = &self.stats.shards;
         let started = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        let handles = self.spawn_shards(backend, proto, tx)?;
+        let mut failure = self.watch_shards(&rx, handles.len(), on_ready, started, stats_out);
+        for h in handles {
+            if h.join().is_err() {
+                failure.get_or_insert(Error::ShardPanicked);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let total = self.stats.snapshot();
+        let line = stats_line(self.cfg.stats_format, "final", started, &total);
+        let _ = writeln!(stats_out, "{line}");
+        Ok(total)
+    }
+
+    /// Starts one thread per shard, each with its bound sockets, its share of the settings and
+    /// its own clone of `proto`, reporting to `events`. If a thread cannot be started, the
+    /// ones already running are shut down and joined.
+    fn spawn_shards<P: Protocol + Clone>(
+        &mut self,
+        backend: Backend,
+        proto: P,
+        events: mpsc::Sender<ShardEvent>,
+    ) -> Result<Vec<thread::JoinHandle<()>>, Error> {
+        let shards = self.sockets.len();
+        let cpus = sys::allowed_cpus();
         let mut handles = Vec::with_capacity(shards);
-        for (index, listeners) in self.listeners.into_iter().enumerate() {
+        for (index, sockets) in std::mem::take(&mut self.sockets).into_iter().enumerate() {
             let ctx = ShardContext {
                 index,
                 shards,
-                sockets: listeners,
+                sockets,
                 shutdown_fd: self.shutdown.raw_fd(),
-                stats: Arc::clone(&stats[index]),
-                events: tx.clone(),
+                stats: Arc::clone(&self.stats.shards[index]),
+                events: events.clone(),
             };
             let cfg = self.cfg.shard_config(&self.resolved, index);
             let proto = proto.clone();
@@ -859,24 +883,7 @@ impl Server {
             };
             let spawned = thread::Builder::new()
                 .name(format!("ringecho-shard-{index}"))
-                .spawn(move || {
-                    let events = ctx.events.clone();
-                    // A panic (a protocol's, say) must stop the whole server like an error
-                    // does, not leave the other shards running with nobody to stop them.
-                    let shard =
-                        std::panic::AssertUnwindSafe(|| match cpu.map(sys::pin_current_thread) {
-                            Some(Err(e)) => {
-                                Err(Error::io(format!("cannot pin shard {index} to CPU"), e))
-                            }
-                            _ => backend::run_shard(backend, &cfg, proto, ctx),
-                        });
-                    let result =
-                        std::panic::catch_unwind(shard).unwrap_or(Err(Error::ShardPanicked));
-                    if let Err(e) = result {
-                        let _ = events.send(ShardEvent::Failed(e));
-                    }
-                    let _ = events.send(ShardEvent::Exited);
-                });
+                .spawn(move || run_shard_thread(backend, &cfg, proto, ctx, cpu));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -888,33 +895,35 @@ impl Server {
                 }
             }
         }
-        drop(tx);
-        let snapshot = || self.stats.snapshot();
+        Ok(handles)
+    }
 
+    /// Follows the shards' events until all `shards` have exited: calls `on_ready` once every
+    /// one has its accepts armed, writes a `stats:` line every interval, and shuts the server
+    /// down at the first failure, which it returns.
+    fn watch_shards(
+        &self,
+        events: &mpsc::Receiver<ShardEvent>,
+        shards: usize,
+        on_ready: impl FnOnce(&[SocketAddr]),
+        started: Instant,
+        stats_out: &mut dyn Write,
+    ) -> Option<Error> {
         let mut ready = 0;
         let mut exited = 0;
         let mut failure: Option<Error> = None;
         let mut on_ready = Some(on_ready);
         let mut next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
         while exited < shards {
-            let event = match next_stats {
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(ev) => Some(ev),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                },
-                None => match rx.recv() {
-                    Ok(ev) => Some(ev),
-                    Err(_) => break,
-                },
-            };
-            match event {
-                None => {
-                    let line = stats_line(self.cfg.stats_format, "stats", started, &snapshot());
+            match next_wake(events, next_stats) {
+                Wake::AllGone => break,
+                Wake::StatsDue => {
+                    let c = self.stats.snapshot();
+                    let line = stats_line(self.cfg.stats_format, "stats", started, &c);
                     let _ = writeln!(stats_out, "{line}");
                     next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
                 }
-                Some(ShardEvent::Ready) => {
+                Wake::Shard(ShardEvent::Ready) => {
                     ready += 1;
                     if ready == shards
                         && failure.is_none()
@@ -923,26 +932,61 @@ impl Server {
                         f(&self.local_addrs);
                     }
                 }
-                Some(ShardEvent::Failed(e)) => {
+                Wake::Shard(ShardEvent::Failed(e)) => {
                     // One shard failing stops the whole server: no half-running server.
                     self.shutdown.shutdown();
                     failure.get_or_insert(e);
                 }
-                Some(ShardEvent::Exited) => exited += 1,
+                Wake::Shard(ShardEvent::Exited) => exited += 1,
             }
         }
-        for h in handles {
-            if h.join().is_err() {
-                failure.get_or_insert(Error::ShardPanicked);
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let total = snapshot();
-        let line = stats_line(self.cfg.stats_format, "final", started, &total);
-        let _ = writeln!(stats_out, "{line}");
-        Ok(total)
+        failure
+    }
+}
+
+/// The body of a shard's thread: pins it to `cpu` if asked, runs the shard, and reports how
+/// it ended (`Failed` first if it did not end well, then `Exited`).
+fn run_shard_thread<P: Protocol + Clone>(
+    backend: Backend,
+    cfg: &ShardConfig,
+    proto: P,
+    ctx: ShardContext,
+    cpu: Option<usize>,
+) {
+    let events = ctx.events.clone();
+    let index = ctx.index;
+    // A panic (a protocol's, say) must stop the whole server like an error does, not leave
+    // the other shards running with nobody to stop them.
+    let shard = std::panic::AssertUnwindSafe(|| match cpu.map(sys::pin_current_thread) {
+        Some(Err(e)) => Err(Error::io(format!("cannot pin shard {index} to CPU"), e)),
+        _ => backend::run_shard(backend, cfg, proto, ctx),
+    });
+    let result = std::panic::catch_unwind(shard).unwrap_or(Err(Error::ShardPanicked));
+    if let Err(e) = result {
+        let _ = events.send(ShardEvent::Failed(e));
+    }
+    let _ = events.send(ShardEvent::Exited);
+}
+
+/// What wakes the server thread while its shards run.
+enum Wake {
+    /// A shard reported.
+    Shard(ShardEvent),
+    /// A `stats:` line is due.
+    StatsDue,
+    /// Every shard thread has dropped its end of the channel.
+    AllGone,
+}
+
+/// Waits for the next shard event, or until `stats_at` if that comes first.
+fn next_wake(events: &mpsc::Receiver<ShardEvent>, stats_at: Option<Instant>) -> Wake {
+    match stats_at {
+        Some(at) => match events.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            Ok(ev) => Wake::Shard(ev),
+            Err(mpsc::RecvTimeoutError::Timeout) => Wake::StatsDue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Wake::AllGone,
+        },
+        None => events.recv().map_or(Wake::AllGone, Wake::Shard),
     }
 }
 
