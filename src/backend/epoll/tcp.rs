@@ -268,7 +268,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     slot.last_active = self.now;
                     let was_paused = slot.conn.is_paused();
                     let out = slot.conn.on_recv(&self.scratch[..n], None, &self.limits);
-                    self.counters.record_recv(n, &out);
+                    out.record(n, &mut self.counters);
                     if out.closed_by_protocol.is_some() {
                         self.timers.linger(key, slot.generation, self.now);
                     }

@@ -637,7 +637,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     }
                     // The completion's own reference; the connection holds its own now.
                     self.bufs.release(seg.bid);
-                    self.counters.record_recv(seg.len as usize, &out);
+                    out.record(seg.len as usize, &mut self.counters);
                     if out.closed_by_protocol.is_some() {
                         self.timers.linger(key, slot.generation, self.now);
                     }
