@@ -153,8 +153,9 @@
 //! is its *connection key*. Keys and file slots are allocated independently (the connection
 //! records its file slot), so the two numbers differ in general. Every SQE for a connection
 //! carries a [`Token`] in its `user_data`: the connection key, a *generation* number, and the
-//! operation. Operations of the shard itself carry [`Token::SHARD`] instead of a key, and an
-//! accept puts the index of its listening socket in the generation field.
+//! operation. Operations of the shard itself carry [`Token::SHARD`] instead of a key; an
+//! accept's token names its listening socket by index instead of a generation
+//! ([`Target`](token::Target) says what each token is for).
 //!
 //! Keys and file slots are reused, and what makes that safe is an ordering rule: **a
 //! connection's key and file slot are freed only by the CQE of its close, and the close is

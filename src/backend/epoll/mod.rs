@@ -29,11 +29,7 @@ fn shard_epoll(
     let ep = Epoll::new().map_err(|e| Error::io("epoll_create1", e))?;
     for (i, &fd) in sockets.iter().enumerate() {
         set_nonblocking(fd).map_err(|e| Error::io("fcntl(O_NONBLOCK)", e))?;
-        let tok = Token {
-            generation: i as u32,
-            ..Token::shard(op)
-        };
-        ep.add(fd, interest, tok.encode())
+        ep.add(fd, interest, Token::socket(i, op).encode())
             .map_err(|e| Error::io("epoll_ctl(socket)", e))?;
     }
     ep.add(

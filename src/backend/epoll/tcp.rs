@@ -26,7 +26,7 @@ use crate::protocol::Protocol;
 use crate::stats::Counters;
 use crate::sys::epoll::{Epoll, Events};
 use crate::sys::syscall;
-use crate::token::{GENERATION_MASK, Op, Token};
+use crate::token::{GENERATION_MASK, Op, Target, Token};
 
 /// The shard's read buffer: `--buf-size`, but at least 64 KiB. An edge-triggered reader must
 /// read until a read comes back short, so a buffer that a message fills exactly costs an extra
@@ -194,20 +194,19 @@ impl<P: Protocol + Clone> EpollShard<P> {
         let Some(tok) = Token::decode(data) else {
             return;
         };
-        if tok.slot == Token::SHARD {
-            match tok.op {
+        let Target::Conn { key, generation } = tok.target() else {
+            match tok.op() {
                 Op::Accept => self.accept_all(),
                 Op::Shutdown => self.drain_requested = true,
                 _ => {}
             }
             return;
-        }
-        let key = tok.slot as usize;
+        };
         let Some(slot) = self.conns.get_mut(key) else {
             self.counters.stale_cqes += 1;
             return;
         };
-        if slot.generation != tok.generation {
+        if slot.generation != generation {
             self.counters.stale_cqes += 1;
             return;
         }

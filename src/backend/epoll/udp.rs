@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::stats::Counters;
 use crate::sys::epoll::{Epoll, Events};
 use crate::sys::syscall;
-use crate::token::{Op, Token};
+use crate::token::{Op, Target, Token};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` batch.
 const DGRAM_BATCH: usize = 64;
@@ -238,12 +238,16 @@ impl UdpShard {
                 let Some(tok) = Token::decode(ev.key) else {
                     continue;
                 };
-                if tok.op == Op::Shutdown {
-                    // Datagrams are not owed the way stream bytes are: stop at once.
-                    ctx.stats.publish(&self.counters);
-                    return Ok(());
-                }
-                let s = &mut self.sockets[tok.generation as usize];
+                let i = match (tok.target(), tok.op()) {
+                    (Target::Socket(i), _) => i,
+                    (_, Op::Shutdown) => {
+                        // Datagrams are not owed the way stream bytes are: stop at once.
+                        ctx.stats.publish(&self.counters);
+                        return Ok(());
+                    }
+                    _ => continue,
+                };
+                let s = &mut self.sockets[i];
                 let bits = ev.bits as i32;
                 s.readable |= bits & libc::EPOLLIN != 0;
                 s.writable |= bits & libc::EPOLLOUT != 0;

@@ -51,8 +51,7 @@ macro_rules! on_sock {
 /// Multishot accept on `listener`. With `direct`, each connection lands in a free file slot of
 /// the registered file table (`IORING_FILE_INDEX_ALLOC`, 5.19) and the CQE's `res` is the file
 /// slot; otherwise `res` is an ordinary file descriptor (5.19). `listener_idx` says which of the
-/// shard's listening sockets this is; it rides in the token's generation field
-/// ([`accept_token`]).
+/// shard's listening sockets this is; it rides in the token ([`Token::socket`]).
 pub fn accept_multi(listener: i32, listener_idx: usize, direct: bool) -> squeue::Entry {
     opcode::AcceptMulti::new(types::Fd(listener))
         .allocate_file_index(direct)
@@ -60,7 +59,7 @@ pub fn accept_multi(listener: i32, listener_idx: usize, direct: bool) -> squeue:
         // one); an ordinary one must not leak into a child process.
         .flags(if direct { 0 } else { libc::SOCK_CLOEXEC })
         .build()
-        .user_data(accept_token(listener_idx, Op::Accept).encode())
+        .user_data(Token::socket(listener_idx, Op::Accept).encode())
 }
 
 /// The socket an accept's result names (see [`accept_multi`]).
@@ -69,16 +68,6 @@ pub fn accepted(res: i32, direct: bool) -> Sock {
         Sock::Direct(res as u32)
     } else {
         Sock::Fd(res)
-    }
-}
-
-/// The token of listener `idx`'s accepts: [`Token::SHARD`] in the slot field, since an accept
-/// belongs to no connection, and the listener's index in the generation field; `op` is
-/// [`Op::Accept`] (multishot) or [`Op::AcceptOne`] (single-shot).
-pub fn accept_token(idx: usize, op: Op) -> Token {
-    Token {
-        generation: idx as u32,
-        ..Token::shard(op)
     }
 }
 
@@ -93,12 +82,12 @@ pub fn accept_one(listener: i32, listener_idx: usize, direct: bool) -> squeue::E
     .file_index(direct.then(types::DestinationSlot::auto_target))
     .flags(if direct { 0 } else { libc::SOCK_CLOEXEC })
     .build()
-    .user_data(accept_token(listener_idx, Op::AcceptOne).encode())
+    .user_data(Token::socket(listener_idx, Op::AcceptOne).encode())
 }
 
 /// Cancels every accept of kind `op` on listener `idx`.
 pub fn cancel_accepts(idx: usize, op: Op) -> squeue::Entry {
-    let target = accept_token(idx, op).encode();
+    let target = Token::socket(idx, op).encode();
     opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target).all())
         .build()
         .user_data(Token::shard(Op::CancelAccept).encode())

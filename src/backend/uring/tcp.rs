@@ -24,7 +24,7 @@ use crate::conn::{Chunk, Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::stats::Counters;
-use crate::token::{GENERATION_MASK, Op, Token};
+use crate::token::{GENERATION_MASK, Op, Target, Token};
 
 /// After an accept ended on an error, wait this long before re-arming it.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
@@ -454,20 +454,19 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.counters.stale_cqes += 1;
             return;
         };
-        if tok.slot == Token::SHARD {
+        let Target::Conn { key, generation } = tok.target() else {
             return self.on_shard_cqe(tok, res, flags);
-        }
-        let key = tok.slot as usize;
+        };
         let live = self
             .conns
             .get(key)
-            .is_some_and(|s| s.generation == tok.generation);
+            .is_some_and(|s| s.generation == generation);
         if !live {
             // Cannot happen (slots are freed only when no operation is outstanding), but if it
             // did, the completion must not reach the connection now in this slot. A buffer it
             // carries is ours and goes back to the ring.
             self.counters.stale_cqes += 1;
-            if tok.op == Op::Recv {
+            if tok.op() == Op::Recv {
                 self.discard_buffers(res, flags);
             }
             return;
@@ -477,11 +476,11 @@ impl<P: Protocol + Clone> UringShard<P> {
         if !cqueue::more(flags) {
             self.conns[key].ops -= 1;
         }
-        match tok.op {
+        match tok.op() {
             Op::Recv => self.on_recv(key, res, flags),
             Op::Send => self.on_send(key, res, None),
-            Op::SendZc0 | Op::SendZc1 => {
-                let i = usize::from(tok.op == Op::SendZc1);
+            op @ (Op::SendZc0 | Op::SendZc1) => {
+                let i = usize::from(op == Op::SendZc1);
                 if cqueue::notif(flags) {
                     self.on_zc_notified(key, i);
                 } else {
@@ -500,16 +499,14 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_shard_cqe(&mut self, tok: Token, res: i32, flags: u32) {
-        match tok.op {
-            Op::Accept | Op::AcceptOne => {
-                // Accepts carry their listener's index in the generation field (`accept_token`).
-                let idx = tok.generation as usize;
+        match (tok.target(), tok.op()) {
+            (Target::Socket(idx), op @ (Op::Accept | Op::AcceptOne)) => {
                 let Some(l) = self.listeners.get_mut(idx) else {
                     self.counters.stale_cqes += 1;
                     return;
                 };
-                let ended = tok.op == Op::AcceptOne || !cqueue::more(flags);
-                if tok.op == Op::AcceptOne {
+                let ended = op == Op::AcceptOne || !cqueue::more(flags);
+                if op == Op::AcceptOne {
                     l.singles = l.singles.saturating_sub(1);
                 } else if ended {
                     l.multishot = AcceptState::Idle;
@@ -534,7 +531,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 }
                 self.update_accepts();
             }
-            Op::Shutdown => self.begin_drain(),
+            (_, Op::Shutdown) => self.begin_drain(),
             _ => {}
         }
     }

@@ -23,7 +23,7 @@ use super::{BGID, ShardMemory, build_ring, catch_panic, finish_shard, ops};
 use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent};
 use crate::error::Error;
 use crate::stats::Counters;
-use crate::token::{Op, Token};
+use crate::token::{Op, Target, Token};
 
 /// Room for the source address: any IPv4 or IPv6 address fits.
 const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_storage>() as u32;
@@ -240,10 +240,7 @@ impl UdpShard {
         if s.recv != RecvState::Idle || self.draining || s.retry_at.is_some() {
             return;
         }
-        let tok = Token {
-            generation: idx as u32,
-            ..Token::shard(Op::Recv)
-        };
+        let tok = Token::socket(idx, Op::Recv);
         self.pending.push(ops::recv_msg_multi(
             s.socket.as_raw_fd(),
             &*s.hdr,
@@ -274,18 +271,15 @@ impl UdpShard {
         let Some(tok) = Token::decode(cqe.user_data()) else {
             return; // the drain's blanket cancellation
         };
-        match tok.op {
-            Op::Recv => self.on_recv(tok.generation as usize, res, flags),
-            Op::Send => self.on_sent(tok.slot as u16, res),
-            Op::Shutdown => {
+        match (tok.target(), tok.op()) {
+            (Target::Socket(idx), Op::Recv) => self.on_recv(idx, res, flags),
+            (Target::Buffer(bid), Op::Send) => self.on_sent(bid, res),
+            (_, Op::Shutdown) => {
                 self.draining = true;
                 self.drain_deadline = Some(Instant::now() + self.drain_timeout);
                 for (i, s) in self.sockets.iter_mut().enumerate() {
                     if s.recv == RecvState::Armed {
-                        let target = Token {
-                            generation: i as u32,
-                            ..Token::shard(Op::Recv)
-                        };
+                        let target = Token::socket(i, Op::Recv);
                         self.pending
                             .push(ops::cancel(target, Token::shard(Op::CancelRecv)));
                     } else {
@@ -387,11 +381,7 @@ impl UdpShard {
         slot.hdr.msg_namelen = name.len() as u32;
         slot.hdr.msg_iov = &mut slot.iov;
         slot.hdr.msg_iovlen = 1;
-        let tok = Token {
-            slot: u32::from(bid),
-            generation: 0,
-            op: Op::Send,
-        };
+        let tok = Token::buffer(bid);
         // The buffer keeps the completion's reference until the send completes; the slot's
         // header, iovec and address stay put (the slice of slots is never resized).
         self.pending.push(ops::send_msg(fd, &slot.hdr, tok));
