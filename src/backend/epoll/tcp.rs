@@ -43,7 +43,8 @@ const READS_PER_TURN: usize = 16;
 /// After an accept error such as `EMFILE`, retry this often even if no connection closes.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-struct Slot<P> {
+/// A connection as the epoll backend sees it.
+struct EpollConn<P> {
     conn: Conn<P>,
     fd: OwnedFd,
     generation: u32,
@@ -65,7 +66,7 @@ struct EpollShard<P> {
     proto: P,
     ep: Epoll,
     listeners: Vec<TcpListener>,
-    conns: Slab<Slot<P>>,
+    conns: Slab<EpollConn<P>>,
     limits: Limits,
     max_conns: usize,
     scratch: Vec<u8>,
@@ -172,7 +173,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 self.dispatch(ev.bits, ev.key);
             }
             // Only now: starting the drain closes idle connections, and events later in the
-            // batch for those would find their slots gone.
+            // batch for those would find their connections gone.
             if std::mem::take(&mut self.drain_requested) {
                 self.begin_drain();
             }
@@ -202,23 +203,23 @@ impl<P: Protocol + Clone> EpollShard<P> {
             }
             return;
         };
-        let Some(slot) = self.conns.get_mut(key) else {
+        let Some(c) = self.conns.get_mut(key) else {
             self.counters.stale_cqes += 1;
             return;
         };
-        if slot.generation != generation {
+        if c.generation != generation {
             self.counters.stale_cqes += 1;
             return;
         }
         let bits = bits as i32;
         if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
-            slot.readable = true;
+            c.readable = true;
         }
         if bits & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
-            slot.hup = true;
+            c.hup = true;
         }
         if bits & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
-            slot.writable = true;
+            c.writable = true;
         }
         self.drive(key);
     }
@@ -231,19 +232,19 @@ impl<P: Protocol + Clone> EpollShard<P> {
             if !self.flush(key) {
                 return; // closed on a write error
             }
-            let slot = &mut self.conns[key];
-            if !(slot.readable && slot.conn.recv_wanted()) {
+            let c = &mut self.conns[key];
+            if !(c.readable && c.conn.recv_wanted()) {
                 break;
             }
             if reads == READS_PER_TURN {
-                if !slot.queued {
-                    slot.queued = true;
-                    self.ready.push_back((key, slot.generation));
+                if !c.queued {
+                    c.queued = true;
+                    self.ready.push_back((key, c.generation));
                 }
                 break;
             }
             reads += 1;
-            let fd = slot.fd.as_raw_fd();
+            let fd = c.fd.as_raw_fd();
             self.counters.syscalls += 1;
             // SAFETY: the kernel writes at most `scratch.len()` bytes into `scratch`, which
             // this shard owns and nothing else borrows during the call.
@@ -253,29 +254,29 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 self.scratch.len()
             )) {
                 Ok(0) => {
-                    slot.readable = false;
-                    slot.conn.on_eof();
+                    c.readable = false;
+                    c.conn.on_eof();
                 }
                 Ok(n) => {
                     let n = n as usize;
                     // A short read drained the socket: a later arrival brings a new edge. Not so
                     // for a FIN that came with the data (its edge is the one being handled).
-                    if n < self.scratch.len() && !slot.hup {
-                        slot.readable = false;
+                    if n < self.scratch.len() && !c.hup {
+                        c.readable = false;
                     }
                     self.counters.recv_cqes += 1;
-                    slot.last_active = self.now;
-                    let was_paused = slot.conn.is_paused();
-                    let out = slot.conn.on_recv(&self.scratch[..n], None, &self.limits);
+                    c.last_active = self.now;
+                    let was_paused = c.conn.is_paused();
+                    let out = c.conn.on_recv(&self.scratch[..n], None, &self.limits);
                     out.record(n, &mut self.counters);
                     if out.closed_by_protocol.is_some() {
-                        self.timers.linger(key, slot.generation, self.now);
+                        self.timers.linger(key, c.generation, self.now);
                     }
-                    if !was_paused && slot.conn.is_paused() {
+                    if !was_paused && c.conn.is_paused() {
                         self.counters.paused += 1;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => slot.readable = false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => c.readable = false,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.counters.conn_errors += 1;
@@ -283,35 +284,35 @@ impl<P: Protocol + Clone> EpollShard<P> {
                 }
             }
         }
-        let slot = &mut self.conns[key];
-        if slot.conn.is_done() {
+        let c = &mut self.conns[key];
+        if c.conn.is_done() {
             return self.close(key);
         }
-        if slot.conn.wants_fin() {
-            slot.conn.on_fin_sent();
+        if c.conn.wants_fin() {
+            c.conn.on_fin_sent();
             self.counters.syscalls += 1;
             // A failure means the peer is gone; the next read reports it.
             // SAFETY: shutdown takes no pointers; the descriptor is the connection's own.
-            let _ = syscall!(shutdown(slot.fd.as_raw_fd(), libc::SHUT_WR));
+            let _ = syscall!(shutdown(c.fd.as_raw_fd(), libc::SHUT_WR));
         }
-        let want_out = slot.conn.owed() > 0 && !slot.writable;
-        if want_out != slot.out_registered {
+        let want_out = c.conn.owed() > 0 && !c.writable;
+        if want_out != c.out_registered {
             let events = if want_out {
                 CONN_EVENTS | libc::EPOLLOUT as u32
             } else {
                 CONN_EVENTS
             };
             self.counters.syscalls += 1;
-            let tok = Token::conn(key, slot.generation, Op::Recv);
+            let tok = Token::conn(key, c.generation, Op::Recv);
             if self
                 .ep
-                .modify(slot.fd.as_raw_fd(), events, tok.encode())
+                .modify(c.fd.as_raw_fd(), events, tok.encode())
                 .is_err()
             {
                 self.counters.conn_errors += 1;
                 return self.close(key);
             }
-            slot.out_registered = want_out;
+            c.out_registered = want_out;
         }
     }
 
@@ -319,14 +320,14 @@ impl<P: Protocol + Clone> EpollShard<P> {
     /// `sendmsg` over the owed chunks, as the io_uring backend sends them). False if the
     /// connection was closed.
     fn flush(&mut self, key: usize) -> bool {
-        let slot = &mut self.conns[key];
-        while slot.writable {
-            let fd = slot.fd.as_raw_fd();
+        let c = &mut self.conns[key];
+        while c.writable {
+            let fd = c.fd.as_raw_fd();
             // SAFETY: iovec is plain old data; zeroed entries are valid and only the first
             // `n` are passed to the kernel.
             let mut iov: [libc::iovec; SEND_VEC_MAX] = unsafe { std::mem::zeroed() };
             let (mut len, mut k) = (0, 0);
-            let n = slot.conn.next_sends(SEND_VEC_MAX, |span| {
+            let n = c.conn.next_sends(SEND_VEC_MAX, |span| {
                 let SendSpan::Mem(bytes) = span else {
                     unreachable!("the epoll backend never passes a buffer id to on_recv");
                 };
@@ -356,13 +357,13 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     self.counters.sends += 1;
                     self.counters.bytes_out += n as u64;
                     if n > 0 {
-                        slot.last_active = self.now;
+                        c.last_active = self.now;
                     }
                     if n < len {
                         self.counters.short_sends += 1;
-                        slot.writable = false;
+                        c.writable = false;
                     }
-                    slot.conn.on_sent(n, &self.limits, |_| {});
+                    c.conn.on_sent(n, &self.limits, |_| {});
                 }
                 Err(e)
                     if matches!(
@@ -370,13 +371,13 @@ impl<P: Protocol + Clone> EpollShard<P> {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
                     ) =>
                 {
-                    slot.conn.on_sent(0, &self.limits, |_| {});
+                    c.conn.on_sent(0, &self.limits, |_| {});
                     if e.kind() == std::io::ErrorKind::WouldBlock {
-                        slot.writable = false;
+                        c.writable = false;
                     }
                 }
                 Err(_) => {
-                    slot.conn.on_send_failed();
+                    c.conn.on_send_failed();
                     self.counters.conn_errors += 1;
                     self.close(key);
                     return false;
@@ -387,11 +388,11 @@ impl<P: Protocol + Clone> EpollShard<P> {
     }
 
     fn close(&mut self, key: usize) {
-        let mut slot = self.conns.remove(key);
-        slot.conn.release_all(|_| {});
+        let mut c = self.conns.remove(key);
+        c.conn.release_all(|_| {});
         // Dropping the descriptor closes it, which also removes it from the epoll set.
         self.counters.syscalls += 1;
-        drop(slot);
+        drop(c);
         self.counters.closed += 1;
         if self.accept_paused && !self.draining {
             self.accept_all();
@@ -460,7 +461,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     self.counters.accept_errors += 1;
                     continue;
                 }
-                entry.insert(Slot {
+                entry.insert(EpollConn {
                     conn: Conn::new(self.proto.clone()),
                     fd,
                     generation,

@@ -52,12 +52,12 @@ enum Phase {
     Open,
     /// Closing: every operation on the descriptor was cancelled; waiting for them to complete.
     Cancelling,
-    /// The close is in flight; the slot is freed by its completion.
+    /// The close is in flight; the connection key is freed by its completion.
     Closing,
 }
 
 /// A connection as the io_uring backend sees it.
-struct Slot<P> {
+struct UringConn<P> {
     conn: Conn<P>,
     /// The socket: a direct descriptor (its file slot in the registered file table, chosen by
     /// the kernel at accept; not the connection key, the index of this entry in `conns`), or
@@ -180,7 +180,7 @@ struct UringShard<P> {
     proto: P,
     features: Features,
     bufs: BufRing,
-    conns: Slab<Slot<P>>,
+    conns: Slab<UringConn<P>>,
     listeners: Vec<Listener>,
     limits: Limits,
     max_conns: usize,
@@ -350,8 +350,8 @@ impl<P> ShardMemory for UringShard<P> {
 
     fn close_descriptors(&mut self) {
         self.listeners.clear();
-        for (_, slot) in &self.conns {
-            if let ops::Sock::Fd(fd) = slot.sock {
+        for (_, c) in &self.conns {
+            if let ops::Sock::Fd(fd) = c.sock {
                 // SAFETY: the shard owns this descriptor (accepted for it by the ring) and
                 // closes it once; it is not used again (the shard is being abandoned).
                 unsafe { libc::close(fd) };
@@ -462,8 +462,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             .get(key)
             .is_some_and(|s| s.generation == generation);
         if !live {
-            // Cannot happen (slots are freed only when no operation is outstanding), but if it
-            // did, the completion must not reach the connection now in this slot. A buffer it
+            // Cannot happen (keys are freed only when no operation is outstanding), but if it
+            // did, the completion must not reach the connection now under this key. A buffer it
             // carries is ours and goes back to the ring.
             self.counters.stale_cqes += 1;
             if tok.op() == Op::Recv {
@@ -544,7 +544,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         if self.draining {
             conn.begin_shutdown();
         }
-        let key = self.conns.insert(Slot {
+        let key = self.conns.insert(UringConn {
             conn,
             sock,
             generation,
@@ -583,21 +583,21 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
-        let slot = &mut self.conns[key];
-        if slot.phase != Phase::Open {
+        let c = &mut self.conns[key];
+        if c.phase != Phase::Open {
             // The connection is being torn down (its operations cancelled): data racing the
             // cancellation has nowhere to go, and must not touch memory a cancelled send may
             // still be read from.
             if !cqueue::more(flags) {
-                slot.recv = RecvState::Idle;
+                c.recv = RecvState::Idle;
             }
             self.counters.bytes_discarded += res.max(0) as u64;
             return self.discard_buffers(res, flags);
         }
-        slot.received = true;
-        slot.last_active = self.now;
+        c.received = true;
+        c.last_active = self.now;
         if !cqueue::more(flags) {
-            slot.recv = RecvState::Idle;
+            c.recv = RecvState::Idle;
         }
         if res <= 0 {
             // No data. Such a CQE has not been seen to carry a buffer (a FIN on 6.18: res 0, no
@@ -620,11 +620,11 @@ impl<P: Protocol + Clone> UringShard<P> {
                     return self.begin_close(key);
                 }
                 self.counters.recv_cqes += 1;
-                let slot = &mut self.conns[key];
-                let was_paused = slot.conn.is_paused();
+                let c = &mut self.conns[key];
+                let was_paused = c.conn.is_paused();
                 for seg in &segs {
                     let zero_copy = self.bufs.held() <= self.buf_budget;
-                    let out = slot.conn.on_recv(
+                    let out = c.conn.on_recv(
                         self.bufs.data(seg.bid, seg.offset, seg.len),
                         zero_copy.then_some((seg.bid, seg.offset)),
                         &self.limits,
@@ -636,21 +636,21 @@ impl<P: Protocol + Clone> UringShard<P> {
                     self.bufs.release(seg.bid);
                     out.record(seg.len as usize, &mut self.counters);
                     if out.closed_by_protocol.is_some() {
-                        self.timers.linger(key, slot.generation, self.now);
+                        self.timers.linger(key, c.generation, self.now);
                     }
                 }
                 self.segs = segs;
-                if !was_paused && slot.conn.is_paused() {
+                if !was_paused && c.conn.is_paused() {
                     self.counters.paused += 1;
                 }
             }
-            0 => slot_eof(&mut self.conns[key]),
+            0 => self.conns[key].conn.on_eof(),
             e if e == -libc::ENOBUFS => {
                 self.counters.enobufs += 1;
-                let slot = &mut self.conns[key];
-                if slot.recv == RecvState::Idle && slot.phase == Phase::Open {
-                    slot.recv = RecvState::Parked;
-                    self.parked.push_back((key, slot.generation));
+                let c = &mut self.conns[key];
+                if c.recv == RecvState::Idle && c.phase == Phase::Open {
+                    c.recv = RecvState::Parked;
+                    self.parked.push_back((key, c.generation));
                 }
             }
             e if e == -libc::ECANCELED => {}
@@ -664,14 +664,14 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// The result of the connection's send: `zc` is `Some((operation index, more))` for a
     /// zero-copy send, `more` saying whether its notification is still to come.
     fn on_send(&mut self, key: usize, res: i32, zc: Option<(usize, bool)>) {
-        let slot = &mut self.conns[key];
+        let c = &mut self.conns[key];
         // The kernel has read the msghdr and iovecs by now (not the bytes they name).
-        if let Some(v) = slot.send_vec.take() {
+        if let Some(v) = c.send_vec.take() {
             self.send_vecs.push(v);
         }
-        let short = (res as u64) < slot.send_len;
-        if res < 0 || (res == 0 && slot.send_len > 0) {
-            slot.conn.on_send_failed();
+        let short = (res as u64) < c.send_len;
+        if res < 0 || (res == 0 && c.send_len > 0) {
+            c.conn.on_send_failed();
             if res != -libc::ECANCELED {
                 self.counters.conn_errors += 1;
             }
@@ -684,21 +684,21 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         self.counters.sends += 1;
         self.counters.bytes_out += res as u64;
-        slot.last_active = self.now;
+        c.last_active = self.now;
         if short {
             self.counters.short_sends += 1;
         }
         match zc {
             None => {
                 let bufs = &mut self.bufs;
-                slot.conn
+                c.conn
                     .on_sent(res as usize, &self.limits, |bid| bufs.release(bid));
             }
             Some((i, more)) => {
-                let send = slot.zc.as_mut().and_then(|z| z.sends[i].as_mut());
+                let send = c.zc.as_mut().and_then(|z| z.sends[i].as_mut());
                 let send = send.expect("a zero-copy send has its record");
                 let bufs = &mut self.bufs;
-                slot.conn
+                c.conn
                     .on_sent_retiring(res as usize, &self.limits, &mut send.retired, |bid| {
                         bufs.add_refs(bid, 1)
                     });
@@ -722,13 +722,13 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_closed(&mut self, key: usize) {
-        let mut slot = self.conns.remove(key);
-        debug_assert_eq!(slot.ops, 0);
+        let mut c = self.conns.remove(key);
+        debug_assert_eq!(c.ops, 0);
         let bufs = &mut self.bufs;
-        slot.conn.release_all(|bid| bufs.release(bid));
+        c.conn.release_all(|bid| bufs.release(bid));
         // Every notification has come (no operation is outstanding), so nothing is retired;
         // if something were, its references still go back.
-        if let Some(mut zc) = slot.zc.take() {
+        if let Some(mut zc) = c.zc.take() {
             for send in zc.sends.iter_mut().filter_map(Option::take) {
                 for chunk in send.retired {
                     if let Chunk::Ring { bid, .. } = chunk {
@@ -746,67 +746,65 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// Queues whatever closes the gap between what connection `key` wants and what is in
     /// flight for it. Called after every event on the connection.
     fn sync(&mut self, key: usize) {
-        let slot = &mut self.conns[key];
-        match slot.phase {
+        let c = &mut self.conns[key];
+        match c.phase {
             Phase::Open => {}
             Phase::Cancelling => {
-                if slot.ops == 0 {
+                if c.ops == 0 {
                     // Nothing references the socket any more: this close sends FIN (or RST
                     // if unread data remains) and frees the table slot.
-                    slot.phase = Phase::Closing;
-                    slot.ops += 1;
-                    let tok = Token::conn(key, slot.generation, Op::Close);
-                    self.pending.push(ops::close(slot.sock, tok));
+                    c.phase = Phase::Closing;
+                    c.ops += 1;
+                    let tok = Token::conn(key, c.generation, Op::Close);
+                    self.pending.push(ops::close(c.sock, tok));
                 }
                 return;
             }
             Phase::Closing => return,
         }
-        if slot.conn.is_done() {
+        if c.conn.is_done() {
             return self.begin_close(key);
         }
-        if !slot.dirty && !slot.conn.is_sending() && slot.conn.owed() > 0 {
+        if !c.dirty && !c.conn.is_sending() && c.conn.owed() > 0 {
             // The send goes out just before the enter, covering whatever else arrives for this
             // connection in the meantime (`start_sends`).
-            slot.dirty = true;
-            self.dirty.push((key, slot.generation));
+            c.dirty = true;
+            self.dirty.push((key, c.generation));
         }
-        let want = slot.conn.recv_wanted();
-        match (slot.recv, want) {
+        let want = c.conn.recv_wanted();
+        match (c.recv, want) {
             (RecvState::Idle, true) => {
-                let tok = Token::conn(key, slot.generation, Op::Recv);
+                let tok = Token::conn(key, c.generation, Op::Recv);
                 self.pending
                     .push(match (self.multishot_recv, self.recv_bundle) {
-                        (true, false) => ops::recv_multi(slot.sock, BGID, tok),
-                        (true, true) => ops::recv_multi_bundle(slot.sock, BGID, tok),
-                        (false, false) => {
-                            ops::recv_single(slot.sock, BGID, self.bufs.buf_size(), tok)
-                        }
-                        (false, true) => ops::recv_bundle(slot.sock, BGID, tok),
+                        (true, false) => ops::recv_multi(c.sock, BGID, tok),
+                        (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
+                        (false, false) => ops::recv_single(c.sock, BGID, self.bufs.buf_size(), tok),
+                        (false, true) => ops::recv_bundle(c.sock, BGID, tok),
                     });
-                slot.recv = RecvState::Armed;
-                slot.ops += 1;
-                if slot.received {
+                c.recv = RecvState::Armed;
+                c.ops += 1;
+                if c.received {
                     self.counters.recv_rearms += 1;
                 }
             }
             (RecvState::Armed, false) => {
                 // A multishot receive cannot be paused, only cancelled. Completions racing the
                 // cancel still carry data, and it is still echoed.
-                let target = Token::conn(key, slot.generation, Op::Recv);
-                let tok = Token::conn(key, slot.generation, Op::CancelRecv);
+                let target = Token::conn(key, c.generation, Op::Recv);
+                let tok = Token::conn(key, c.generation, Op::CancelRecv);
                 self.pending.push(ops::cancel(target, tok));
-                slot.recv = RecvState::Cancelling;
-                slot.ops += 1;
+                c.recv = RecvState::Cancelling;
+                c.ops += 1;
             }
-            (RecvState::Parked, false) => slot.recv = RecvState::Idle,
+            (RecvState::Parked, false) => c.recv = RecvState::Idle,
             _ => {}
         }
-        if slot.conn.wants_fin() {
-            slot.conn.on_fin_sent();
-            slot.ops += 1;
-            let tok = Token::conn(key, slot.generation, Op::ShutdownWrite);
-            self.pending.push(ops::shutdown_write(slot.sock, tok));
+        if c.conn.wants_fin() {
+            c.conn.on_fin_sent();
+            c.ops += 1;
+            let tok = Token::conn(key, c.generation, Op::ShutdownWrite);
+            self.pending.push(ops::shutdown_write(c.sock, tok));
         }
     }
 
@@ -817,20 +815,20 @@ impl<P: Protocol + Clone> UringShard<P> {
     fn start_sends(&mut self) {
         for i in 0..self.dirty.len() {
             let (key, generation) = self.dirty[i];
-            let Some(slot) = self.conns.get_mut(key) else {
+            let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
-            if slot.generation != generation {
+            if c.generation != generation {
                 continue;
             }
-            slot.dirty = false;
-            if slot.phase != Phase::Open || slot.conn.is_sending() {
+            c.dirty = false;
+            if c.phase != Phase::Open || c.conn.is_sending() {
                 continue;
             }
             let mut v = self.send_vecs.pop().unwrap_or_else(ops::SendVec::new);
             v.clear();
             let bufs = &self.bufs;
-            slot.conn.next_sends(ops::SEND_VEC_MAX, |span| {
+            c.conn.next_sends(ops::SEND_VEC_MAX, |span| {
                 let (ptr, len) = match span {
                     SendSpan::Ring { bid, offset, len } => (bufs.addr(bid, offset), len as usize),
                     SendSpan::Mem(b) => (b.as_ptr(), b.len()),
@@ -844,8 +842,8 @@ impl<P: Protocol + Clone> UringShard<P> {
                 self.send_vecs.push(v);
                 continue;
             }
-            slot.send_len = v.bytes();
-            slot.ops += 1;
+            c.send_len = v.bytes();
+            c.ops += 1;
             // Zero-copy above the threshold, when one of the connection's two zero-copy
             // operations is free (see `ZcRetired`).
             let zc = match self.zc_threshold {
@@ -853,7 +851,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                     if v.bytes() >= u64::from(t)
                         && (v.single().is_some() || self.features.sendmsg_zc) =>
                 {
-                    let z = slot.zc.get_or_insert_with(Default::default);
+                    let z = c.zc.get_or_insert_with(Default::default);
                     z.free_op().inspect(|&i| {
                         z.sends[i] = Some(ZcSend {
                             seq: z.next,
@@ -865,18 +863,18 @@ impl<P: Protocol + Clone> UringShard<P> {
                 }
                 _ => None,
             };
-            slot.send_op = zc.map_or(Op::Send, zc_op);
-            let tok = Token::conn(key, slot.generation, slot.send_op);
+            c.send_op = zc.map_or(Op::Send, zc_op);
+            let tok = Token::conn(key, c.generation, c.send_op);
             let sqe = match (v.single(), zc) {
-                (Some((ptr, len)), None) => ops::send(slot.sock, ptr, len as u32, tok),
-                (Some((ptr, len)), Some(_)) => ops::send_zc(slot.sock, ptr, len as u32, tok),
-                (None, None) => ops::send_vectored(slot.sock, &mut v, tok),
-                (None, Some(_)) => ops::send_vectored_zc(slot.sock, &mut v, tok),
+                (Some((ptr, len)), None) => ops::send(c.sock, ptr, len as u32, tok),
+                (Some((ptr, len)), Some(_)) => ops::send_zc(c.sock, ptr, len as u32, tok),
+                (None, None) => ops::send_vectored(c.sock, &mut v, tok),
+                (None, Some(_)) => ops::send_vectored_zc(c.sock, &mut v, tok),
             };
             if v.single().is_some() {
                 self.send_vecs.push(v);
             } else {
-                slot.send_vec = Some(v);
+                c.send_vec = Some(v);
             }
             self.pending.push(sqe);
         }
@@ -893,21 +891,21 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// requests a connection may have out (a write-side shutdown, a receive's cancellation) end
     /// by themselves.
     fn begin_close(&mut self, key: usize) {
-        let slot = &mut self.conns[key];
-        if slot.phase != Phase::Open {
+        let c = &mut self.conns[key];
+        if c.phase != Phase::Open {
             return;
         }
-        slot.phase = Phase::Cancelling;
-        let tok = Token::conn(key, slot.generation, Op::CancelAll);
-        if slot.recv == RecvState::Armed {
-            let target = Token::conn(key, slot.generation, Op::Recv);
+        c.phase = Phase::Cancelling;
+        let tok = Token::conn(key, c.generation, Op::CancelAll);
+        if c.recv == RecvState::Armed {
+            let target = Token::conn(key, c.generation, Op::Recv);
             self.pending.push(ops::cancel(target, tok));
-            slot.ops += 1;
+            c.ops += 1;
         }
-        if slot.conn.is_sending() {
-            let target = Token::conn(key, slot.generation, slot.send_op);
+        if c.conn.is_sending() {
+            let target = Token::conn(key, c.generation, c.send_op);
             self.pending.push(ops::cancel(target, tok));
-            slot.ops += 1;
+            c.ops += 1;
         }
         self.sync(key);
     }
@@ -918,13 +916,13 @@ impl<P: Protocol + Clone> UringShard<P> {
         while budget > 0
             && let Some((key, generation)) = self.parked.pop_front()
         {
-            let Some(slot) = self.conns.get_mut(key) else {
+            let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
-            if slot.generation != generation || slot.recv != RecvState::Parked {
+            if c.generation != generation || c.recv != RecvState::Parked {
                 continue;
             }
-            slot.recv = RecvState::Idle;
+            c.recv = RecvState::Idle;
             budget -= 1;
             self.sync(key);
         }
@@ -1025,10 +1023,6 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.sync(key);
         }
     }
-}
-
-fn slot_eof<P: Protocol>(slot: &mut Slot<P>) {
-    slot.conn.on_eof();
 }
 
 /// Room below the cap a multishot accept needs: it may take the whole backlog of every

@@ -9,7 +9,8 @@
 //! echoed short.
 //!
 //! Each buffer has at most one echo in flight, so the `msghdr`, `iovec` and address of that
-//! echo live in a per-buffer-id slot, allocated once and never moved while the shard runs.
+//! echo live in an [`EchoSend`] per buffer id, allocated once and never moved while the shard
+//! runs.
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
@@ -58,7 +59,7 @@ fn error_backoff(errors: u32) -> Duration {
 }
 
 /// One in-flight echo: what `sendmsg` reads until its completion.
-struct SendSlot {
+struct EchoSend {
     hdr: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_storage,
@@ -68,7 +69,7 @@ struct UdpShard {
     bufs: BufRing,
     sockets: Vec<Socket>,
     /// Indexed by buffer id; never resized after start-up, so the kernel's pointers stay valid.
-    sends: Box<[SendSlot]>,
+    sends: Box<[EchoSend]>,
     pending: Vec<squeue::Entry>,
     segs: Vec<Segment>,
     budget: usize,
@@ -130,7 +131,7 @@ pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), 
         })
         .collect();
     let sends = (0..buf_count)
-        .map(|_| SendSlot {
+        .map(|_| EchoSend {
             // SAFETY: these are plain old data; all-zero values are valid and overwritten before
             // each use.
             hdr: unsafe { std::mem::zeroed() },
@@ -363,28 +364,28 @@ impl UdpShard {
         }
         let name = msg.name_data();
         let payload = msg.payload_data();
-        let slot = &mut self.sends[bid as usize];
+        let send = &mut self.sends[bid as usize];
         // SAFETY: `name` holds at most NAME_LEN bytes (the msghdr asked for that many), which is
         // the size of `addr`; the regions do not overlap (one is in the ring buffer).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 name.as_ptr(),
-                (&mut slot.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                (&mut send.addr as *mut libc::sockaddr_storage).cast::<u8>(),
                 name.len().min(NAME_LEN as usize),
             );
         }
-        slot.iov = libc::iovec {
+        send.iov = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
         };
-        slot.hdr.msg_name = (&mut slot.addr as *mut libc::sockaddr_storage).cast();
-        slot.hdr.msg_namelen = name.len() as u32;
-        slot.hdr.msg_iov = &mut slot.iov;
-        slot.hdr.msg_iovlen = 1;
+        send.hdr.msg_name = (&mut send.addr as *mut libc::sockaddr_storage).cast();
+        send.hdr.msg_namelen = name.len() as u32;
+        send.hdr.msg_iov = &mut send.iov;
+        send.hdr.msg_iovlen = 1;
         let tok = Token::buffer(bid);
-        // The buffer keeps the completion's reference until the send completes; the slot's
-        // header, iovec and address stay put (the slice of slots is never resized).
-        self.pending.push(ops::send_msg(fd, &slot.hdr, tok));
+        // The buffer keeps the completion's reference until the send completes; the send's
+        // header, iovec and address stay put (`sends` is never resized).
+        self.pending.push(ops::send_msg(fd, &send.hdr, tok));
         self.in_flight += 1;
     }
 
