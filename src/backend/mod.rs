@@ -69,7 +69,10 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
 }
 
 /// Which kernel interface serves the connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+///
+/// Its names (`auto`, `uring`, `epoll`: [`name`](Backend::name)) are what `--backend` takes;
+/// [`FromStr`](std::str::FromStr) parses them and [`Display`](fmt::Display) prints them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// io_uring if this kernel and process allow it, else epoll (with one line on stderr).
     Auto,
@@ -77,6 +80,20 @@ pub enum Backend {
     Uring,
     /// Edge-triggered epoll.
     Epoll,
+}
+
+impl Backend {
+    /// Every backend, in the order `--help` lists them.
+    pub const ALL: [Backend; 3] = [Backend::Auto, Backend::Uring, Backend::Epoll];
+
+    /// The backend's name: what `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
 }
 
 /// The name is not `auto`, `uring` or `epoll`.
@@ -107,22 +124,16 @@ impl std::str::FromStr for Backend {
     type Err = UnknownBackend;
 
     fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
-        match s {
-            "auto" => Ok(Backend::Auto),
-            "uring" => Ok(Backend::Uring),
-            "epoll" => Ok(Backend::Epoll),
-            _ => Err(UnknownBackend(s.to_string())),
-        }
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Auto => "auto",
-            Backend::Uring => "uring",
-            Backend::Epoll => "epoll",
-        })
+        f.write_str(self.name())
     }
 }
 
