@@ -6,7 +6,7 @@
 //! Each received buffer is sent straight back to the peer and only then returned to the
 //! kernel; the comments say who owns each buffer at each step.
 //!
-//! Left out, and found in the real server (`src/backend/uring/mod.rs`): a connection cap,
+//! Left out, and found in the real server (`src/backend/uring/tcp.rs`): a connection cap,
 //! back-pressure and a budget of held buffers (here one client that sends without reading can
 //! hold every buffer), graceful shutdown, fallbacks for kernels older than 6.0. One
 //! simplification to keep in mind when reading both: here a connection is stored at the index
@@ -32,7 +32,7 @@ use io_uring::{IoUring, cqueue, squeue};
 use ringecho::backend::uring::buf_ring::Segment;
 use ringecho::backend::uring::ops::{self, Sock};
 use ringecho::backend::uring::{BufRing, RingConfig, build_ring};
-use ringecho::token::{GENERATION_MASK, Op, Token};
+use ringecho::token::{GENERATION_MASK, Op, Target, Token};
 
 /// Buffer group id: a receive names the group it picks buffers from.
 const BGID: u16 = 0;
@@ -136,9 +136,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     // IORING_OP_ACCEPT with IORING_ACCEPT_MULTISHOT and IORING_FILE_INDEX_ALLOC: one SQE that
     // posts a CQE per new connection, each naming the file slot the socket went into. The `0`
-    // is the listener's index: an accept belongs to no connection, so its token carries
-    // `Token::SHARD` instead of a connection key, and the index of the listening socket in the
-    // generation field (the server may listen on several; we have one).
+    // is the listener's index: an accept belongs to no connection, so its token names the
+    // listening socket (`Target::Socket(0)`; the server may listen on several, we have one)
+    // and carries `Token::SHARD` where a connection's would carry its key.
     server
         .sqes
         .push(ops::accept_multi(listener.as_raw_fd(), 0, true));
@@ -182,7 +182,7 @@ impl EchoServer {
     fn on_completion(&mut self, cqe: cqueue::Entry, listener: i32) {
         let (res, flags) = (cqe.result(), cqe.flags());
         let tok = Token::decode(cqe.user_data()).expect("we made every user_data");
-        if tok.op == Op::Accept {
+        if tok.op() == Op::Accept {
             if res >= 0 {
                 // `res` is the file slot the kernel installed the new socket in. Its `Conn` is
                 // fresh: the previous one was reset when its close completed.
@@ -198,8 +198,15 @@ impl EchoServer {
             }
             return;
         }
-        let fd = tok.slot as usize; // The connection key, which here is the file slot.
-        if tok.generation != self.conns[fd].generation {
+        let Target::Conn {
+            key: fd,
+            generation,
+        } = tok.target()
+        else {
+            return; // Only accepts are not a connection's, and they were handled above.
+        };
+        // `fd`: the connection key, which here is the file slot.
+        if generation != self.conns[fd].generation {
             // A CQE for a connection that has gone. The rule that keeps sends and receives from
             // outliving their connection is an ordering one: a file slot is freed only by its
             // close's CQE, and the close is submitted only once the send and the receive have
@@ -208,7 +215,7 @@ impl EchoServer {
             // connection in this file slot: drop it.
             return;
         }
-        match tok.op {
+        match tok.op() {
             Op::Recv => self.on_recv(fd, res, flags),
             Op::Send => self.on_send(fd, res),
             Op::Close => {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use ringecho::backend::Backend;
@@ -127,6 +128,20 @@ pub enum StatsFormatArg {
     Json,
 }
 
+/// `--backend`: the library's names, parsed by its `FromStr`, each listed with what it does.
+fn backend_parser() -> impl TypedValueParser<Value = Backend> {
+    let values = Backend::ALL.map(|b| {
+        PossibleValue::new(b.name()).help(match b {
+            Backend::Auto => {
+                "io_uring if this kernel and process allow it, else epoll (with one line on stderr)"
+            }
+            Backend::Uring => "io_uring; exit with status 2 if it is unavailable",
+            Backend::Epoll => "Edge-triggered epoll",
+        })
+    });
+    PossibleValuesParser::new(values).map(|s| s.parse().expect("one of the names listed"))
+}
+
 /// Parses seconds, fractions allowed (`0.5`).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
@@ -145,7 +160,7 @@ pub struct ServeArgs {
 
     /// Kernel interface: `auto` uses io_uring and falls back to epoll where io_uring is
     /// unavailable; `uring` exits with status 2 instead.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    #[arg(long, value_parser = backend_parser(), default_value_t = Backend::Auto)]
     pub backend: Backend,
 
     /// Echo UDP datagrams instead of TCP streams (each datagram back to its sender; datagrams

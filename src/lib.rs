@@ -153,8 +153,9 @@
 //! is its *connection key*. Keys and file slots are allocated independently (the connection
 //! records its file slot), so the two numbers differ in general. Every SQE for a connection
 //! carries a [`Token`] in its `user_data`: the connection key, a *generation* number, and the
-//! operation. Operations of the shard itself carry [`Token::SHARD`] instead of a key, and an
-//! accept puts the index of its listening socket in the generation field.
+//! operation. Operations of the shard itself carry [`Token::SHARD`] instead of a key; an
+//! accept's token names its listening socket by index instead of a generation
+//! ([`Target`](token::Target) says what each token is for).
 //!
 //! Keys and file slots are reused, and what makes that safe is an ordering rule: **a
 //! connection's key and file slot are freed only by the CQE of its close, and the close is
@@ -344,7 +345,7 @@
 //! Memory that is not a provided buffer follows the same rule: a copied reply lives in the
 //! connection's own buffer and is neither moved nor freed while a send reads it.
 //!
-//! The epoll backend ([`src/backend/epoll.rs`][epoll]) serves the same `Conn` and the same
+//! The epoll backend ([`src/backend/epoll/tcp.rs`][epoll]) serves the same `Conn` and the same
 //! protocols with readiness and `read`/`write`: one scratch buffer per shard and a copy for
 //! every reply, which is what makes the comparison honest.
 //!
@@ -360,27 +361,27 @@
 //! [`io_uring::IoUring`]: https://docs.rs/io-uring/0.7/io_uring/struct.IoUring.html
 //! [fixed]: https://docs.rs/io-uring/0.7/io_uring/types/struct.Fixed.html
 //! [conn]: ../src/ringecho/conn/mod.rs.html
-//! [epoll]: ../src/ringecho/backend/epoll.rs.html
-//! [run-shard]: ../src/ringecho/backend/uring/mod.rs.html "run_shard"
-//! [shard-run]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::run"
-//! [dispatch]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::dispatch"
-//! [on-shard-cqe]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::on_shard_cqe"
-//! [on-accepted]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::on_accepted"
-//! [on-recv]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::on_recv"
-//! [on-send]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::on_send"
-//! [on-closed]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::on_closed"
-//! [sync]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::sync"
-//! [begin-close]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::begin_close"
-//! [rearm-parked]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::rearm_parked"
-//! [update-accepts]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::update_accepts"
-//! [multishot-floor]: ../src/ringecho/backend/uring/mod.rs.html "multishot_floor"
+//! [epoll]: ../src/ringecho/backend/epoll/tcp.rs.html
+//! [run-shard]: ../src/ringecho/backend/uring/tcp.rs.html "run_shard"
+//! [shard-run]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::run"
+//! [dispatch]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::dispatch"
+//! [on-shard-cqe]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::on_shard_cqe"
+//! [on-accepted]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::on_accepted"
+//! [on-recv]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::on_recv"
+//! [on-send]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::on_send"
+//! [on-closed]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::on_closed"
+//! [sync]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::sync"
+//! [begin-close]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::begin_close"
+//! [rearm-parked]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::rearm_parked"
+//! [update-accepts]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::update_accepts"
+//! [multishot-floor]: ../src/ringecho/backend/uring/tcp.rs.html "multishot_floor"
 //! [turn]: ../src/ringecho/backend/uring/driver.rs.html "Driver::turn"
 //! [flush]: ../src/ringecho/backend/uring/driver.rs.html "Driver::flush"
 //! [reap]: ../src/ringecho/backend/uring/driver.rs.html "reap"
 //! [conn-on-recv]: ../src/ringecho/conn/mod.rs.html "Conn::on_recv"
 //! [on-eof]: ../src/ringecho/conn/mod.rs.html "Conn::on_eof"
 //! [next-sends]: ../src/ringecho/conn/mod.rs.html "Conn::next_sends"
-//! [start-sends]: ../src/ringecho/backend/uring/mod.rs.html "UringShard::start_sends"
+//! [start-sends]: ../src/ringecho/backend/uring/tcp.rs.html "UringShard::start_sends"
 //! [on-sent]: ../src/ringecho/conn/mod.rs.html "Conn::on_sent"
 //! [recv-wanted]: ../src/ringecho/conn/mod.rs.html "Conn::recv_wanted"
 //! [is-done]: ../src/ringecho/conn/mod.rs.html "Conn::is_done"

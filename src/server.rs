@@ -28,8 +28,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent, table_headroom};
 use crate::backend::uring::{self, RingConfig, RingMode, SqPoll};
-use crate::backend::{Backend, epoll};
+use crate::backend::{self, Backend};
 use crate::error::Error;
 use crate::protocol::Protocol;
 use crate::stats::{Counters, SharedCounters, StatsFormat};
@@ -96,9 +97,6 @@ pub(crate) struct ServerConfig {
     pub socket: sys::SocketOptions,
     /// Close connections that neither sent nor received anything for this long.
     pub idle_timeout: Option<Duration>,
-    /// Set by validation when `RLIMIT_NOFILE` made it choose fewer shards or connections than
-    /// it would have: the one line saying what it chose.
-    pub(crate) limit_note: Option<String>,
     /// Shards (threads, each with its own ring or epoll and listener); `None` = the CPUs this
     /// process may run on.
     pub threads: Option<usize>,
@@ -137,7 +135,6 @@ impl Default for ServerConfig {
             socket: sys::SocketOptions::default(),
             idle_timeout: None,
             threads: None,
-            limit_note: None,
             pin: false,
             reuseport: false,
         }
@@ -154,12 +151,6 @@ pub const TCP_BUFS: (u32, u32) = (1024, 4096);
 /// source address io_uring puts first; 256 of them map 16 MiB per shard, of which a small
 /// datagram touches only the first page of its buffer.
 pub const UDP_BUFS: (u32, u32) = (256, 65536 + 256);
-
-/// File-table slots kept beyond `max_conns` for accepts that race the pause: up to 64 plus
-/// 1/32, in proportion to small caps so they still fit a small `RLIMIT_NOFILE`.
-pub(crate) fn table_headroom(max_conns: usize) -> usize {
-    (max_conns / 4).clamp(4, 64) + max_conns / 32
-}
 
 /// Descriptors the process holds besides its shards and connections: standard streams, and
 /// what start-up and `/proc` reads open for a moment.
@@ -188,15 +179,67 @@ fn fitting_conns(nofile: usize, threads: usize, addrs: usize) -> usize {
     m
 }
 
+/// What validation settled: the settings [`ServerConfig`] leaves to defaults or to the system.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    /// Shards.
+    pub threads: usize,
+    /// Connections held at once, across all shards.
+    pub max_conns: usize,
+    /// Provided buffers per shard.
+    pub buf_count: u32,
+    /// Size of each provided buffer.
+    pub buf_size: u32,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Set when `RLIMIT_NOFILE` made validation choose fewer shards or connections than it
+    /// would have: the one line saying what it chose.
+    pub limit_note: Option<String>,
+}
+
 impl ServerConfig {
-    /// Checks the settings against each other and the system; resolves `max_conns`.
-    pub(crate) fn validate(&self, nofile: u64) -> Result<ServerConfig, Error> {
-        let mut c = self.clone();
-        if c.addrs.is_empty() {
+    /// Checks the settings against each other and the system (`nofile`: the descriptor limit),
+    /// and resolves what was left to defaults.
+    pub(crate) fn validate(&self, nofile: u64) -> Result<Resolved, Error> {
+        if self.addrs.is_empty() {
             return Err(Error::Config("no address to listen on".into()));
         }
-        let (count, size) = if c.udp { UDP_BUFS } else { TCP_BUFS };
-        let (count, size) = (c.buf_count.unwrap_or(count), c.buf_size.unwrap_or(size));
+        let (buf_count, buf_size) = self.checked_bufs()?;
+        if self.max_pending == 0 {
+            return Err(Error::Config("--max-pending must be at least 1".into()));
+        }
+        self.ring.check()?;
+        let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+        let cpus = sys::allowed_cpus().len().max(1);
+        let threads = self.checked_threads(nofile, cpus)?;
+        let max_conns = self.checked_max_conns(nofile, threads)?;
+        // Say so when the limit cost shards, or left a cap low enough to matter.
+        let fewer_shards = self.threads.is_none() && threads < cpus;
+        let low_cap = self.max_conns.is_none() && max_conns < 1024;
+        let limit_note = (!self.udp && (fewer_shards || low_cap)).then(|| {
+            format!(
+                "ringecho: RLIMIT_NOFILE {nofile} (the hard limit) fits {threads} shard(s) and \
+                 up to {max_conns} connections (raise `ulimit -Hn` for more)"
+            )
+        });
+        Ok(Resolved {
+            threads,
+            max_conns,
+            buf_count,
+            buf_size,
+            backlog: self.backlog.unwrap_or_else(sys::somaxconn),
+            limit_note,
+        })
+    }
+
+    /// The buffer ring's (count, size): as set or the transport's default, within the ring's
+    /// limits.
+    fn checked_bufs(&self) -> Result<(u32, u32), Error> {
+        let (count, size) = if self.udp { UDP_BUFS } else { TCP_BUFS };
+        let (count, size) = (
+            self.buf_count.unwrap_or(count),
+            self.buf_size.unwrap_or(size),
+        );
         if count == 0 || !count.is_power_of_two() || count > 32768 {
             return Err(Error::Config(format!(
                 "--buf-count {count} must be a power of two between 1 and 32768"
@@ -214,50 +257,51 @@ impl ServerConfig {
                 MAX_RING_BYTES >> 20
             )));
         }
-        (c.buf_count, c.buf_size) = (Some(count), Some(size));
-        if c.max_pending == 0 {
-            return Err(Error::Config("--max-pending must be at least 1".into()));
-        }
-        c.ring.check()?;
-        let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
-        let addrs = c.addrs.len();
-        let cpus = sys::allowed_cpus().len().max(1);
+        Ok((count, size))
+    }
+
+    /// Shards: as asked, or one per CPU (of `cpus`), fewer where the descriptor limit leaves
+    /// too little room for each one's connections.
+    fn checked_threads(&self, nofile: usize, cpus: usize) -> Result<usize, Error> {
+        let addrs = self.addrs.len();
         let max_threads = 1024;
-        // Shards: as asked, or one per CPU, fewer where the descriptor limit leaves too little
-        // room for each one's connections.
-        let threads = match c.threads {
-            Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
-            Some(t) if t > max_threads => {
-                return Err(Error::Config(format!(
-                    "--threads {t} is more than {max_threads}"
-                )));
-            }
+        match self.threads {
+            Some(0) => Err(Error::Config("--threads must be at least 1".into())),
+            Some(t) if t > max_threads => Err(Error::Config(format!(
+                "--threads {t} is more than {max_threads}"
+            ))),
             Some(t) => {
                 let fit = fitting_conns(nofile, t, addrs);
-                if !c.udp && fit < t {
+                if !self.udp && fit < t {
                     return Err(Error::Config(format!(
                         "--threads {t} does not fit RLIMIT_NOFILE {nofile}: {t} shards leave room \
                          for {fit} connections, fewer than one each (remedy: raise the hard limit, \
                          `ulimit -Hn`, or lower --threads)"
                     )));
                 }
-                t
+                Ok(t)
             }
             None => {
                 // Each shard should have room for a few connections, and together for an
                 // explicit --max-conns; and no more shards than connections allowed.
-                let need = |t: usize| (t * MIN_CONNS_PER_SHARD).max(c.max_conns.unwrap_or(0));
-                let mut t = cpus.min(c.max_conns.unwrap_or(cpus)).max(1);
-                while t > 1 && !c.udp && fitting_conns(nofile, t, addrs) < need(t) {
+                let need = |t: usize| (t * MIN_CONNS_PER_SHARD).max(self.max_conns.unwrap_or(0));
+                let mut t = cpus.min(self.max_conns.unwrap_or(cpus)).max(1);
+                while t > 1 && !self.udp && fitting_conns(nofile, t, addrs) < need(t) {
                     t -= 1;
                 }
-                t
+                Ok(t)
             }
-        };
+        }
+    }
+
+    /// The connection cap across `threads` shards: as asked, or what the descriptor limit
+    /// fits.
+    fn checked_max_conns(&self, nofile: usize, threads: usize) -> Result<usize, Error> {
+        let addrs = self.addrs.len();
         let fit = fitting_conns(nofile, threads, addrs);
-        let max = match c.max_conns {
+        let max = match self.max_conns {
             Some(0) => return Err(Error::Config("--max-conns must be at least 1".into())),
-            Some(m) if m > fit && !c.udp => {
+            Some(m) if m > fit && !self.udp => {
                 return Err(Error::Config(format!(
                     "--max-conns {m} needs {} descriptors with {threads} shard(s) but \
                      RLIMIT_NOFILE is {nofile} (remedy: raise the hard limit, `ulimit -Hn`, or \
@@ -266,7 +310,7 @@ impl ServerConfig {
                 )));
             }
             Some(m) => m,
-            None if fit == 0 && !c.udp => {
+            None if fit == 0 && !self.udp => {
                 return Err(Error::Config(format!(
                     "RLIMIT_NOFILE {nofile} leaves no room for a connection (remedy: raise it, \
                      `ulimit -n`)"
@@ -274,32 +318,44 @@ impl ServerConfig {
             }
             None => fit.max(1),
         };
-        if !c.udp && threads > max {
+        if !self.udp && threads > max {
             return Err(Error::Config(format!(
                 "--threads {threads} is more than --max-conns {max}: every shard needs a connection"
             )));
         }
-        c.max_conns = Some(max);
-        // Say so when the limit cost shards, or left a cap low enough to matter.
-        let fewer_shards = c.threads.is_none() && threads < cpus;
-        let low_cap = self.max_conns.is_none() && max < 1024;
-        if !c.udp && (fewer_shards || low_cap) {
-            c.limit_note = Some(format!(
-                "ringecho: RLIMIT_NOFILE {nofile} (the hard limit) fits {threads} shard(s) and \
-                 up to {max} connections (raise `ulimit -Hn` for more)"
-            ));
-        }
-        c.threads = Some(threads);
-        Ok(c)
+        Ok(max)
     }
 
-    /// Connections shard `index` may hold: `max_conns` split across the shards so that the
-    /// shares add up to it exactly (the first `max_conns % threads` shards get one more).
-    pub(crate) fn max_conns_of_shard(&self, index: usize) -> usize {
-        let max = self.max_conns.unwrap_or(DEFAULT_MAX_CONNS);
-        let threads = self.threads.unwrap_or(1).max(1);
-        max / threads + usize::from(index < max % threads)
+    /// Shard `index`'s settings, once validation has `resolved` the rest.
+    fn shard_config(&self, resolved: &Resolved, index: usize) -> ShardConfig {
+        ShardConfig {
+            udp: self.udp,
+            max_conns: max_conns_of_shard(resolved.max_conns, resolved.threads, index),
+            buf_count: resolved.buf_count,
+            buf_size: resolved.buf_size,
+            buf_budget: self.buf_budget.unwrap_or(resolved.buf_count / 2),
+            max_pending: self.max_pending,
+            backlog: resolved.backlog,
+            ring: self.ring,
+            multishot_recv: self.multishot_recv,
+            direct_descriptors: self.direct_descriptors,
+            register_ring_fd: self.register_ring_fd,
+            zc_threshold: self.zc_threshold,
+            recv_bundle: self.recv_bundle,
+            buf_incremental: self.buf_incremental,
+            batch_max: self.batch_max,
+            batch_wait_us: self.batch_wait_us,
+            drain_timeout: self.drain_timeout,
+            lingering_close: self.lingering_close,
+            idle_timeout: self.idle_timeout,
+        }
     }
+}
+
+/// Connections shard `index` of `threads` may hold: `max_conns` split across the shards so
+/// that the shares add up to it exactly (the first `max_conns % threads` shards get one more).
+fn max_conns_of_shard(max_conns: usize, threads: usize, index: usize) -> usize {
+    max_conns / threads + usize::from(index < max_conns % threads)
 }
 
 /// The settings of a [`Server`]; [`bind`](Self::bind) makes one. Start from [`Server::builder`].
@@ -639,32 +695,12 @@ impl StatsHandle {
     }
 }
 
-/// What one shard thread is given.
-pub(crate) struct ShardContext {
-    pub index: usize,
-    pub shards: usize,
-    /// TCP listeners, or UDP sockets with `udp`.
-    pub listeners: Vec<OwnedFd>,
-    pub shutdown_fd: RawFd,
-    pub stats: Arc<SharedCounters>,
-    pub events: mpsc::Sender<ShardEvent>,
-}
-
-/// What shard threads tell the server thread.
-pub(crate) enum ShardEvent {
-    /// The shard's accepts are armed.
-    Ready,
-    /// The shard could not start or stopped on an error.
-    Failed(Error),
-    /// The shard's loop has ended (sent last, also after `Failed`).
-    Exited,
-}
-
 /// A bound, not yet running server.
 pub struct Server {
     cfg: ServerConfig,
+    resolved: Resolved,
     /// Bound sockets per shard (one per address each): TCP listeners, or UDP sockets.
-    listeners: Vec<Vec<OwnedFd>>,
+    sockets: Vec<Vec<OwnedFd>>,
     local_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
     stats: StatsHandle,
@@ -680,16 +716,16 @@ impl Server {
     pub(crate) fn bind(cfg: &ServerConfig) -> Result<Server, Error> {
         let nofile =
             sys::raise_nofile_limit().map_err(|e| Error::io("cannot raise RLIMIT_NOFILE", e))?;
-        let cfg = cfg.validate(nofile)?;
-        if let Some(note) = &cfg.limit_note {
+        let resolved = cfg.validate(nofile)?;
+        if let Some(note) = &resolved.limit_note {
             eprintln!("{note}");
         }
-        let shards = cfg.threads.unwrap_or(1);
+        let shards = resolved.threads;
         // Several shards share each address through SO_REUSEPORT, the kernel spreading new
         // connections across their listeners.
         let reuseport = shards > 1 || cfg.reuseport;
         let opts = sys::ListenOptions {
-            backlog: cfg.backlog.unwrap_or_else(sys::somaxconn),
+            backlog: resolved.backlog,
             reuseport,
             socket: cfg.socket.clone(),
         };
@@ -700,7 +736,7 @@ impl Server {
                 sys::tcp_listener(addr, opts).map(OwnedFd::from)
             }
         };
-        let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut sockets: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for &addr in &cfg.addrs {
             let bind_err = |source| Error::Bind { addr, source };
@@ -718,8 +754,8 @@ impl Server {
             let first = bind(addr, &opts).map_err(bind_err)?;
             let resolved =
                 sys::local_addr(first.as_raw_fd()).map_err(|e| Error::io("getsockname", e))?;
-            listeners[0].push(first);
-            for shard in listeners.iter_mut().skip(1) {
+            sockets[0].push(first);
+            for shard in sockets.iter_mut().skip(1) {
                 shard.push(bind(resolved, &opts).map_err(bind_err)?);
             }
             local_addrs.push(resolved);
@@ -730,8 +766,9 @@ impl Server {
             backend: Arc::default(),
         };
         Ok(Server {
-            cfg,
-            listeners,
+            cfg: cfg.clone(),
+            resolved,
+            sockets,
             local_addrs,
             shutdown: ShutdownHandle { fd: Arc::new(fd) },
             stats,
@@ -791,30 +828,53 @@ impl Server {
     /// run here; otherwise the first error any shard stopped on (the others are then shut
     /// down too).
     pub fn run<P: Protocol + Clone>(
-        self,
+        mut self,
         proto: P,
         on_ready: impl FnOnce(&[SocketAddr]),
         stats_out: &mut dyn Write,
     ) -> Result<Counters, Error> {
         let backend = self.resolve_backend()?;
         let _ = self.stats.backend.set(backend);
-        let shards = self.listeners.len();
-        let cpus = sys::allowed_cpus();
-        let (tx, rx) = mpsc::channel();
-        let stats = &self.stats.shards;
         let started = Instant::now();
+        let (tx, rx) = mpsc::channel();
+        let handles = self.spawn_shards(backend, proto, tx)?;
+        let mut failure = self.watch_shards(&rx, handles.len(), on_ready, started, stats_out);
+        for h in handles {
+            if h.join().is_err() {
+                failure.get_or_insert(Error::ShardPanicked);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let total = self.stats.snapshot();
+        let line = stats_line(self.cfg.stats_format, "final", started, &total);
+        let _ = writeln!(stats_out, "{line}");
+        Ok(total)
+    }
+
+    /// Starts one thread per shard, each with its bound sockets, its share of the settings and
+    /// its own clone of `proto`, reporting to `events`. If a thread cannot be started, the
+    /// ones already running are shut down and joined.
+    fn spawn_shards<P: Protocol + Clone>(
+        &mut self,
+        backend: Backend,
+        proto: P,
+        events: mpsc::Sender<ShardEvent>,
+    ) -> Result<Vec<thread::JoinHandle<()>>, Error> {
+        let shards = self.sockets.len();
+        let cpus = sys::allowed_cpus();
         let mut handles = Vec::with_capacity(shards);
-        for (index, listeners) in self.listeners.into_iter().enumerate() {
+        for (index, sockets) in std::mem::take(&mut self.sockets).into_iter().enumerate() {
             let ctx = ShardContext {
                 index,
                 shards,
-                listeners,
+                sockets,
                 shutdown_fd: self.shutdown.raw_fd(),
-                stats: Arc::clone(&stats[index]),
-                events: tx.clone(),
+                stats: Arc::clone(&self.stats.shards[index]),
+                events: events.clone(),
             };
-            let mut cfg = self.cfg.clone();
-            cfg.max_conns = Some(self.cfg.max_conns_of_shard(index));
+            let cfg = self.cfg.shard_config(&self.resolved, index);
             let proto = proto.clone();
             let cpu = if self.cfg.pin {
                 cpus.get(index % cpus.len().max(1)).copied()
@@ -823,29 +883,7 @@ impl Server {
             };
             let spawned = thread::Builder::new()
                 .name(format!("ringecho-shard-{index}"))
-                .spawn(move || {
-                    let events = ctx.events.clone();
-                    // A panic (a protocol's, say) must stop the whole server like an error
-                    // does, not leave the other shards running with nobody to stop them.
-                    let shard =
-                        std::panic::AssertUnwindSafe(|| match cpu.map(sys::pin_current_thread) {
-                            Some(Err(e)) => {
-                                Err(Error::io(format!("cannot pin shard {index} to CPU"), e))
-                            }
-                            _ => match (backend, cfg.udp) {
-                                (Backend::Epoll, false) => epoll::run_shard(&cfg, proto, ctx),
-                                (Backend::Epoll, true) => epoll::run_udp_shard(&cfg, ctx),
-                                (_, false) => uring::run_shard(&cfg, proto, ctx),
-                                (_, true) => uring::udp::run_udp_shard(&cfg, ctx),
-                            },
-                        });
-                    let result =
-                        std::panic::catch_unwind(shard).unwrap_or(Err(Error::ShardPanicked));
-                    if let Err(e) = result {
-                        let _ = events.send(ShardEvent::Failed(e));
-                    }
-                    let _ = events.send(ShardEvent::Exited);
-                });
+                .spawn(move || run_shard_thread(backend, &cfg, proto, ctx, cpu));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -857,33 +895,35 @@ impl Server {
                 }
             }
         }
-        drop(tx);
-        let snapshot = || self.stats.snapshot();
+        Ok(handles)
+    }
 
+    /// Follows the shards' events until all `shards` have exited: calls `on_ready` once every
+    /// one has its accepts armed, writes a `stats:` line every interval, and shuts the server
+    /// down at the first failure, which it returns.
+    fn watch_shards(
+        &self,
+        events: &mpsc::Receiver<ShardEvent>,
+        shards: usize,
+        on_ready: impl FnOnce(&[SocketAddr]),
+        started: Instant,
+        stats_out: &mut dyn Write,
+    ) -> Option<Error> {
         let mut ready = 0;
         let mut exited = 0;
         let mut failure: Option<Error> = None;
         let mut on_ready = Some(on_ready);
         let mut next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
         while exited < shards {
-            let event = match next_stats {
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(ev) => Some(ev),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                },
-                None => match rx.recv() {
-                    Ok(ev) => Some(ev),
-                    Err(_) => break,
-                },
-            };
-            match event {
-                None => {
-                    let line = stats_line(self.cfg.stats_format, "stats", started, &snapshot());
+            match next_wake(events, next_stats) {
+                Wake::AllGone => break,
+                Wake::StatsDue => {
+                    let c = self.stats.snapshot();
+                    let line = stats_line(self.cfg.stats_format, "stats", started, &c);
                     let _ = writeln!(stats_out, "{line}");
                     next_stats = self.cfg.stats_interval.map(|i| Instant::now() + i);
                 }
-                Some(ShardEvent::Ready) => {
+                Wake::Shard(ShardEvent::Ready) => {
                     ready += 1;
                     if ready == shards
                         && failure.is_none()
@@ -892,26 +932,61 @@ impl Server {
                         f(&self.local_addrs);
                     }
                 }
-                Some(ShardEvent::Failed(e)) => {
+                Wake::Shard(ShardEvent::Failed(e)) => {
                     // One shard failing stops the whole server: no half-running server.
                     self.shutdown.shutdown();
                     failure.get_or_insert(e);
                 }
-                Some(ShardEvent::Exited) => exited += 1,
+                Wake::Shard(ShardEvent::Exited) => exited += 1,
             }
         }
-        for h in handles {
-            if h.join().is_err() {
-                failure.get_or_insert(Error::ShardPanicked);
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let total = snapshot();
-        let line = stats_line(self.cfg.stats_format, "final", started, &total);
-        let _ = writeln!(stats_out, "{line}");
-        Ok(total)
+        failure
+    }
+}
+
+/// The body of a shard's thread: pins it to `cpu` if asked, runs the shard, and reports how
+/// it ended (`Failed` first if it did not end well, then `Exited`).
+fn run_shard_thread<P: Protocol + Clone>(
+    backend: Backend,
+    cfg: &ShardConfig,
+    proto: P,
+    ctx: ShardContext,
+    cpu: Option<usize>,
+) {
+    let events = ctx.events.clone();
+    let index = ctx.index;
+    // A panic (a protocol's, say) must stop the whole server like an error does, not leave
+    // the other shards running with nobody to stop them.
+    let shard = std::panic::AssertUnwindSafe(|| match cpu.map(sys::pin_current_thread) {
+        Some(Err(e)) => Err(Error::io(format!("cannot pin shard {index} to CPU"), e)),
+        _ => backend::run_shard(backend, cfg, proto, ctx),
+    });
+    let result = std::panic::catch_unwind(shard).unwrap_or(Err(Error::ShardPanicked));
+    if let Err(e) = result {
+        let _ = events.send(ShardEvent::Failed(e));
+    }
+    let _ = events.send(ShardEvent::Exited);
+}
+
+/// What wakes the server thread while its shards run.
+enum Wake {
+    /// A shard reported.
+    Shard(ShardEvent),
+    /// A `stats:` line is due.
+    StatsDue,
+    /// Every shard thread has dropped its end of the channel.
+    AllGone,
+}
+
+/// Waits for the next shard event, or until `stats_at` if that comes first.
+fn next_wake(events: &mpsc::Receiver<ShardEvent>, stats_at: Option<Instant>) -> Wake {
+    match stats_at {
+        Some(at) => match events.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            Ok(ev) => Wake::Shard(ev),
+            Err(mpsc::RecvTimeoutError::Timeout) => Wake::StatsDue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Wake::AllGone,
+        },
+        None => events.recv().map_or(Wake::AllGone, Wake::Shard),
     }
 }
 
@@ -921,16 +996,6 @@ fn stats_line(format: StatsFormat, label: &str, started: Instant, c: &Counters) 
     format.line(label, secs, c, sys::rss_bytes() / 1024)
 }
 
-impl ServerConfig {
-    /// Provided buffers per shard (resolved by `validate`).
-    pub(crate) fn bufs(&self) -> (u32, u32) {
-        (
-            self.buf_count.expect("validated config"),
-            self.buf_size.expect("validated config"),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,12 +1003,9 @@ mod tests {
     #[test]
     fn the_connection_cap_splits_across_shards_exactly() {
         for (max, threads) in [(3, 2), (9, 8), (65536, 3), (1, 1), (100, 7)] {
-            let cfg = ServerConfig {
-                max_conns: Some(max),
-                threads: Some(threads),
-                ..ServerConfig::default()
-            };
-            let shares: Vec<usize> = (0..threads).map(|i| cfg.max_conns_of_shard(i)).collect();
+            let shares: Vec<usize> = (0..threads)
+                .map(|i| max_conns_of_shard(max, threads, i))
+                .collect();
             assert_eq!(
                 shares.iter().sum::<usize>(),
                 max,

@@ -7,8 +7,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::protocol::CloseReason;
-
 macro_rules! counters {
     ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// A snapshot of every server counter. Gauges (`active`, `bufs_held`) are current
@@ -191,27 +189,6 @@ impl Counters {
     /// while the server runs.
     pub const GAUGES: &'static [&'static str] = &["active", "bufs_held"];
 
-    /// Counts what a connection did with `len` received bytes (both backends call this).
-    pub(crate) fn record_recv(&mut self, len: usize, out: &crate::conn::RecvOutcome) {
-        self.bytes_in += (len - out.discarded) as u64;
-        self.bytes_discarded += out.discarded as u64;
-        self.copied_bytes += out.copied as u64;
-        if let Some(reason) = out.closed_by_protocol {
-            self.count_proto_close(reason);
-        }
-    }
-
-    /// Counts a connection closed at its protocol's request, under its reason.
-    pub(crate) fn count_proto_close(&mut self, reason: CloseReason) {
-        self.proto_closes += 1;
-        match reason {
-            CloseReason::Requested => self.proto_requested += 1,
-            CloseReason::Malformed => self.proto_malformed += 1,
-            CloseReason::TooLarge => self.proto_too_large += 1,
-            CloseReason::Unsupported => self.proto_unsupported += 1,
-        }
-    }
-
     /// Sums several shards' snapshots.
     pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Counters {
         let mut total = Counters::default();
@@ -284,19 +261,6 @@ mod tests {
             "{json}"
         );
         assert_eq!(json.matches(':').count(), Counters::NAMES.len() + 3);
-    }
-
-    #[test]
-    fn protocol_closes_are_counted_in_total_and_by_reason() {
-        let mut c = Counters::default();
-        c.count_proto_close(CloseReason::TooLarge);
-        c.count_proto_close(CloseReason::TooLarge);
-        c.count_proto_close(CloseReason::Malformed);
-        assert_eq!(
-            (c.proto_closes, c.proto_too_large, c.proto_malformed),
-            (3, 2, 1)
-        );
-        assert_eq!((c.proto_requested, c.proto_unsupported), (0, 0));
     }
 
     #[test]

@@ -1,31 +1,41 @@
 //! `user_data` encoding: which operation a completion belongs to.
 //!
-//! Every SQE carries 64 bits of `user_data` that the kernel copies, untouched, into its CQE.
-//! ringecho packs three things into them:
+//! Every SQE carries 64 bits of `user_data` that the kernel copies, untouched, into its CQE
+//! (and every epoll registration a 64-bit key that comes back with its events). ringecho packs
+//! a [`Token`] into them: what the operation is for (its [`Target`]) and which operation
+//! ([`Op`]).
 //!
 //! ```text
 //!  63                              32 31                      8 7        0
 //! +----------------------------------+-------------------------+----------+
-//! |            slot (u32)            |   generation (24 bits)  | op (u8)  |
+//! |  connection key, or SHARD (u32)  |  generation, or index   | op (u8)  |
+//! |                                  |        (24 bits)        |          |
 //! +----------------------------------+-------------------------+----------+
 //! ```
 //!
-//! For an operation on a connection ([`Token::conn`]):
+//! For an operation on a connection ([`Token::conn`], [`Target::Conn`]):
 //!
-//! - `slot` holds the *connection key*: the connection's index in the shard's table of
-//!   connections (a slab). It is not the connection's *file slot*, the index of its socket in
-//!   the ring's registered file table (its direct descriptor), which the kernel picks at
+//! - the upper 32 bits hold the *connection key*: the connection's index in the shard's table
+//!   of connections (a slab). It is not the connection's *file slot*, the index of its socket
+//!   in the ring's registered file table (its direct descriptor), which the kernel picks at
 //!   accept and which an SQE names in its own field. The two are allocated independently and
 //!   usually differ; `examples/uring_echo.rs` stores connections by file slot, so there they
 //!   are the same number.
-//! - `generation` tells apart the connections that had the same key one after another.
+//! - the middle 24 bits hold the *generation*, which tells apart the connections that had the
+//!   same key one after another.
 //! - `op` says which operation completed.
 //!
-//! For an operation of the shard itself ([`Token::shard`]), `slot` is [`Token::SHARD`]. The
-//! accepts ([`Op::Accept`], [`Op::AcceptOne`]) put the index of their listening socket in the
-//! `generation` field ([`accept_token`](crate::backend::uring::ops::accept_token)), since a
-//! shard listens on one socket per address it serves; the other shard operations (the
-//! shutdown poll, accept cancellations) leave it 0.
+//! An operation of the shard itself has [`Token::SHARD`] in the upper 32 bits, and its
+//! operation says what the middle 24 bits hold:
+//!
+//! | operation | middle 24 bits | [`Target`] | made by |
+//! |---|---|---|---|
+//! | [`Op::Accept`], [`Op::AcceptOne`] | the index of the listening socket | `Socket` | [`Token::socket`] |
+//! | [`Op::Recv`] (UDP) | the index of the UDP socket | `Socket` | [`Token::socket`] |
+//! | [`Op::Send`] (UDP) | the provided buffer the echo is sent from | `Buffer` | [`Token::buffer`] |
+//! | any other (the shutdown poll, cancellations) | 0 | `Shard` | [`Token::shard`] |
+//!
+//! A shard serves one socket per address it listens on, hence the index.
 //!
 //! # What the generation is for
 //!
@@ -75,7 +85,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// Every operation, in discriminant order (for tests that walk them all).
+    /// Every operation, in discriminant order.
     pub const ALL: [Op; 12] = [
         Op::Accept,
         Op::Recv,
@@ -92,79 +102,129 @@ impl Op {
     ];
 
     fn from_u8(v: u8) -> Option<Op> {
-        Some(match v {
-            1 => Op::Accept,
-            2 => Op::Recv,
-            3 => Op::Send,
-            4 => Op::CancelRecv,
-            5 => Op::CancelAll,
-            6 => Op::Close,
-            7 => Op::CancelAccept,
-            8 => Op::Shutdown,
-            9 => Op::SendZc0,
-            10 => Op::AcceptOne,
-            11 => Op::ShutdownWrite,
-            12 => Op::SendZc1,
-            _ => return None,
-        })
+        Op::ALL.into_iter().find(|&op| op as u8 == v)
     }
 }
 
 /// Generations wrap at 24 bits.
 pub const GENERATION_MASK: u32 = (1 << 24) - 1;
 
-/// A decoded `user_data` value.
+/// What an operation is for: the one meaning of a token's upper 56 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A connection: its key (its index in the shard's table of connections, not its file
+    /// slot) and its generation (24 bits).
+    Conn {
+        /// The connection key.
+        key: usize,
+        /// The generation of the connection that had this key when the SQE was made.
+        generation: u32,
+    },
+    /// The shard's socket with this index: a listening socket (accepts) or a UDP socket
+    /// (receives).
+    Socket(usize),
+    /// A provided buffer: a UDP echo is sent from the buffer its datagram arrived in.
+    Buffer(u16),
+    /// The shard as a whole (the shutdown poll, cancellations of accepts and receives).
+    Shard,
+}
+
+/// A decoded `user_data` value: what the operation is for, and which operation. Made by the
+/// constructor for its target, so that each one encodes and decodes back to itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token {
-    /// The connection key (the connection's index in the shard's table of connections, not its
-    /// file slot), or [`Token::SHARD`] for an operation of the shard itself.
-    pub slot: u32,
-    /// Generation of the connection that had key `slot` when the SQE was made (24 bits). In a
-    /// shard operation: the listener's index for an accept, else 0.
-    pub generation: u32,
-    /// The operation.
-    pub op: Op,
+    target: Target,
+    op: Op,
 }
 
 impl Token {
-    /// The `slot` value of operations that belong to the shard, not to a connection.
+    /// The upper 32 bits of operations that belong to the shard, not to a connection.
     pub const SHARD: u32 = u32::MAX;
 
-    /// A token for operation `op` of the connection whose key is `slot`.
-    pub fn conn(slot: usize, generation: u32, op: Op) -> Token {
-        debug_assert!(slot < Token::SHARD as usize);
+    /// A token for operation `op` of the connection whose key is `key`.
+    pub fn conn(key: usize, generation: u32, op: Op) -> Token {
+        debug_assert!(key < Token::SHARD as usize);
         Token {
-            slot: slot as u32,
-            generation: generation & GENERATION_MASK,
+            target: Target::Conn {
+                key,
+                generation: generation & GENERATION_MASK,
+            },
             op,
         }
     }
 
-    /// A token for a shard-level operation (generation 0; accepts set it to their listener's
-    /// index).
-    pub fn shard(op: Op) -> Token {
+    /// A token for operation `op` on the shard's socket with index `index`: an accept
+    /// ([`Op::Accept`], [`Op::AcceptOne`]) on a listening socket, or a receive ([`Op::Recv`])
+    /// on a UDP socket.
+    pub fn socket(index: usize, op: Op) -> Token {
+        debug_assert!(matches!(op, Op::Accept | Op::AcceptOne | Op::Recv));
+        debug_assert!(index <= GENERATION_MASK as usize);
         Token {
-            slot: Token::SHARD,
-            generation: 0,
+            target: Target::Socket(index),
             op,
         }
+    }
+
+    /// The token of a UDP echo sent ([`Op::Send`]) from provided buffer `bid`.
+    pub fn buffer(bid: u16) -> Token {
+        Token {
+            target: Target::Buffer(bid),
+            op: Op::Send,
+        }
+    }
+
+    /// A token for an operation of the shard that concerns none of its sockets: the shutdown
+    /// poll, a cancellation.
+    pub fn shard(op: Op) -> Token {
+        debug_assert!(!matches!(
+            op,
+            Op::Accept | Op::AcceptOne | Op::Recv | Op::Send
+        ));
+        Token {
+            target: Target::Shard,
+            op,
+        }
+    }
+
+    /// What the operation is for.
+    pub fn target(self) -> Target {
+        self.target
+    }
+
+    /// The operation.
+    pub fn op(self) -> Op {
+        self.op
     }
 
     /// Packs the token into `user_data`.
     pub fn encode(self) -> u64 {
-        (u64::from(self.slot) << 32)
-            | (u64::from(self.generation & GENERATION_MASK) << 8)
-            | u64::from(self.op as u8)
+        let (upper, middle) = match self.target {
+            Target::Conn { key, generation } => (key as u32, generation & GENERATION_MASK),
+            Target::Socket(index) => (Token::SHARD, index as u32 & GENERATION_MASK),
+            Target::Buffer(bid) => (Token::SHARD, u32::from(bid)),
+            Target::Shard => (Token::SHARD, 0),
+        };
+        (u64::from(upper) << 32) | (u64::from(middle) << 8) | u64::from(self.op as u8)
     }
 
     /// Unpacks `user_data`. `None` for values ringecho never produces.
     pub fn decode(user_data: u64) -> Option<Token> {
         let op = Op::from_u8(user_data as u8)?;
-        Some(Token {
-            slot: (user_data >> 32) as u32,
-            generation: ((user_data >> 8) as u32) & GENERATION_MASK,
-            op,
-        })
+        let upper = (user_data >> 32) as u32;
+        let middle = ((user_data >> 8) as u32) & GENERATION_MASK;
+        let target = match (upper, op) {
+            (Token::SHARD, Op::Accept | Op::AcceptOne | Op::Recv) => {
+                Target::Socket(middle as usize)
+            }
+            (Token::SHARD, Op::Send) => Target::Buffer(u16::try_from(middle).ok()?),
+            (Token::SHARD, _) if middle == 0 => Target::Shard,
+            (Token::SHARD, _) => return None,
+            (key, _) => Target::Conn {
+                key: key as usize,
+                generation: middle,
+            },
+        };
+        Some(Token { target, op })
     }
 }
 
@@ -189,9 +249,13 @@ mod tests {
     #[test]
     fn generation_wraps_at_24_bits_without_touching_slot_or_op() {
         let t = Token::conn(7, GENERATION_MASK + 2, Op::Send);
-        assert_eq!(t.generation, 1);
+        let key_7_generation_1 = Target::Conn {
+            key: 7,
+            generation: 1,
+        };
+        assert_eq!(t.target(), key_7_generation_1);
         let d = Token::decode(t.encode()).unwrap();
-        assert_eq!((d.slot, d.generation, d.op), (7, 1, Op::Send));
+        assert_eq!((d.target(), d.op()), (key_7_generation_1, Op::Send));
     }
 
     #[test]
@@ -203,9 +267,33 @@ mod tests {
 
     #[test]
     fn shard_tokens_are_distinct_from_connection_tokens() {
-        let s = Token::decode(Token::shard(Op::Accept).encode()).unwrap();
-        assert_eq!(s.slot, Token::SHARD);
-        assert_eq!(s.op, Op::Accept);
+        let t = Token::socket(0, Op::Accept);
+        assert_eq!(t.encode() >> 32, u64::from(Token::SHARD));
+        let s = Token::decode(t.encode()).unwrap();
+        assert_eq!(s.target(), Target::Socket(0));
+        assert_eq!(s.op(), Op::Accept);
+    }
+
+    #[test]
+    fn every_kind_of_shard_token_round_trips() {
+        for t in [
+            Token::socket(3, Op::Accept),
+            Token::socket(GENERATION_MASK as usize, Op::AcceptOne),
+            Token::socket(1, Op::Recv),
+            Token::buffer(0),
+            Token::buffer(u16::MAX),
+            Token::shard(Op::Shutdown),
+            Token::shard(Op::CancelAccept),
+            Token::shard(Op::CancelRecv),
+        ] {
+            assert_eq!(Token::decode(t.encode()), Some(t), "{t:?}");
+            assert_eq!(t.encode() >> 32, u64::from(Token::SHARD), "{t:?}");
+        }
+        // A buffer id takes 16 of the 24 bits; a shard operation concerning no socket, none.
+        let send = |middle: u64| (u64::from(Token::SHARD) << 32) | (middle << 8) | Op::Send as u64;
+        assert_eq!(Token::decode(send(1 << 16)), None);
+        let shutdown = (u64::from(Token::SHARD) << 32) | (1 << 8) | Op::Shutdown as u64;
+        assert_eq!(Token::decode(shutdown), None);
     }
 
     #[test]

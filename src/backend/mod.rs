@@ -35,6 +35,7 @@
 //! [`Counters`]: crate::stats::Counters
 
 pub(crate) mod epoll;
+pub(crate) mod shard;
 pub mod uring;
 
 /// Most owed chunks one send carries (an `iovec` each). A chunk is a run of bytes in one
@@ -46,8 +47,32 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
+use crate::protocol::Protocol;
+use shard::{ShardConfig, ShardContext};
+
+/// Runs one shard on the calling thread until shutdown: the one place that picks the loop for
+/// a backend (`Uring` or `Epoll`, already resolved from `Auto`) and a transport (TCP
+/// connections answered with `proto`, or UDP datagrams echoed, with `cfg.udp`).
+pub(crate) fn run_shard<P: Protocol + Clone>(
+    backend: Backend,
+    cfg: &ShardConfig,
+    proto: P,
+    ctx: ShardContext,
+) -> Result<(), Error> {
+    match (backend, cfg.udp) {
+        (Backend::Epoll, false) => epoll::tcp::run_shard(cfg, proto, ctx),
+        (Backend::Epoll, true) => epoll::udp::run_shard(cfg, ctx),
+        (Backend::Uring | Backend::Auto, false) => uring::tcp::run_shard(cfg, proto, ctx),
+        (Backend::Uring | Backend::Auto, true) => uring::udp::run_shard(cfg, ctx),
+    }
+}
+
 /// Which kernel interface serves the connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+///
+/// Its names (`auto`, `uring`, `epoll`: [`name`](Backend::name)) are what `--backend` takes;
+/// [`FromStr`](std::str::FromStr) parses them and [`Display`](fmt::Display) prints them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// io_uring if this kernel and process allow it, else epoll (with one line on stderr).
     Auto,
@@ -55,6 +80,20 @@ pub enum Backend {
     Uring,
     /// Edge-triggered epoll.
     Epoll,
+}
+
+impl Backend {
+    /// Every backend, in the order `--help` lists them.
+    pub const ALL: [Backend; 3] = [Backend::Auto, Backend::Uring, Backend::Epoll];
+
+    /// The backend's name: what `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
 }
 
 /// The name is not `auto`, `uring` or `epoll`.
@@ -85,22 +124,16 @@ impl std::str::FromStr for Backend {
     type Err = UnknownBackend;
 
     fn from_str(s: &str) -> Result<Backend, UnknownBackend> {
-        match s {
-            "auto" => Ok(Backend::Auto),
-            "uring" => Ok(Backend::Uring),
-            "epoll" => Ok(Backend::Epoll),
-            _ => Err(UnknownBackend(s.to_string())),
-        }
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
     }
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Auto => "auto",
-            Backend::Uring => "uring",
-            Backend::Epoll => "epoll",
-        })
+        f.write_str(self.name())
     }
 }
 

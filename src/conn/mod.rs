@@ -1,42 +1,20 @@
 //! The per-connection state machine. It makes no syscalls.
 //!
-//! A [`Conn`] holds what one connection is doing: the bytes it owes its peer (an ordered queue of
-//! [`Chunk`]s), whether its send (one at a time, of one or more chunks) is outstanding, whether receiving is paused by
-//! back-pressure, and whether the peer or the protocol has ended the conversation. Both backends
-//! drive the same `Conn`: they feed it events (`on_recv`, `on_sent`, `on_eof`) and then ask it
-//! what it wants (`next_send`, `recv_wanted`, `is_done`), turning the answers into submissions
-//! or syscalls. Keeping every decision here is what makes the io_uring/epoll comparison honest.
+//! A [`Conn`] holds what one connection is doing: the bytes it owes its peer (its
+//! [`OutQueue`], which the protocol's replies fill), whether its send (one at a time, of one
+//! or more chunks) is outstanding, whether receiving is paused by back-pressure, and whether
+//! the peer or the protocol has ended the conversation. Both backends drive the same `Conn`:
+//! they feed it events (`on_recv`, `on_sent`, `on_eof`) and then ask it what it wants
+//! (`next_sends`, `recv_wanted`, `is_done`), turning the answers into submissions or syscalls.
+//! Keeping every decision here is what makes the io_uring/epoll comparison honest.
 //!
-//! # Who owns which bytes
-//!
-//! - [`Chunk::Ring`] bytes live in a provided buffer of the shard's buffer ring. The connection
-//!   holds one *reference* to that buffer per ring chunk; the backend counts them and gives the
-//!   buffer back to the kernel only when the last reference is released (`on_sent` and
-//!   `release_all` hand released buffer ids back to the caller).
-//! - [`Chunk::Heap`] bytes live in a `Vec` the connection owns.
-//! - [`Chunk::Static`] bytes are `'static`.
-//! - [`Chunk::Shared`] bytes live in an immutable `Arc<[u8]>` shared with other connections (a
-//!   fixed reply built once at start-up); the chunk's clone of the `Arc` keeps them alive.
-//!
-//! # The in-flight invariant
-//!
-//! One send is outstanding at a time, and it may cover several chunks: [`Conn::next_sends`]
-//! hands out the spans of up to `max` chunks from the front (a backend sends them with one
-//! vectored call: `sendmsg` on both backends), [`Conn::next_send`] just the front
-//! one. Between handing them out and the matching `on_sent`/`on_send_failed`, those chunks'
-//! memory is being read by the kernel (io_uring) and is neither moved, resized nor freed: new
-//! heap bytes are never appended to a chunk that is in flight, an echo never extends one, and
-//! chunks are only dropped by `on_sent` or by `release_all`, which the backend calls only once
-//! no operation on the connection is outstanding. A zero-copy send's memory is read until its
-//! notification, after its result: for those, `on_sent_retiring` hands the chunks the send
-//! touched to the backend, which keeps them until the notification (a chunk sent only in part
-//! goes too, its unsent rest staying owed as a new chunk).
+//! Who owns the owed bytes, and the in-flight invariant that keeps a send's memory still
+//! while the kernel reads it, are the reply queue's: see `src/protocol/replies.rs`.
 
-use std::collections::VecDeque;
-use std::ops::Range;
-use std::sync::Arc;
-
-use crate::protocol::{CloseReason, Protocol, Verdict};
+use crate::protocol::replies::OutQueue;
+pub use crate::protocol::replies::{Chunk, SendSpan};
+use crate::protocol::{CloseReason, Protocol, Replies, Verdict};
+use crate::stats::Counters;
 
 /// Limits shared by every connection of a shard.
 #[derive(Clone, Copy, Debug)]
@@ -44,257 +22,6 @@ pub struct Limits {
     /// Back-pressure high watermark: at or above this many owed bytes, stop receiving; resume at
     /// or below half of it.
     pub max_pending: usize,
-}
-
-/// A run of bytes owed to the peer.
-#[derive(Debug)]
-pub enum Chunk {
-    /// Bytes `start..end` of provided buffer `bid` (zero-copy echo).
-    Ring {
-        /// Buffer id in the shard's buffer ring.
-        bid: u16,
-        /// First byte still owed.
-        start: u32,
-        /// One past the last byte.
-        end: u32,
-    },
-    /// Bytes `buf[start..]`, owned by the connection.
-    Heap {
-        /// The bytes.
-        buf: Vec<u8>,
-        /// First byte still owed.
-        start: usize,
-    },
-    /// Bytes `bytes[start..]` with a static lifetime (fixed replies).
-    Static {
-        /// The bytes.
-        bytes: &'static [u8],
-        /// First byte still owed.
-        start: usize,
-    },
-    /// Bytes `bytes[start..end]` of a reply shared between connections (fixed replies built at
-    /// start-up, such as an HTTP response with a configured body).
-    Shared {
-        /// The bytes; never mutated, so their address is stable while this clone lives.
-        bytes: Arc<[u8]>,
-        /// First byte still owed.
-        start: usize,
-        /// One past the last byte.
-        end: usize,
-    },
-}
-
-impl Chunk {
-    fn remaining(&self) -> usize {
-        match self {
-            Chunk::Ring { start, end, .. } => (end - start) as usize,
-            Chunk::Heap { buf, start } => buf.len() - start,
-            Chunk::Static { bytes, start } => bytes.len() - start,
-            Chunk::Shared { start, end, .. } => end - start,
-        }
-    }
-
-    fn advance(&mut self, n: usize) {
-        debug_assert!(n <= self.remaining());
-        match self {
-            Chunk::Ring { start, .. } => *start += n as u32,
-            Chunk::Heap { start, .. }
-            | Chunk::Static { start, .. }
-            | Chunk::Shared { start, .. } => *start += n,
-        }
-    }
-}
-
-/// The remaining bytes of one owed chunk, as a backend sends them.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendSpan<'a> {
-    /// `len` bytes at offset `offset` of provided buffer `bid`.
-    Ring {
-        /// Buffer id.
-        bid: u16,
-        /// Offset into the buffer.
-        offset: u32,
-        /// Number of bytes.
-        len: u32,
-    },
-    /// Bytes in memory owned by the connection or static.
-    Mem(&'a [u8]),
-}
-
-/// The bytes `chunk` still owes, as a backend sends them.
-fn span_of(chunk: &Chunk) -> SendSpan<'_> {
-    match chunk {
-        Chunk::Ring { bid, start, end } => SendSpan::Ring {
-            bid: *bid,
-            offset: *start,
-            len: end - start,
-        },
-        Chunk::Heap { buf, start } => SendSpan::Mem(&buf[*start..]),
-        Chunk::Static { bytes, start } => SendSpan::Mem(&bytes[*start..]),
-        Chunk::Shared { bytes, start, end } => SendSpan::Mem(&bytes[*start..*end]),
-    }
-}
-
-/// The ordered bytes a connection owes its peer.
-#[derive(Debug, Default)]
-struct OutQueue {
-    chunks: VecDeque<Chunk>,
-    owed: usize,
-    /// How many chunks, from the front, the outstanding send covers (0: no send outstanding;
-    /// see the in-flight invariant).
-    in_flight: usize,
-    /// Capacity kept from a finished heap chunk, reused by the next one.
-    spare: Vec<u8>,
-}
-
-impl OutQueue {
-    /// Is the back chunk part of the outstanding send (so it must not change)?
-    fn back_in_flight(&self) -> bool {
-        self.chunks.len() <= self.in_flight
-    }
-
-    /// May new heap bytes be appended to the back chunk? Not if it is in flight.
-    fn back_heap_appendable(&mut self) -> Option<&mut Vec<u8>> {
-        if self.back_in_flight() {
-            return None;
-        }
-        match self.chunks.back_mut() {
-            Some(Chunk::Heap { buf, .. }) => Some(buf),
-            _ => None,
-        }
-    }
-
-    fn push_heap(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.owed += bytes.len();
-        if let Some(buf) = self.back_heap_appendable() {
-            buf.extend_from_slice(bytes);
-            return;
-        }
-        let mut buf = std::mem::take(&mut self.spare);
-        buf.clear();
-        buf.extend_from_slice(bytes);
-        self.chunks.push_back(Chunk::Heap { buf, start: 0 });
-    }
-}
-
-/// The reply sink a [`Protocol`] writes to.
-///
-/// Replies are queued in the order they are written and sent after everything queued earlier.
-pub struct Replies<'a> {
-    q: &'a mut OutQueue,
-    input: &'a [u8],
-    /// The provided buffer `input` lives in (id, offset of `input[0]`), when echoing from it
-    /// without a copy is allowed.
-    zero_copy: Option<(u16, u32)>,
-    ring_refs: u32,
-    copied: usize,
-}
-
-impl Replies<'_> {
-    /// Sends back `input[range]`, the bytes the protocol is looking at.
-    ///
-    /// On the io_uring backend this is zero-copy when the shard's buffer budget allows: the reply
-    /// is sent straight from the provided buffer the bytes arrived in. Otherwise they are copied.
-    ///
-    /// # Panics
-    ///
-    /// If `range` is not within the input passed to [`Protocol::on_data`], like slice indexing.
-    pub fn echo(&mut self, range: Range<usize>) {
-        let bytes = &self.input[range.clone()];
-        if bytes.is_empty() {
-            return;
-        }
-        let Some((bid, base)) = self.zero_copy else {
-            self.copied += bytes.len();
-            self.q.push_heap(bytes);
-            return;
-        };
-        self.q.owed += bytes.len();
-        let (start, end) = (base + range.start as u32, base + range.end as u32);
-        // Contiguous echoes of one buffer share one chunk (and one reference).
-        let in_flight_is_back = self.q.back_in_flight();
-        if let Some(Chunk::Ring { bid: b, end: e, .. }) = self.q.chunks.back_mut()
-            && *b == bid
-            && *e == start
-            && !in_flight_is_back
-        {
-            *e = end;
-            return;
-        }
-        self.ring_refs += 1;
-        self.q.chunks.push_back(Chunk::Ring { bid, start, end });
-    }
-
-    /// Sends `bytes` (copied into the connection's own buffer).
-    pub fn write(&mut self, bytes: &[u8]) {
-        self.copied += bytes.len();
-        self.q.push_heap(bytes);
-    }
-
-    /// Sends `bytes` without copying them.
-    pub fn write_static(&mut self, bytes: &'static [u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.q.owed += bytes.len();
-        self.q.chunks.push_back(Chunk::Static { bytes, start: 0 });
-    }
-
-    /// Sends `bytes[range]` without copying them: the reply holds a clone of the `Arc` until
-    /// it is sent. Suits a large fixed reply shared by every connection; a small one is better
-    /// [`write`](Self::write)n, because copies coalesce into one send.
-    ///
-    /// # Panics
-    ///
-    /// If `range` is not within `bytes`, like slice indexing.
-    pub fn write_shared(&mut self, bytes: &Arc<[u8]>, range: Range<usize>) {
-        if bytes[range.clone()].is_empty() {
-            return;
-        }
-        self.q.owed += range.len();
-        self.q.chunks.push_back(Chunk::Shared {
-            bytes: Arc::clone(bytes),
-            start: range.start,
-            end: range.end,
-        });
-    }
-
-    /// Bytes queued on this connection and not yet sent, including what this call queued.
-    pub fn owed(&self) -> usize {
-        self.q.owed
-    }
-}
-
-/// Runs `proto.on_data(input)` with an empty reply queue and no provided buffer (every echo is
-/// a copy), and returns the bytes it queued, in order, with its verdict. Backs
-/// [`protocol::respond`](crate::protocol::respond).
-pub(crate) fn respond<P: Protocol>(proto: &mut P, input: &[u8]) -> (Vec<u8>, Verdict) {
-    let mut q = OutQueue::default();
-    let mut out = Replies {
-        q: &mut q,
-        input,
-        zero_copy: None,
-        ring_refs: 0,
-        copied: 0,
-    };
-    let verdict = proto.on_data(input, &mut out);
-    let mut bytes = Vec::with_capacity(q.owed);
-    for chunk in &q.chunks {
-        match chunk {
-            Chunk::Ring { .. } => unreachable!("no provided buffer was offered"),
-            Chunk::Heap { buf, start } => bytes.extend_from_slice(&buf[*start..]),
-            Chunk::Static { bytes: b, start } => bytes.extend_from_slice(&b[*start..]),
-            Chunk::Shared {
-                bytes: b,
-                start,
-                end,
-            } => bytes.extend_from_slice(&b[*start..*end]),
-        }
-    }
-    (bytes, verdict)
 }
 
 /// What [`Conn::on_recv`] did with a run of received bytes.
@@ -308,6 +35,29 @@ pub struct RecvOutcome {
     pub closed_by_protocol: Option<CloseReason>,
     /// Bytes dropped unread because the connection is ending.
     pub discarded: usize,
+}
+
+impl RecvOutcome {
+    /// Counts what the connection did with `len` received bytes (both backends call this).
+    pub fn record(&self, len: usize, c: &mut Counters) {
+        c.bytes_in += (len - self.discarded) as u64;
+        c.bytes_discarded += self.discarded as u64;
+        c.copied_bytes += self.copied as u64;
+        if let Some(reason) = self.closed_by_protocol {
+            count_proto_close(c, reason);
+        }
+    }
+}
+
+/// Counts a connection closed at its protocol's request, under its reason.
+fn count_proto_close(c: &mut Counters, reason: CloseReason) {
+    c.proto_closes += 1;
+    match reason {
+        CloseReason::Requested => c.proto_requested += 1,
+        CloseReason::Malformed => c.proto_malformed += 1,
+        CloseReason::TooLarge => c.proto_too_large += 1,
+        CloseReason::Unsupported => c.proto_unsupported += 1,
+    }
 }
 
 /// Why a connection is winding down.
@@ -367,17 +117,11 @@ impl<P: Protocol> Conn<P> {
                 ..RecvOutcome::default()
             };
         }
-        let mut out = Replies {
-            q: &mut self.q,
-            input: data,
-            zero_copy,
-            ring_refs: 0,
-            copied: 0,
-        };
+        let mut out = Replies::new(&mut self.q, data, zero_copy);
         let verdict = self.proto.on_data(data, &mut out);
         let outcome = RecvOutcome {
-            ring_refs: out.ring_refs,
-            copied: out.copied,
+            ring_refs: out.ring_refs(),
+            copied: out.copied(),
             closed_by_protocol: match verdict {
                 Verdict::Continue => None,
                 Verdict::Close(reason) => Some(reason),
@@ -402,7 +146,7 @@ impl<P: Protocol> Conn<P> {
     pub fn begin_shutdown(&mut self) {
         if self.ending.is_none() {
             self.ending = Some(Ending::Shutdown);
-            self.close_now = self.q.chunks.is_empty();
+            self.close_now = self.q.is_empty();
         }
     }
 
@@ -411,12 +155,7 @@ impl<P: Protocol> Conn<P> {
     /// [`next_sends`](Self::next_sends) with one chunk.
     #[allow(dead_code)] // the backends send every owed chunk at once; tests and fuzzers use it
     pub fn next_send(&mut self) -> Option<SendSpan<'_>> {
-        if self.q.in_flight > 0 {
-            return None;
-        }
-        let front = self.q.chunks.front()?;
-        self.q.in_flight = 1;
-        Some(span_of(front))
+        self.q.next_send()
     }
 
     /// Starts one send of up to `max` owed chunks from the front, if any are owed and no send
@@ -424,36 +163,16 @@ impl<P: Protocol> Conn<P> {
     /// [`on_sent`](Self::on_sent) or [`on_send_failed`](Self::on_send_failed), and returns how
     /// many. The backend sends them with one vectored call, so everything a connection owes
     /// goes out in one operation while bytes stay in order (one send outstanding at a time).
-    pub fn next_sends(&mut self, max: usize, mut each: impl FnMut(SendSpan<'_>)) -> usize {
-        if self.q.in_flight > 0 {
-            return 0;
-        }
-        let n = self.q.chunks.len().min(max);
-        for chunk in self.q.chunks.iter().take(n) {
-            each(span_of(chunk));
-        }
-        self.q.in_flight = n;
-        n
+    pub fn next_sends(&mut self, max: usize, each: impl FnMut(SendSpan<'_>)) -> usize {
+        self.q.next_sends(max, each)
     }
 
     /// The outstanding send wrote `n` bytes, from the front of the chunks it covered (a short
     /// send leaves the rest owed). For each ring chunk it finishes, calls `release` with the
     /// buffer id: the chunk's one reference is dropped. Whether that was the buffer's last
     /// reference is for the caller's count to say.
-    pub fn on_sent(&mut self, n: usize, limits: &Limits, mut release: impl FnMut(u16)) {
-        let spare = &mut self.q.spare;
-        let finished = |chunk: Chunk| match chunk {
-            Chunk::Ring { bid, .. } => release(bid),
-            Chunk::Heap { buf, .. } if buf.capacity() > spare.capacity() => *spare = buf,
-            _ => {}
-        };
-        Self::advance_sent(
-            &mut self.q.chunks,
-            &mut self.q.owed,
-            &mut self.q.in_flight,
-            n,
-            finished,
-        );
+    pub fn on_sent(&mut self, n: usize, limits: &Limits, release: impl FnMut(u16)) {
+        self.q.on_sent(n, release);
         self.update_backpressure(limits);
     }
 
@@ -470,80 +189,15 @@ impl<P: Protocol> Conn<P> {
         n: usize,
         limits: &Limits,
         retired: &mut Vec<Chunk>,
-        mut add_ref: impl FnMut(u16),
+        add_ref: impl FnMut(u16),
     ) {
-        let partial = Self::advance_sent(
-            &mut self.q.chunks,
-            &mut self.q.owed,
-            &mut self.q.in_flight,
-            n,
-            |chunk| retired.push(chunk),
-        );
-        if partial && let Some(front) = self.q.chunks.pop_front() {
-            let rest = match &front {
-                Chunk::Ring { bid, start, end } => {
-                    add_ref(*bid);
-                    Chunk::Ring {
-                        bid: *bid,
-                        start: *start,
-                        end: *end,
-                    }
-                }
-                Chunk::Heap { buf, start } => Chunk::Heap {
-                    buf: buf[*start..].to_vec(),
-                    start: 0,
-                },
-                Chunk::Static { bytes, start } => Chunk::Static {
-                    bytes,
-                    start: *start,
-                },
-                Chunk::Shared { bytes, start, end } => Chunk::Shared {
-                    bytes: Arc::clone(bytes),
-                    start: *start,
-                    end: *end,
-                },
-            };
-            retired.push(front);
-            self.q.chunks.push_front(rest);
-        }
+        self.q.on_sent_retiring(n, retired, add_ref);
         self.update_backpressure(limits);
-    }
-
-    /// Consumes `n` sent bytes from the front of the in-flight chunks, handing each finished
-    /// chunk to `finished`. Returns whether the send ended inside a chunk, part of it sent.
-    fn advance_sent(
-        chunks: &mut VecDeque<Chunk>,
-        owed: &mut usize,
-        in_flight: &mut usize,
-        n: usize,
-        mut finished: impl FnMut(Chunk),
-    ) -> bool {
-        debug_assert!(*in_flight > 0, "on_sent without an outstanding send");
-        let mut left = n;
-        let mut partial = false;
-        for _ in 0..std::mem::take(in_flight) {
-            let Some(front) = chunks.front_mut() else {
-                break;
-            };
-            let k = left.min(front.remaining());
-            front.advance(k);
-            *owed -= k;
-            left -= k;
-            if front.remaining() > 0 {
-                partial = k > 0;
-                break;
-            }
-            if let Some(chunk) = chunks.pop_front() {
-                finished(chunk);
-            }
-        }
-        debug_assert_eq!(left, 0, "on_sent: more bytes than the send covered");
-        partial
     }
 
     /// The outstanding send failed; the connection is going to close.
     pub fn on_send_failed(&mut self) {
-        self.q.in_flight = 0;
+        self.q.on_send_failed();
     }
 
     /// Should the backend have a receive armed? Until the peer's FIN, except while paused by
@@ -558,7 +212,7 @@ impl<P: Protocol> Conn<P> {
     /// has sent everything it owes, while the peer has not closed: the peer then sees every
     /// byte, then end of stream, and closes its side, which lets this one close cleanly.
     pub fn wants_fin(&self) -> bool {
-        self.ending.is_some() && !self.fin_sent && !self.peer_eof && self.q.chunks.is_empty()
+        self.ending.is_some() && !self.fin_sent && !self.peer_eof && self.q.is_empty()
     }
 
     /// The backend has shut down the write side.
@@ -576,7 +230,7 @@ impl<P: Protocol> Conn<P> {
     /// backend closes the connection (the peer has seen every byte; a close now sends FIN, or
     /// completes the one already sent). A peer that never closes is the backend's to time out.
     pub fn is_done(&self) -> bool {
-        (self.peer_eof || self.close_now) && self.q.chunks.is_empty()
+        (self.peer_eof || self.close_now) && self.q.is_empty()
     }
 
     /// Whether receiving is paused by back-pressure.
@@ -592,30 +246,24 @@ impl<P: Protocol> Conn<P> {
 
     /// Bytes owed to the peer.
     pub fn owed(&self) -> usize {
-        self.q.owed
+        self.q.owed()
     }
 
     /// Whether a send is outstanding.
     pub fn is_sending(&self) -> bool {
-        self.q.in_flight > 0
+        self.q.is_sending()
     }
 
     /// Drops everything owed, calling `release` for each provided-buffer reference. The backend
     /// calls this only when no operation on the connection is outstanding.
-    pub fn release_all(&mut self, mut release: impl FnMut(u16)) {
-        debug_assert_eq!(self.q.in_flight, 0, "release_all with a send in flight");
-        for chunk in self.q.chunks.drain(..) {
-            if let Chunk::Ring { bid, .. } = chunk {
-                release(bid);
-            }
-        }
-        self.q.owed = 0;
+    pub fn release_all(&mut self, release: impl FnMut(u16)) {
+        self.q.release_all(release);
     }
 
     fn update_backpressure(&mut self, limits: &Limits) {
-        if self.q.owed >= limits.max_pending {
+        if self.q.owed() >= limits.max_pending {
             self.paused = true;
-        } else if self.paused && self.q.owed <= limits.max_pending / 2 {
+        } else if self.paused && self.q.owed() <= limits.max_pending / 2 {
             self.paused = false;
         }
     }
@@ -626,6 +274,8 @@ mod props;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::protocol::Echo;
 
@@ -800,7 +450,7 @@ mod tests {
         for _ in 0..50 {
             c.on_recv(&[2u8; 1], None, &LIM);
         }
-        match c.q.chunks.front().unwrap() {
+        match c.q.front().unwrap() {
             Chunk::Heap { buf, .. } => assert_eq!(buf.as_ptr(), ptr),
             _ => unreachable!(),
         }
@@ -870,6 +520,19 @@ mod tests {
         c.on_eof();
         assert!(c.is_done());
         assert!(!c.recv_wanted());
+    }
+
+    #[test]
+    fn protocol_closes_are_counted_in_total_and_by_reason() {
+        let mut c = Counters::default();
+        count_proto_close(&mut c, CloseReason::TooLarge);
+        count_proto_close(&mut c, CloseReason::TooLarge);
+        count_proto_close(&mut c, CloseReason::Malformed);
+        assert_eq!(
+            (c.proto_closes, c.proto_too_large, c.proto_malformed),
+            (3, 2, 1)
+        );
+        assert_eq!((c.proto_requested, c.proto_unsupported), (0, 0));
     }
 
     struct SharedReply(Arc<[u8]>);

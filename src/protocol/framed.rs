@@ -100,7 +100,6 @@ impl Protocol for Framed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{Conn, Limits};
     use crate::protocol::testkit::{Rng, Wire};
 
     fn frame(body: &[u8]) -> Vec<u8> {
@@ -134,11 +133,11 @@ mod tests {
         let mut stream = frame(b"hello");
         stream.extend(frame(b""));
         stream.extend(frame(b"world!"));
-        let mut c = Conn::new(Framed::default());
-        let out = c.on_recv(&stream, Some((5, 0)), &Limits { max_pending: 1024 });
+        let mut w = Wire::new(Framed::default());
+        let out = w.feed(&stream, true);
         assert_eq!((out.ring_refs, out.copied), (1, 0));
-        assert_eq!(c.owed(), stream.len());
-        assert_eq!(out.closed_by_protocol, None);
+        assert_eq!(w.owed(), stream.len());
+        assert_eq!(w.closed, None);
     }
 
     #[test]
@@ -147,16 +146,10 @@ mod tests {
         let mut w = Wire::new(Framed::default());
         w.feed(&stream[..1], true);
         w.drain(None);
-        assert_eq!(
-            (w.sent.len(), w.conn.protocol().held_header_bytes()),
-            (0, 1)
-        );
+        assert_eq!((w.sent.len(), w.protocol().held_header_bytes()), (0, 1));
         w.feed(&stream[1..3], true);
         w.drain(None);
-        assert_eq!(
-            (w.sent.len(), w.conn.protocol().held_header_bytes()),
-            (0, 3)
-        );
+        assert_eq!((w.sent.len(), w.protocol().held_header_bytes()), (0, 3));
         w.feed(&stream[3..5], true);
         w.drain(None);
         assert_eq!(w.sent, &stream[..5], "held header bytes, then the new ones");
@@ -216,7 +209,7 @@ mod tests {
         for piece in stream.chunks(4096) {
             let before = w.sent.len();
             w.feed(piece, true);
-            assert_eq!(w.conn.owed(), piece.len());
+            assert_eq!(w.owed(), piece.len());
             w.drain(None);
             assert_eq!(w.sent.len(), before + piece.len());
         }
@@ -247,7 +240,7 @@ mod tests {
             let mut w = Wire::new(Framed::new(5000));
             for r in &pieces {
                 w.feed(&stream[r.clone()], rng.one_in(2));
-                assert!(w.conn.protocol().held_header_bytes() < HEADER);
+                assert!(w.protocol().held_header_bytes() < HEADER);
                 if rng.one_in(2) {
                     w.drain(Some(&mut rng));
                 }
@@ -275,7 +268,7 @@ mod tests {
             }
             let mut w = Wire::new(Framed::new(max_frame));
             w.run(&stream, &rng.splits(stream.len()), &mut rng);
-            assert!(w.conn.protocol().held_header_bytes() < HEADER);
+            assert!(w.protocol().held_header_bytes() < HEADER);
             let (want, closed) = oracle(&stream, max_frame);
             assert_eq!(w.sent, want, "case {case}, max_frame {max_frame}");
             assert_eq!(w.closed, closed, "case {case}");

@@ -431,7 +431,7 @@ fn parse_head(head: &[u8]) -> Result<Request, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{Conn, Limits};
+    use crate::protocol::replies::SendSpan;
     use crate::protocol::testkit::{Rng, Wire};
 
     /// The expected `200 OK`, written out independently of `Responses`.
@@ -489,34 +489,22 @@ mod tests {
 
     #[test]
     fn small_pipelined_responses_coalesce_into_one_send() {
-        let mut c = Conn::new(Http::default());
+        let mut w = Wire::new(Http::default());
         let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10);
-        c.on_recv(
-            &req,
-            Some((1, 0)),
-            &Limits {
-                max_pending: 1 << 20,
-            },
-        );
+        w.feed(&req, true);
         let one = ok(13, Persistence::Implied, false);
-        match c.next_send() {
-            Some(crate::conn::SendSpan::Mem(b)) => assert_eq!(b, one.repeat(10)),
+        match w.next_send() {
+            Some(SendSpan::Mem(b)) => assert_eq!(b, one.repeat(10)),
             other => panic!("expected one memory span, got {other:?}"),
         }
     }
 
     #[test]
     fn a_large_body_is_sent_from_the_shared_response_without_copying() {
-        let mut c = Conn::new(Http::new(100_000));
-        let out = c.on_recv(
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-            None,
-            &Limits {
-                max_pending: 1 << 20,
-            },
-        );
+        let mut w = Wire::new(Http::new(100_000));
+        let out = w.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
         assert_eq!((out.copied, out.ring_refs), (0, 0));
-        assert_eq!(c.owed(), ok(100_000, Persistence::Implied, false).len());
+        assert_eq!(w.owed(), ok(100_000, Persistence::Implied, false).len());
     }
 
     #[test]
@@ -700,7 +688,7 @@ mod tests {
                 let mut w = Wire::new(Http::default());
                 for p in head.chunks(piece) {
                     w.feed(p, true);
-                    assert!(w.conn.protocol().held_head_capacity() <= MAX_HEAD);
+                    assert!(w.protocol().held_head_capacity() <= MAX_HEAD);
                 }
                 w.drain(None);
                 if want_ok {
@@ -809,7 +797,7 @@ mod tests {
             }
             let mut w = Wire::new(proto.clone());
             w.run(&stream, &rng.splits(stream.len()), &mut rng);
-            assert!(w.conn.protocol().held_head_capacity() <= MAX_HEAD);
+            assert!(w.protocol().held_head_capacity() <= MAX_HEAD);
             assert!(
                 w.sent == want,
                 "case {case}: {}",
@@ -928,7 +916,7 @@ mod tests {
             let mut w = Wire::new(Http::default());
             for r in rng.splits(stream.len()) {
                 w.feed(&stream[r], rng.one_in(2));
-                assert!(w.conn.protocol().held_head_capacity() <= MAX_HEAD);
+                assert!(w.protocol().held_head_capacity() <= MAX_HEAD);
                 if rng.one_in(2) {
                     w.drain(Some(&mut rng));
                 }

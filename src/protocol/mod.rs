@@ -11,11 +11,12 @@
 mod echo;
 mod framed;
 mod http;
+pub(crate) mod replies;
 
-pub use crate::conn::Replies;
 pub use echo::Echo;
 pub use framed::{DEFAULT_MAX_FRAME, Framed};
 pub use http::{DEFAULT_HTTP_BODY, Http, MAX_HEAD};
+pub use replies::Replies;
 
 /// What the connection should do after a protocol has seen some input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,24 +139,29 @@ pub trait Protocol: Send + 'static {
 /// assert_eq!(respond(&mut p, b"bc"), (b"bc".to_vec(), Verdict::Continue));
 /// ```
 pub fn respond<P: Protocol>(proto: &mut P, input: &[u8]) -> (Vec<u8>, Verdict) {
-    crate::conn::respond(proto, input)
+    let mut q = replies::OutQueue::default();
+    let verdict = proto.on_data(input, &mut Replies::new(&mut q, input, None));
+    (q.to_vec(), verdict)
 }
 
-/// What protocol tests share: a deterministic PRNG and a harness that runs a protocol through a
-/// real [`Conn`](crate::conn::Conn) the way a backend does.
+/// What protocol tests share: a deterministic PRNG and a harness that runs a protocol over a
+/// reply queue the way a connection does.
 #[cfg(test)]
 pub(crate) mod testkit {
     use std::collections::HashMap;
 
-    use super::{CloseReason, Protocol};
-    use crate::conn::{Conn, Limits, SendSpan};
+    use super::replies::{OutQueue, SendSpan};
+    use super::{CloseReason, Protocol, Replies, Verdict};
 
     pub use crate::rng::SplitMix64 as Rng;
 
-    /// A protocol behind a real `Conn`: input goes in through `on_recv` (as zero-copy provided
-    /// buffers or as copies), and every byte the connection would send is collected in `sent`.
+    /// A protocol and its reply queue, driven as a connection drives them: input goes in as
+    /// zero-copy provided buffers or as copies, input after the protocol closed is dropped, and
+    /// every byte the connection would send is collected in `sent`. (`src/conn/props.rs` runs
+    /// every protocol behind a real `Conn` too.)
     pub struct Wire<P> {
-        pub conn: Conn<P>,
+        proto: P,
+        q: OutQueue,
         /// Provided buffers still referenced by owed chunks: id → (bytes, references).
         bufs: HashMap<u16, (Vec<u8>, u32)>,
         next_bid: u16,
@@ -164,14 +170,20 @@ pub(crate) mod testkit {
         pub closed: Option<CloseReason>,
     }
 
-    const LIMITS: Limits = Limits {
-        max_pending: 64 * 1024,
-    };
+    /// What one receive made the protocol do.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub struct Fed {
+        /// References taken to the receive's provided buffer.
+        pub ring_refs: u32,
+        /// Bytes copied into the queue.
+        pub copied: usize,
+    }
 
     impl<P: Protocol> Wire<P> {
         pub fn new(proto: P) -> Wire<P> {
             Wire {
-                conn: Conn::new(proto),
+                proto,
+                q: OutQueue::default(),
                 bufs: HashMap::new(),
                 next_bid: 0,
                 sent: Vec::new(),
@@ -179,27 +191,49 @@ pub(crate) mod testkit {
             }
         }
 
+        /// The protocol state, for inspection (tests assert its memory stays bounded).
+        pub fn protocol(&self) -> &P {
+            &self.proto
+        }
+
+        /// Bytes owed and not yet sent.
+        pub fn owed(&self) -> usize {
+            self.q.owed()
+        }
+
+        /// Starts sending the front chunk, as [`drain`](Self::drain) does one at a time.
+        pub fn next_send(&mut self) -> Option<SendSpan<'_>> {
+            self.q.next_send()
+        }
+
         /// Delivers one receive. `zero_copy` passes a buffer id, as io_uring does.
-        pub fn feed(&mut self, data: &[u8], zero_copy: bool) {
+        pub fn feed(&mut self, data: &[u8], zero_copy: bool) -> Fed {
             let bid = self.next_bid;
             self.next_bid = self.next_bid.wrapping_add(1);
-            let out = self
-                .conn
-                .on_recv(data, zero_copy.then_some((bid, 0)), &LIMITS);
-            if out.ring_refs > 0 {
-                assert!(!self.bufs.contains_key(&bid), "buffer id reused while held");
-                self.bufs.insert(bid, (data.to_vec(), out.ring_refs));
+            if self.closed.is_some() || data.is_empty() {
+                return Fed::default();
             }
-            if let Some(r) = out.closed_by_protocol {
+            let mut out = Replies::new(&mut self.q, data, zero_copy.then_some((bid, 0)));
+            let verdict = self.proto.on_data(data, &mut out);
+            let fed = Fed {
+                ring_refs: out.ring_refs(),
+                copied: out.copied(),
+            };
+            if fed.ring_refs > 0 {
+                assert!(!self.bufs.contains_key(&bid), "buffer id reused while held");
+                self.bufs.insert(bid, (data.to_vec(), fed.ring_refs));
+            }
+            if let Verdict::Close(r) = verdict {
                 assert!(self.closed.is_none(), "close reported twice");
                 self.closed = Some(r);
             }
+            fed
         }
 
         /// Sends what is owed, in short sends when `rng` is given.
         pub fn drain(&mut self, mut rng: Option<&mut Rng>) {
             loop {
-                let bytes = match self.conn.next_send() {
+                let bytes = match self.q.next_send() {
                     None => break,
                     Some(SendSpan::Mem(b)) => b.to_vec(),
                     Some(SendSpan::Ring { bid, offset, len }) => {
@@ -219,7 +253,7 @@ pub(crate) mod testkit {
                 };
                 self.sent.extend_from_slice(&bytes[..n]);
                 let bufs = &mut self.bufs;
-                self.conn.on_sent(n, &LIMITS, |bid| {
+                self.q.on_sent(n, |bid| {
                     let refs = &mut bufs.get_mut(&bid).expect("released a buffer not held").1;
                     *refs -= 1;
                     if *refs == 0 {
@@ -227,7 +261,7 @@ pub(crate) mod testkit {
                     }
                 });
             }
-            if self.conn.owed() == 0 {
+            if self.q.owed() == 0 {
                 assert!(self.bufs.is_empty(), "buffer references leaked");
             }
         }

@@ -26,6 +26,8 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
+pub mod epoll;
+
 /// TCP keepalive probing: first probe after `idle` seconds of silence, then every `interval`
 /// seconds, giving up after `count` unanswered probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

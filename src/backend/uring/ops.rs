@@ -51,8 +51,7 @@ macro_rules! on_sock {
 /// Multishot accept on `listener`. With `direct`, each connection lands in a free file slot of
 /// the registered file table (`IORING_FILE_INDEX_ALLOC`, 5.19) and the CQE's `res` is the file
 /// slot; otherwise `res` is an ordinary file descriptor (5.19). `listener_idx` says which of the
-/// shard's listening sockets this is; it rides in the token's generation field
-/// ([`accept_token`]).
+/// shard's listening sockets this is; it rides in the token ([`Token::socket`]).
 pub fn accept_multi(listener: i32, listener_idx: usize, direct: bool) -> squeue::Entry {
     opcode::AcceptMulti::new(types::Fd(listener))
         .allocate_file_index(direct)
@@ -60,7 +59,7 @@ pub fn accept_multi(listener: i32, listener_idx: usize, direct: bool) -> squeue:
         // one); an ordinary one must not leak into a child process.
         .flags(if direct { 0 } else { libc::SOCK_CLOEXEC })
         .build()
-        .user_data(accept_token(listener_idx, Op::Accept).encode())
+        .user_data(Token::socket(listener_idx, Op::Accept).encode())
 }
 
 /// The socket an accept's result names (see [`accept_multi`]).
@@ -69,16 +68,6 @@ pub fn accepted(res: i32, direct: bool) -> Sock {
         Sock::Direct(res as u32)
     } else {
         Sock::Fd(res)
-    }
-}
-
-/// The token of listener `idx`'s accepts: [`Token::SHARD`] in the slot field, since an accept
-/// belongs to no connection, and the listener's index in the generation field; `op` is
-/// [`Op::Accept`] (multishot) or [`Op::AcceptOne`] (single-shot).
-pub fn accept_token(idx: usize, op: Op) -> Token {
-    Token {
-        generation: idx as u32,
-        ..Token::shard(op)
     }
 }
 
@@ -93,12 +82,12 @@ pub fn accept_one(listener: i32, listener_idx: usize, direct: bool) -> squeue::E
     .file_index(direct.then(types::DestinationSlot::auto_target))
     .flags(if direct { 0 } else { libc::SOCK_CLOEXEC })
     .build()
-    .user_data(accept_token(listener_idx, Op::AcceptOne).encode())
+    .user_data(Token::socket(listener_idx, Op::AcceptOne).encode())
 }
 
 /// Cancels every accept of kind `op` on listener `idx`.
 pub fn cancel_accepts(idx: usize, op: Op) -> squeue::Entry {
-    let target = accept_token(idx, op).encode();
+    let target = Token::socket(idx, op).encode();
     opcode::AsyncCancel2::new(types::CancelBuilder::user_data(target).all())
         .build()
         .user_data(Token::shard(Op::CancelAccept).encode())
@@ -270,6 +259,13 @@ pub fn cancel_all_on(sock: Sock, tok: Token) -> squeue::Entry {
         .user_data(tok.encode())
 }
 
+/// Cancels every request in flight on the ring (`IORING_ASYNC_CANCEL_ANY`, 5.19): the UDP
+/// shard's last resort when its drain time is up. Untagged: its completion carries
+/// `user_data` 0, which is no [`Token`].
+pub fn cancel_any() -> squeue::Entry {
+    opcode::AsyncCancel2::new(types::CancelBuilder::any()).build()
+}
+
 /// Shuts down the write side of `sock`: the peer gets FIN after every byte already sent
 /// (5.11).
 pub fn shutdown_write(sock: Sock, tok: Token) -> squeue::Entry {
@@ -279,6 +275,28 @@ pub fn shutdown_write(sock: Sock, tok: Token) -> squeue::Entry {
 /// Closes `sock` (a direct descriptor frees its file slot; 5.15 for direct descriptors).
 pub fn close(sock: Sock, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::Close::new(t).build()).user_data(tok.encode())
+}
+
+/// Multishot `recvmsg` on the UDP socket `fd` (6.0): each datagram goes into a buffer of group
+/// `bgid`, laid out as `struct io_uring_recvmsg_out`, then the source address (room for
+/// `hdr.msg_namelen` bytes), then the payload ([`types::RecvMsgOut::parse`] reads it back).
+///
+/// The caller keeps `*hdr` valid and unchanged until the receive's final CQE.
+pub fn recv_msg_multi(fd: i32, hdr: *const libc::msghdr, bgid: u16, tok: Token) -> squeue::Entry {
+    opcode::RecvMsgMulti::new(types::Fd(fd), hdr, bgid)
+        .build()
+        .user_data(tok.encode())
+}
+
+/// `sendmsg` on the UDP socket `fd` (5.3): the datagram `hdr` names, to the address it names.
+///
+/// The caller keeps `*hdr`, its address, its `iovec`s and their bytes valid and unchanged
+/// until the send's CQE.
+pub fn send_msg(fd: i32, hdr: *const libc::msghdr, tok: Token) -> squeue::Entry {
+    opcode::SendMsg::new(types::Fd(fd), hdr)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build()
+        .user_data(tok.encode())
 }
 
 /// Waits (once) for `fd` to become readable: the shard's shutdown eventfd.

@@ -9,21 +9,22 @@
 //! echoed short.
 //!
 //! Each buffer has at most one echo in flight, so the `msghdr`, `iovec` and address of that
-//! echo live in a per-buffer-id slot, allocated once and never moved while the shard runs.
+//! echo live in an [`EchoSend`] per buffer id, allocated once and never moved while the shard
+//! runs.
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, squeue, types};
 
 use super::buf_ring::{BufRing, Segment};
 use super::driver::{self, Driver};
 use super::{BGID, ShardMemory, build_ring, catch_panic, finish_shard, ops};
+use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent};
 use crate::error::Error;
-use crate::server::{ServerConfig, ShardContext, ShardEvent};
 use crate::stats::Counters;
-use crate::token::{Op, Token};
+use crate::token::{Op, Target, Token};
 
 /// Room for the source address: any IPv4 or IPv6 address fits.
 const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_storage>() as u32;
@@ -58,7 +59,7 @@ fn error_backoff(errors: u32) -> Duration {
 }
 
 /// One in-flight echo: what `sendmsg` reads until its completion.
-struct SendSlot {
+struct EchoSend {
     hdr: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_storage,
@@ -68,7 +69,7 @@ struct UdpShard {
     bufs: BufRing,
     sockets: Vec<Socket>,
     /// Indexed by buffer id; never resized after start-up, so the kernel's pointers stay valid.
-    sends: Box<[SendSlot]>,
+    sends: Box<[EchoSend]>,
     pending: Vec<squeue::Entry>,
     segs: Vec<Segment>,
     budget: usize,
@@ -81,8 +82,8 @@ struct UdpShard {
 }
 
 /// Runs one io_uring UDP shard until shutdown.
-pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result<(), Error> {
-    let (buf_count, buf_size) = cfg.bufs();
+pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), Error> {
+    let (buf_count, buf_size) = (cfg.buf_count, cfg.buf_size);
     let (mut ring, features) = build_ring(&cfg.ring)?;
     features.require_server_minimum()?;
     if !features.multishot_recv {
@@ -113,7 +114,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             crate::backend::udp_max_payload(buf_size)
         );
     }
-    let sockets = std::mem::take(&mut ctx.listeners)
+    let sockets = std::mem::take(&mut ctx.sockets)
         .into_iter()
         .map(|fd| {
             // SAFETY: msghdr is plain old data; all-zero is a valid (empty) header.
@@ -130,7 +131,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         })
         .collect();
     let sends = (0..buf_count)
-        .map(|_| SendSlot {
+        .map(|_| EchoSend {
             // SAFETY: these are plain old data; all-zero values are valid and overwritten before
             // each use.
             hdr: unsafe { std::mem::zeroed() },
@@ -148,7 +149,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         sends,
         pending: Vec::with_capacity(256),
         segs: Vec::with_capacity(1),
-        budget: cfg.buf_budget.unwrap_or(buf_count / 2) as usize,
+        budget: cfg.buf_budget as usize,
         in_flight: 0,
         draining: false,
         drain_deadline: None,
@@ -200,8 +201,7 @@ impl UdpShard {
             {
                 // Drain time is up: stop waiting for echoes still queued in the kernel.
                 self.drain_deadline = None;
-                self.pending
-                    .push(opcode::AsyncCancel2::new(types::CancelBuilder::any()).build());
+                self.pending.push(ops::cancel_any());
             }
             if self.draining
                 && self.in_flight == 0
@@ -241,15 +241,13 @@ impl UdpShard {
         if s.recv != RecvState::Idle || self.draining || s.retry_at.is_some() {
             return;
         }
-        let tok = Token {
-            generation: idx as u32,
-            ..Token::shard(Op::Recv)
-        };
-        self.pending.push(
-            opcode::RecvMsgMulti::new(types::Fd(s.socket.as_raw_fd()), &*s.hdr, BGID)
-                .build()
-                .user_data(tok.encode()),
-        );
+        let tok = Token::socket(idx, Op::Recv);
+        self.pending.push(ops::recv_msg_multi(
+            s.socket.as_raw_fd(),
+            &*s.hdr,
+            BGID,
+            tok,
+        ));
         s.recv = RecvState::Armed;
         if s.armed_once {
             self.counters.recv_rearms += 1;
@@ -274,18 +272,15 @@ impl UdpShard {
         let Some(tok) = Token::decode(cqe.user_data()) else {
             return; // the drain's blanket cancellation
         };
-        match tok.op {
-            Op::Recv => self.on_recv(tok.generation as usize, res, flags),
-            Op::Send => self.on_sent(tok.slot as u16, res),
-            Op::Shutdown => {
+        match (tok.target(), tok.op()) {
+            (Target::Socket(idx), Op::Recv) => self.on_recv(idx, res, flags),
+            (Target::Buffer(bid), Op::Send) => self.on_sent(bid, res),
+            (_, Op::Shutdown) => {
                 self.draining = true;
                 self.drain_deadline = Some(Instant::now() + self.drain_timeout);
                 for (i, s) in self.sockets.iter_mut().enumerate() {
                     if s.recv == RecvState::Armed {
-                        let target = Token {
-                            generation: i as u32,
-                            ..Token::shard(Op::Recv)
-                        };
+                        let target = Token::socket(i, Op::Recv);
                         self.pending
                             .push(ops::cancel(target, Token::shard(Op::CancelRecv)));
                     } else {
@@ -369,37 +364,28 @@ impl UdpShard {
         }
         let name = msg.name_data();
         let payload = msg.payload_data();
-        let slot = &mut self.sends[bid as usize];
+        let send = &mut self.sends[bid as usize];
         // SAFETY: `name` holds at most NAME_LEN bytes (the msghdr asked for that many), which is
         // the size of `addr`; the regions do not overlap (one is in the ring buffer).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 name.as_ptr(),
-                (&mut slot.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                (&mut send.addr as *mut libc::sockaddr_storage).cast::<u8>(),
                 name.len().min(NAME_LEN as usize),
             );
         }
-        slot.iov = libc::iovec {
+        send.iov = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
         };
-        slot.hdr.msg_name = (&mut slot.addr as *mut libc::sockaddr_storage).cast();
-        slot.hdr.msg_namelen = name.len() as u32;
-        slot.hdr.msg_iov = &mut slot.iov;
-        slot.hdr.msg_iovlen = 1;
-        let tok = Token {
-            slot: u32::from(bid),
-            generation: 0,
-            op: Op::Send,
-        };
-        // The buffer keeps the completion's reference until the send completes; the slot's
-        // header, iovec and address stay put (the slice of slots is never resized).
-        self.pending.push(
-            opcode::SendMsg::new(types::Fd(fd), &slot.hdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(tok.encode()),
-        );
+        send.hdr.msg_name = (&mut send.addr as *mut libc::sockaddr_storage).cast();
+        send.hdr.msg_namelen = name.len() as u32;
+        send.hdr.msg_iov = &mut send.iov;
+        send.hdr.msg_iovlen = 1;
+        let tok = Token::buffer(bid);
+        // The buffer keeps the completion's reference until the send completes; the send's
+        // header, iovec and address stay put (`sends` is never resized).
+        self.pending.push(ops::send_msg(fd, &send.hdr, tok));
         self.in_flight += 1;
     }
 
