@@ -99,21 +99,6 @@ fn buf_geometry(conns: usize, size: u64, depth: u32) -> (u32, u32) {
     (count as u32, buf_size)
 }
 
-/// A buffer ring of `count` buffers of `buf_size` bytes, registered with `ring`.
-pub(crate) fn register_bufs(ring: &IoUring, count: u32, buf_size: u32) -> Result<BufRing, Error> {
-    let mut bufs =
-        BufRing::new(count, buf_size, BGID, false).map_err(|e| Error::Config(e.to_string()))?;
-    bufs.register(&ring.submitter()).map_err(|e| {
-        Error::io(
-            format!(
-                "cannot register a buffer ring of {count} x {buf_size} bytes (RLIMIT_MEMLOCK?)"
-            ),
-            e,
-        )
-    })?;
-    Ok(bufs)
-}
-
 /// Pushes every SQE in `pending` to the submission queue, submitting early when it is full.
 ///
 /// # Safety
@@ -250,7 +235,11 @@ impl UringTransport {
         let (ring, features) = build_ring(&ring_config(conns, mode))?;
         require_client_features(&features)?;
         let (count, buf_size) = buf_geometry(conns, plan.size, plan.depth);
-        let bufs = register_bufs(&ring, count, buf_size)?;
+        // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
+        // the buffer ring is unregistered only with no receive outstanding (`Drop`).
+        let bufs = unsafe {
+            BufRing::create_and_register(&ring.submitter(), count, buf_size, BGID, false)
+        }?;
         Ok(UringTransport {
             ring,
             bufs,

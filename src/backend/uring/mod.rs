@@ -269,17 +269,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     }
     let recv_bundle = cfg.recv_bundle && features.recv_bundle;
     let incremental = cfg.buf_incremental && features.buf_ring_inc;
-    let mut bufs = BufRing::new(buf_count, buf_size, BGID, incremental)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    bufs.register(&ring.submitter()).map_err(|e| {
-        Error::io(
-            format!(
-                "cannot register a buffer ring of {} x {} bytes (RLIMIT_MEMLOCK?)",
-                buf_count, buf_size
-            ),
-            e,
-        )
-    })?;
+    // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
+    // the buffer ring is unregistered only after a clean finish (`finish_shard`).
+    let bufs = unsafe {
+        BufRing::create_and_register(&ring.submitter(), buf_count, buf_size, BGID, incremental)
+    }?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let buf_budget = cfg.buf_budget.unwrap_or(buf_count / 2) as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).

@@ -98,10 +98,11 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             OUT_HEADER + NAME_LEN
         )));
     }
-    let mut bufs =
-        BufRing::new(buf_count, buf_size, BGID, false).map_err(|e| Error::Config(e.to_string()))?;
-    bufs.register(&ring.submitter())
-        .map_err(|e| Error::io("cannot register the buffer ring", e))?;
+    // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
+    // the buffer ring is unregistered only after a clean finish (`finish_shard`).
+    let bufs = unsafe {
+        BufRing::create_and_register(&ring.submitter(), buf_count, buf_size, BGID, false)
+    }?;
     if ctx.index == 0 {
         eprintln!(
             "ringecho: io_uring udp shards={} kernel={} mode={} bufs={}x{}B (largest datagram {}B)",

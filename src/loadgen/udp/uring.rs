@@ -30,9 +30,7 @@ use super::flow::HEADER;
 use super::{DgramEvent, DgramSend, DgramTransport};
 use crate::backend::uring::{BufRing, RingMode, Segment, build_ring};
 use crate::error::Error;
-use crate::loadgen::uring::{
-    BGID, enter, flush, register_bufs, require_client_features, ring_config,
-};
+use crate::loadgen::uring::{BGID, enter, flush, require_client_features, ring_config};
 use crate::loadgen::worker::WorkerPlan;
 
 /// Provided-buffer memory per thread is kept under this.
@@ -100,7 +98,11 @@ impl UdpUring {
         let (ring, features) = build_ring(&ring_config(socks * depth.min(64), mode))?;
         require_client_features(&features)?;
         let (count, buf_size) = buf_geometry(socks * depth, plan.size);
-        let bufs = register_bufs(&ring, count, buf_size)?;
+        // SAFETY: only this ring's receive completions reach `on_completion` (`on_recv`), and
+        // the buffer ring is unregistered only with no receive outstanding (`Drop`).
+        let bufs = unsafe {
+            BufRing::create_and_register(&ring.submitter(), count, buf_size, BGID, false)
+        }?;
         let msgs = (0..socks * depth)
             .map(|_| DgramMsg {
                 // SAFETY: msghdr is plain old data; all zero is an empty header.
