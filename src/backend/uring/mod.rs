@@ -24,7 +24,7 @@
 //! [crate docs](crate#the-life-of-a-message) follow one message through it.
 
 pub mod buf_ring;
-mod driver;
+pub(crate) mod driver;
 pub mod ops;
 mod setup;
 mod trials;
@@ -476,7 +476,13 @@ impl<P: Protocol + Clone> UringShard<P> {
             Token::shard(Op::Shutdown),
         ));
         self.update_accepts();
-        let mut driver = Driver::new(&self.features, self.batch_max, self.batch_wait_us);
+        // SAFETY: the memory every SQE of this shard points at outlives its operation. Sends
+        // point at provided buffers held by a reference until the send's completion (a
+        // zero-copy send's until its notification), or at memory the connection keeps
+        // untouched meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
+        // send's msghdr and iovecs live in the boxed SendVec the connection holds until the
+        // result. After a failure the shard's memory is leaked, never freed (`finish_shard`).
+        let mut driver = unsafe { Driver::new(&self.features, self.batch_max, self.batch_wait_us) };
         driver.submit(&submitter, &mut sq, &mut self.pending, &mut self.counters)?;
         let _ = ctx.events.send(ShardEvent::Ready);
 

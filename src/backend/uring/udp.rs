@@ -157,7 +157,11 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
         shutdown_fd: ctx.shutdown_fd,
         counters: Counters::default(),
     };
-    let mut driver = Driver::new(&features, cfg.batch_max, cfg.batch_wait_us);
+    // SAFETY: the memory every SQE of this shard points at outlives its operation: a send
+    // points into its buffer's send slot and at the provided buffer it echoes (held until the
+    // send completes), a receive at its socket's boxed msghdr; slots and headers are kept for
+    // the shard's life, and leaked, never freed, after a failure (`finish_shard`).
+    let mut driver = unsafe { Driver::new(&features, cfg.batch_max, cfg.batch_wait_us) };
     let result = catch_panic(|| shard.run(&mut ring, &mut driver, &ctx));
     ctx.stats.publish(&shard.counters);
     finish_shard(ring, shard, result)
