@@ -12,7 +12,8 @@
 //! - [`client`]: one worker thread's loop over a [`client::Transport`]: paced connects,
 //!   reconciliation after each wait, timeouts, stop, drain, close.
 //! - [`uring`] and [`epoll`]: the two transports; [`blocking`]: the one-thread-per-connection
-//!   baseline used for comparison.
+//!   baseline used for comparison. [`ring`]: what the io_uring transports (TCP and UDP)
+//!   share, the ring, its driver and its buffer ring.
 //! - [`udp`]: `--udp`, the same shape for datagram sockets: its own per-socket bookkeeping
 //!   (sequence numbers, loss), client loop and io_uring and epoll transports.
 //! - [`worker`]: what workers report (per-second latency histograms, tallies) and the open-loop
@@ -31,6 +32,7 @@ pub mod framing;
 pub mod hlog;
 pub mod pattern;
 pub mod report;
+pub mod ring;
 pub mod svg;
 pub mod udp;
 pub mod uring;

@@ -1,6 +1,6 @@
-//! The io_uring datagram transport: one ring per client thread (the TCP client's geometry and
-//! helpers), one multishot receive per socket into a provided-buffer ring ([`BufRing`]), and
-//! one `sendmsg` SQE per datagram.
+//! The io_uring datagram transport: the worker's `ClientRing` ([`ring`](crate::loadgen::ring):
+//! its ring, driver and buffer ring, as the TCP transport's), one multishot receive per socket
+//! into the buffer ring, and one `sendmsg` SQE per datagram.
 //!
 //! A connected UDP socket gets only the server's datagrams, and a receive on a datagram socket
 //! completes with exactly one datagram, so a plain multishot `recv` does what the server's
@@ -14,36 +14,28 @@
 //!   into the slot's `DgramMsg`, and the body, in the `'static` pattern table. Slots live in
 //!   one boxed slice made at start-up, never resized; a slot is rewritten only after its last
 //!   send completed (the flow does not reuse a slot with a send outstanding).
-//! - Receives fill provided buffers owned by the [`BufRing`], each handed back as soon as its
-//!   datagram is checked, within the same turn. The ring is unregistered (and its memory freed)
-//!   only when no receive is outstanding; otherwise it is leaked (see [`BufRing`]), as are the
-//!   send slots if a send is.
+//! - Receives fill provided buffers owned by the ring's [`BufRing`], each handed back as soon
+//!   as its datagram is checked, within the same turn. The buffer ring is unregistered (and its
+//!   memory freed) only when no receive is outstanding; otherwise it is leaked (see
+//!   [`BufRing`]), as are the send slots if a send is.
+//!
+//! [`BufRing`]: crate::backend::uring::BufRing
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, types};
 
 use super::flow::HEADER;
 use super::{DgramEvent, DgramSend, DgramTransport};
-use crate::backend::uring::{BufRing, RingMode, Segment, build_ring};
+use crate::backend::uring::RingMode;
 use crate::error::Error;
-use crate::loadgen::uring::{BGID, enter, flush, require_client_features, ring_config};
+use crate::loadgen::ring::{
+    ClientRing, MAX_BUF_MEMORY, OP_CANCEL, OP_RECV, OP_SEND, token, token_parts,
+};
 use crate::loadgen::worker::WorkerPlan;
-
-/// Provided-buffer memory per thread is kept under this.
-const MAX_BUF_MEMORY: usize = 64 << 20;
-
-const OP_RECV: u8 = 1;
-const OP_SEND: u8 = 2;
-const OP_CANCEL: u8 = 3;
-
-/// `user_data`: socket index, slot, operation. Socket indices are never reused within a run.
-fn token(i: usize, slot: u16, op: u8) -> u64 {
-    ((i as u64) << 24) | (u64::from(slot) << 8) | u64::from(op)
-}
 
 /// Buffer geometry: one buffer holds a datagram with room to spare (an echo longer than
 /// `size` must look longer, not be cut to size), a few buffers per datagram in flight.
@@ -75,34 +67,26 @@ struct USock {
 /// The io_uring datagram transport of one worker thread. Create and drop it on that thread.
 pub struct UdpUring {
     // Field order is drop order: the ring goes before the buffer memory and the send slots.
-    ring: IoUring,
-    bufs: BufRing,
-    segs: Vec<Segment>,
+    ring: ClientRing,
     socks: Vec<USock>,
     /// Send slots, `depth` per socket; never resized.
     msgs: Box<[DgramMsg]>,
     depth: usize,
     target: SocketAddr,
-    multishot: bool,
-    pending: Vec<squeue::Entry>,
     rearm: Vec<usize>,
     closed: Vec<usize>,
     cqes: Vec<cqueue::Entry>,
-    syscalls: u64,
 }
 
 impl UdpUring {
     /// A ring, buffer ring and send slots for `socks` sockets.
     pub fn new(plan: &WorkerPlan, socks: usize, mode: RingMode) -> Result<UdpUring, Error> {
         let depth = plan.depth.max(1) as usize;
-        let (ring, features) = build_ring(&ring_config(socks * depth.min(64), mode))?;
-        require_client_features(&features)?;
         let (count, buf_size) = buf_geometry(socks * depth, plan.size);
-        // SAFETY: only this ring's receive completions reach `on_completion` (`on_recv`), and
+        // SAFETY: the module docs' "Memory the kernel holds" is how every SQE's memory outlives
+        // its operation; only this ring's receive completions reach `take_buffer` (`on_recv`);
         // the buffer ring is unregistered only with no receive outstanding (`Drop`).
-        let bufs = unsafe {
-            BufRing::create_and_register(&ring.submitter(), count, buf_size, BGID, false)
-        }?;
+        let ring = unsafe { ClientRing::new(socks * depth.min(64), mode, count, buf_size) }?;
         let msgs = (0..socks * depth)
             .map(|_| DgramMsg {
                 // SAFETY: msghdr is plain old data; all zero is an empty header.
@@ -116,18 +100,13 @@ impl UdpUring {
             .collect();
         Ok(UdpUring {
             ring,
-            bufs,
-            segs: Vec::with_capacity(1),
             socks: (0..socks).map(|_| USock::default()).collect(),
             msgs,
             depth,
             target: plan.addr,
-            multishot: features.multishot_recv,
-            pending: Vec::with_capacity(features.sq_entries as usize),
             rearm: Vec::new(),
             closed: Vec::new(),
             cqes: Vec::new(),
-            syscalls: 0,
         })
     }
 
@@ -137,17 +116,8 @@ impl UdpUring {
         if s.recv || s.closing {
             return;
         }
-        let fd = types::Fd(sock.as_raw_fd());
-        let sqe = if self.multishot {
-            opcode::RecvMulti::new(fd, BGID).build()
-        } else {
-            // 5.19 has no multishot receive: one buffer per receive, re-armed after each.
-            opcode::Recv::new(fd, std::ptr::null_mut(), self.bufs.buf_size())
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
-        };
-        self.pending.push(sqe.user_data(token(i, 0, OP_RECV)));
+        let sqe = self.ring.recv(sock.as_raw_fd(), token(i, 0, OP_RECV));
+        self.ring.pending.push(sqe);
         s.recv = true;
     }
 
@@ -156,7 +126,7 @@ impl UdpUring {
         let s = &mut self.socks[i];
         if s.closing && !s.recv && s.sends == 0 && s.socket.is_some() {
             s.socket = None;
-            self.syscalls += 1;
+            self.ring.count_syscalls(1);
             return true;
         }
         false
@@ -169,20 +139,15 @@ impl UdpUring {
             s.recv = false;
         }
         let closing = s.closing;
-        self.segs.clear();
-        let bid = cqueue::buffer_select(flags).filter(|&b| {
-            self.bufs
-                .on_completion(b, res.max(0) as u32, flags, false, &mut self.segs)
-                .is_ok()
-        });
+        let bid = self.ring.take_buffer(res, flags);
         if res >= 0 {
             match bid {
                 Some(b) => {
                     if !closing {
-                        on(DgramEvent::Datagram(i, self.bufs.data(b, 0, res as u32)));
+                        on(DgramEvent::Datagram(i, self.ring.data(b, res as u32)));
                     }
                     // Checked (or ignored): straight back to the ring.
-                    self.bufs.release(b);
+                    self.ring.release(b);
                 }
                 // A zero-length datagram may come without a buffer.
                 None if res == 0 && !closing => on(DgramEvent::Datagram(i, &[])),
@@ -203,7 +168,7 @@ impl UdpUring {
             return;
         }
         if let Some(b) = bid {
-            self.bufs.release(b);
+            self.ring.release(b);
         }
         match -res {
             // Out of buffers: every buffer goes back this turn, so re-arm.
@@ -215,9 +180,7 @@ impl UdpUring {
     }
 
     fn dispatch(&mut self, ud: u64, res: i32, flags: u32, on: &mut dyn FnMut(DgramEvent<'_>)) {
-        let i = (ud >> 24) as usize;
-        let slot = (ud >> 8) as u16;
-        let op = ud as u8;
+        let (i, slot, op) = token_parts(ud);
         if op == OP_CANCEL || i >= self.socks.len() {
             return;
         }
@@ -244,7 +207,7 @@ impl UdpUring {
 
 impl DgramTransport for UdpUring {
     fn open(&mut self, i: usize) -> io::Result<()> {
-        self.syscalls += 3;
+        self.ring.count_syscalls(3);
         let local: SocketAddr = if self.target.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -282,7 +245,7 @@ impl DgramTransport for UdpUring {
         ];
         m.hdr.msg_iov = m.iov.as_mut_ptr();
         m.hdr.msg_iovlen = if body.is_empty() { 1 } else { 2 };
-        self.pending.push(
+        self.ring.pending.push(
             opcode::SendMsg::new(types::Fd(sock.as_raw_fd()), &m.hdr)
                 .build()
                 .user_data(token(i, slot, OP_SEND)),
@@ -300,7 +263,7 @@ impl DgramTransport for UdpUring {
         // Sends finish on their own (a datagram send does not wait for the peer); the
         // multishot receive would not, so it is cancelled.
         if s.recv {
-            self.pending.push(
+            self.ring.pending.push(
                 opcode::AsyncCancel::new(token(i, 0, OP_RECV))
                     .build()
                     .user_data(token(i, 0, OP_CANCEL)),
@@ -321,21 +284,15 @@ impl DgramTransport for UdpUring {
             self.arm_recv(i);
         }
         self.rearm = rearm;
-        self.bufs.publish();
-        // SAFETY: SQEs point at send slots in `self.msgs` (rewritten only after the slot's
-        // send completed, dropped after the ring) and at the 'static pattern table; receives
-        // use provided buffers owned by `self.bufs`, which stays registered (or is leaked)
-        // while any receive is outstanding.
-        unsafe { flush(&mut self.ring, &mut self.pending, &mut self.syscalls) }?;
+        // Events already reported must be acted on before sleeping.
         let timeout = if ready.is_empty() {
             timeout
         } else {
             Duration::ZERO
         };
-        enter(&self.ring, timeout, &mut self.syscalls)?;
-        // Copy the completions out first: handling them queues SQEs, which needs `self`.
+        // The completions are taken out first: handling them queues SQEs, which needs `self`.
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion());
+        self.ring.turn(timeout, &mut cqes)?;
         for cqe in cqes.drain(..) {
             self.dispatch(cqe.user_data(), cqe.result(), cqe.flags(), on);
         }
@@ -344,14 +301,14 @@ impl DgramTransport for UdpUring {
     }
 
     fn syscalls(&self) -> u64 {
-        self.syscalls
+        self.ring.syscalls()
     }
 }
 
 impl Drop for UdpUring {
     fn drop(&mut self) {
         if !self.socks.iter().any(|s| s.recv) {
-            let _ = self.bufs.unregister(&self.ring.submitter());
+            self.ring.unregister_bufs();
         }
         if self.socks.iter().any(|s| s.sends > 0) {
             // The kernel may still read a send's header and iovecs: leak them.
@@ -372,7 +329,5 @@ mod tests {
             assert!(count.is_power_of_two() && count >= 64);
             assert!(count as usize * buf as usize <= MAX_BUF_MEMORY);
         }
-        assert_eq!(token(3, 7, OP_SEND) >> 24, 3);
-        assert_eq!((token(3, 7, OP_SEND) >> 8) as u16, 7);
     }
 }
