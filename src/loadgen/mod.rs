@@ -31,6 +31,7 @@ pub mod flow;
 pub mod framing;
 pub mod hlog;
 pub mod pattern;
+mod poller;
 pub mod report;
 pub mod ring;
 pub mod svg;

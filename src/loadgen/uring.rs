@@ -25,7 +25,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, types};
 
 use super::client::{Event, SendStart, Transport};
-use super::framing::{MAX_PIECES, Pieces};
+use super::framing::{Pieces, VecSend};
 use super::ring::{
     ClientRing, MAX_BUF_MEMORY, OP_CANCEL, OP_CONNECT, OP_RECV, OP_SEND, token, token_parts,
 };
@@ -60,43 +60,6 @@ struct UConn {
     closing: bool,
     /// What a vectored send hands the kernel; made on the first one.
     vec: Option<Box<VecSend>>,
-}
-
-/// The `msghdr` and `iovec`s of a connection's outstanding vectored send. Boxed, so their
-/// addresses hold still for the kernel while the connection's slot vector is untouched anyway.
-pub(crate) struct VecSend {
-    hdr: libc::msghdr,
-    iov: [libc::iovec; MAX_PIECES],
-}
-
-impl VecSend {
-    /// An empty one, boxed.
-    pub(crate) fn boxed() -> Box<VecSend> {
-        Box::new(VecSend {
-            // SAFETY: msghdr is plain old data; all zero is an empty header.
-            hdr: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_PIECES],
-        })
-    }
-
-    /// Points the header at `bytes` (at most [`MAX_PIECES`] pieces) and returns it, for
-    /// `sendmsg`.
-    pub(crate) fn set(&mut self, bytes: &Pieces) -> *const libc::msghdr {
-        let mut n = 0;
-        for (v, p) in self.iov.iter_mut().zip(bytes.iter()) {
-            *v = libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            };
-            n += 1;
-        }
-        self.hdr.msg_iov = self.iov.as_mut_ptr();
-        self.hdr.msg_iovlen = n as _;
-        &self.hdr
-    }
 }
 
 impl UConn {

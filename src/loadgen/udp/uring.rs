@@ -29,7 +29,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, types};
 
 use super::flow::HEADER;
-use super::{DgramEvent, DgramSend, DgramTransport};
+use super::{DgramEvent, DgramSend, DgramTransport, connected_socket};
 use crate::backend::uring::RingMode;
 use crate::error::Error;
 use crate::loadgen::ring::{
@@ -208,13 +208,7 @@ impl UdpUring {
 impl DgramTransport for UdpUring {
     fn open(&mut self, i: usize) -> io::Result<()> {
         self.ring.count_syscalls(3);
-        let local: SocketAddr = if self.target.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let sock = UdpSocket::bind(local)?;
-        sock.connect(self.target)?;
+        let sock = connected_socket(self.target)?;
         self.socks[i].socket = Some(sock);
         self.arm_recv(i);
         Ok(())
