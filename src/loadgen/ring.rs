@@ -134,7 +134,7 @@ impl ClientRing {
         // SAFETY: our caller keeps the contract above: `take_buffer` is the only way to
         // `on_completion`, `unregister_bufs` the only way to `unregister`.
         let bufs = unsafe {
-            BufRing::create_and_register(&ring.submitter(), buf_count, buf_size, BGID, false)
+            BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
         }?;
         // SAFETY: our caller vouches for every SQE in `pending`, the only ones the driver gets.
         // One completion is enough to end a wait: the client holds none back for a batch.
@@ -148,6 +148,15 @@ impl ClientRing {
             multishot: features.multishot_recv,
             counters: Counters::default(),
         })
+    }
+
+    /// Queues the cancellation of operation `op` on connection (or socket) `i`.
+    pub(crate) fn cancel(&mut self, i: usize, op: u8) {
+        self.pending.push(
+            opcode::AsyncCancel::new(token(i, 0, op))
+                .build()
+                .user_data(token(i, 0, OP_CANCEL)),
+        );
     }
 
     /// A receive on `fd` into the buffer ring, carrying `user_data`.

@@ -270,11 +270,7 @@ impl Transport for UringTransport {
             (c.send, OP_SEND),
         ] {
             if busy {
-                self.ring.pending.push(
-                    opcode::AsyncCancel::new(token(i, 0, op))
-                        .build()
-                        .user_data(token(i, 0, OP_CANCEL)),
-                );
+                self.ring.cancel(i, op);
             }
         }
         if self.try_release(i) {

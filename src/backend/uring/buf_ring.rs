@@ -338,19 +338,18 @@ impl BufRing {
         Ok(br)
     }
 
-    /// [`registered`](Self::registered), failing with the error this crate's loops (the
-    /// server's shards, the load generator's transports) report: a geometry or mapping
-    /// failure is a configuration error; a refused registration names the size asked for and
-    /// the usual cause, a `RLIMIT_MEMLOCK` too small for it (older kernels count buffer
-    /// rings against it).
+    /// [`registered`](Self::registered) (`entries` buffers of `buf_size` bytes), failing
+    /// with the error this crate's loops (the server's shards, the load generator's
+    /// transports) report: a geometry or mapping failure is a configuration error; a refused
+    /// registration names the size asked for and the usual cause, a `RLIMIT_MEMLOCK` too
+    /// small for it (older kernels count buffer rings against it).
     ///
     /// # Safety
     ///
     /// The contract of [`registered`](Self::registered).
     pub(crate) unsafe fn create_and_register(
         submitter: &Submitter<'_>,
-        entries: u32,
-        buf_size: u32,
+        (entries, buf_size): (u32, u32),
         bgid: u16,
         incremental: bool,
     ) -> Result<BufRing, Error> {

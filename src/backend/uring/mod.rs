@@ -272,7 +272,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
     // the buffer ring is unregistered only after a clean finish (`finish_shard`).
     let bufs = unsafe {
-        BufRing::create_and_register(&ring.submitter(), buf_count, buf_size, BGID, incremental)
+        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, incremental)
     }?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let buf_budget = cfg.buf_budget.unwrap_or(buf_count / 2) as usize;

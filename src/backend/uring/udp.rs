@@ -101,7 +101,7 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
     // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
     // the buffer ring is unregistered only after a clean finish (`finish_shard`).
     let bufs = unsafe {
-        BufRing::create_and_register(&ring.submitter(), buf_count, buf_size, BGID, false)
+        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
     }?;
     if ctx.index == 0 {
         eprintln!(

@@ -257,11 +257,7 @@ impl DgramTransport for UdpUring {
         // Sends finish on their own (a datagram send does not wait for the peer); the
         // multishot receive would not, so it is cancelled.
         if s.recv {
-            self.ring.pending.push(
-                opcode::AsyncCancel::new(token(i, 0, OP_RECV))
-                    .build()
-                    .user_data(token(i, 0, OP_CANCEL)),
-            );
+            self.ring.cancel(i, OP_RECV);
         }
         if self.try_release(i) {
             self.closed.push(i);
