@@ -10,6 +10,7 @@
 //! client cheaper per message than a client making a `write` and a `read` per message, so it
 //! does not become the bottleneck it measures.
 
+use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,26 @@ pub fn probe(mode: RingMode) -> Result<Features, Error> {
     Ok(f)
 }
 
+/// What a receive completion brought.
+pub(crate) enum Received {
+    /// `len` bytes (at least one) in buffer `bid`, held until [`ClientRing::release`].
+    Bytes { bid: u16, len: u32 },
+    /// No bytes: the end of the stream (TCP), or an empty datagram (UDP).
+    Empty,
+    /// Bytes without a buffer the ring can account for: the connection can no longer be
+    /// trusted (reading them would read memory the kernel may own).
+    Unaccounted,
+    /// The receive failed.
+    Failed(io::Error),
+}
+
+/// Whether a receive that completed with `res` and `flags` must be armed again: it ended
+/// without failing (a full completion queue, a zero-length datagram, or a single-shot
+/// receive), or the buffer ring ran dry (every buffer goes back within the turn).
+pub(crate) fn rearm_after(res: i32, flags: u32) -> bool {
+    (res >= 0 && !cqueue::more(flags)) || res == -libc::ENOBUFS
+}
+
 /// One worker thread's ring and what goes with it. Create and drop it on that thread
 /// (`IORING_SETUP_SINGLE_ISSUER`).
 pub(crate) struct ClientRing {
@@ -119,8 +140,8 @@ impl ClientRing {
     ///   (and unwritten, for what the kernel reads) until the operation's final completion has
     ///   been reaped; memory an operation may still use when the ring is dropped is leaked,
     ///   never freed;
-    /// - [`take_buffer`](Self::take_buffer) gets only the result and flags of this ring's
-    ///   receive completions, once each;
+    /// - [`received`](Self::received) gets only the result and flags of this ring's receive
+    ///   completions, once each;
     /// - [`unregister_bufs`](Self::unregister_bufs) is called only once no receive is
     ///   outstanding.
     pub(crate) unsafe fn new(
@@ -131,7 +152,7 @@ impl ClientRing {
     ) -> Result<ClientRing, Error> {
         let (ring, features) = build_ring(&ring_config(conns, mode))?;
         require_client_features(&features)?;
-        // SAFETY: our caller keeps the contract above: `take_buffer` is the only way to
+        // SAFETY: our caller keeps the contract above: `received` is the only way to
         // `on_completion`, `unregister_bufs` the only way to `unregister`.
         let bufs = unsafe {
             BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
@@ -159,8 +180,8 @@ impl ClientRing {
         );
     }
 
-    /// A receive on `fd` into the buffer ring, carrying `user_data`.
-    pub(crate) fn recv(&self, fd: RawFd, user_data: u64) -> squeue::Entry {
+    /// Queues a receive on `fd` into the buffer ring, carrying `user_data`.
+    pub(crate) fn recv(&mut self, fd: RawFd, user_data: u64) {
         let fd = types::Fd(fd);
         let sqe = if self.multishot {
             opcode::RecvMulti::new(fd, BGID).build()
@@ -171,7 +192,7 @@ impl ClientRing {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
         };
-        sqe.user_data(user_data)
+        self.pending.push(sqe.user_data(user_data));
     }
 
     /// One loop turn's kernel work: hands the returned buffers back to the kernel, submits
@@ -199,16 +220,33 @@ impl ClientRing {
         Ok(())
     }
 
-    /// The buffer a receive completion (its `res` and `flags`) filled, now held by the
-    /// caller until [`release`](Self::release). `None` if the completion names no buffer, or
-    /// one the buffer ring did not hand the kernel.
-    pub(crate) fn take_buffer(&mut self, res: i32, flags: u32) -> Option<u16> {
+    /// What a receive completion (its `res` and `flags`) brought, its buffer accounted for:
+    /// held by the caller if it carries bytes, back in the buffer ring otherwise. `None`:
+    /// nothing to report (the buffer ring ran dry, or the receive was cancelled).
+    pub(crate) fn received(&mut self, res: i32, flags: u32) -> Option<Received> {
         self.segs.clear();
-        cqueue::buffer_select(flags).filter(|&bid| {
+        let taken = cqueue::buffer_select(flags).filter(|&bid| {
             self.bufs
                 .on_completion(bid, res.max(0) as u32, flags, false, &mut self.segs)
                 .is_ok()
-        })
+        });
+        if res > 0 {
+            return Some(match taken {
+                Some(bid) => Received::Bytes {
+                    bid,
+                    len: res as u32,
+                },
+                None => Received::Unaccounted,
+            });
+        }
+        if let Some(bid) = taken {
+            self.bufs.release(bid);
+        }
+        match -res {
+            0 => Some(Received::Empty),
+            libc::ENOBUFS | libc::ECANCELED => None,
+            e => Some(Received::Failed(io::Error::from_raw_os_error(e))),
+        }
     }
 
     /// The first `len` bytes of held buffer `bid`.

@@ -27,7 +27,8 @@ use io_uring::{cqueue, opcode, types};
 use super::client::{Event, SendStart, Transport};
 use super::framing::{Pieces, VecSend};
 use super::ring::{
-    ClientRing, MAX_BUF_MEMORY, OP_CANCEL, OP_CONNECT, OP_RECV, OP_SEND, token, token_parts,
+    ClientRing, MAX_BUF_MEMORY, OP_CANCEL, OP_CONNECT, OP_RECV, OP_SEND, Received, rearm_after,
+    token, token_parts,
 };
 use super::worker::WorkerPlan;
 use crate::backend::uring::RingMode;
@@ -88,7 +89,7 @@ impl UringTransport {
     pub fn new(plan: &WorkerPlan, conns: usize, mode: RingMode) -> Result<UringTransport, Error> {
         let (count, buf_size) = buf_geometry(conns, plan.size, plan.depth);
         // SAFETY: the module docs' "Memory the kernel holds" is how every SQE's memory outlives
-        // its operation; only this ring's receive completions reach `take_buffer` (`on_recv`);
+        // its operation; only this ring's receive completions reach `received` (`on_recv`);
         // the buffer ring is unregistered only with no receive outstanding (`Drop`).
         let ring = unsafe { ClientRing::new(conns, mode, count, buf_size) }?;
         Ok(UringTransport {
@@ -108,8 +109,7 @@ impl UringTransport {
         if c.recv || c.eof || c.closing {
             return;
         }
-        let sqe = self.ring.recv(fd.as_raw_fd(), token(i, 0, OP_RECV));
-        self.ring.pending.push(sqe);
+        self.ring.recv(fd.as_raw_fd(), token(i, 0, OP_RECV));
         c.recv = true;
     }
 
@@ -122,6 +122,37 @@ impl UringTransport {
             return true;
         }
         false
+    }
+
+    fn on_recv(&mut self, i: usize, res: i32, flags: u32, on: &mut dyn FnMut(Event<'_>)) {
+        let c = &mut self.conns[i];
+        if !cqueue::more(flags) {
+            c.recv = false;
+        }
+        let closing = c.closing;
+        if rearm_after(res, flags) {
+            self.rearm.push(i);
+        }
+        match self.ring.received(res, flags) {
+            Some(Received::Bytes { bid, len }) => {
+                if !closing {
+                    on(Event::Data(i, self.ring.data(bid, len)));
+                }
+                // Checked (or ignored): straight back to the ring.
+                self.ring.release(bid);
+            }
+            Some(Received::Empty) => {
+                self.conns[i].eof = true;
+                if !closing {
+                    on(Event::Eof(i));
+                }
+            }
+            Some(Received::Unaccounted) if !closing => {
+                on(Event::Failed(i, io::Error::from_raw_os_error(libc::EIO)));
+            }
+            Some(Received::Failed(e)) if !closing => on(Event::Failed(i, e)),
+            _ => {}
+        }
     }
 
     fn dispatch(&mut self, ud: u64, res: i32, flags: u32, on: &mut dyn FnMut(Event<'_>)) {
@@ -143,54 +174,7 @@ impl UringTransport {
                     }
                 }
             }
-            OP_RECV => {
-                let c = &mut self.conns[i];
-                let more = cqueue::more(flags);
-                if !more {
-                    c.recv = false;
-                }
-                let closing = c.closing;
-                let taken = self.ring.take_buffer(res, flags);
-                if res > 0 {
-                    match taken {
-                        Some(bid) => {
-                            if !closing {
-                                on(Event::Data(i, self.ring.data(bid, res as u32)));
-                            }
-                            // Checked (or ignored): straight back to the ring.
-                            self.ring.release(bid);
-                        }
-                        None if !closing => {
-                            // Data without a buffer we can account for: stop trusting this
-                            // connection rather than read memory the kernel may own.
-                            on(Event::Failed(i, io::Error::from_raw_os_error(libc::EIO)));
-                        }
-                        None => {}
-                    }
-                    if !more {
-                        self.rearm.push(i);
-                    }
-                } else {
-                    if let Some(bid) = taken {
-                        self.ring.release(bid);
-                    }
-                    match res {
-                        0 => {
-                            self.conns[i].eof = true;
-                            if !closing {
-                                on(Event::Eof(i));
-                            }
-                        }
-                        e if e == -libc::ENOBUFS => {
-                            // Out of buffers: every buffer goes back this turn, so re-arm.
-                            self.rearm.push(i);
-                        }
-                        e if e == -libc::ECANCELED => {}
-                        _ if !closing => on(Event::Failed(i, err())),
-                        _ => {}
-                    }
-                }
-            }
+            OP_RECV => self.on_recv(i, res, flags, on),
             OP_SEND => {
                 let c = &mut self.conns[i];
                 c.send = false;

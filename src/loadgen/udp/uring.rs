@@ -33,7 +33,8 @@ use super::{DgramEvent, DgramSend, DgramTransport, connected_socket};
 use crate::backend::uring::RingMode;
 use crate::error::Error;
 use crate::loadgen::ring::{
-    ClientRing, MAX_BUF_MEMORY, OP_CANCEL, OP_RECV, OP_SEND, token, token_parts,
+    ClientRing, MAX_BUF_MEMORY, OP_CANCEL, OP_RECV, OP_SEND, Received, rearm_after, token,
+    token_parts,
 };
 use crate::loadgen::worker::WorkerPlan;
 
@@ -84,7 +85,7 @@ impl UdpUring {
         let depth = plan.depth.max(1) as usize;
         let (count, buf_size) = buf_geometry(socks * depth, plan.size);
         // SAFETY: the module docs' "Memory the kernel holds" is how every SQE's memory outlives
-        // its operation; only this ring's receive completions reach `take_buffer` (`on_recv`);
+        // its operation; only this ring's receive completions reach `received` (`on_recv`);
         // the buffer ring is unregistered only with no receive outstanding (`Drop`).
         let ring = unsafe { ClientRing::new(socks * depth.min(64), mode, count, buf_size) }?;
         let msgs = (0..socks * depth)
@@ -116,8 +117,7 @@ impl UdpUring {
         if s.recv || s.closing {
             return;
         }
-        let sqe = self.ring.recv(sock.as_raw_fd(), token(i, 0, OP_RECV));
-        self.ring.pending.push(sqe);
+        self.ring.recv(sock.as_raw_fd(), token(i, 0, OP_RECV));
         s.recv = true;
     }
 
@@ -133,48 +133,30 @@ impl UdpUring {
     }
 
     fn on_recv(&mut self, i: usize, res: i32, flags: u32, on: &mut dyn FnMut(DgramEvent<'_>)) {
-        let more = cqueue::more(flags);
         let s = &mut self.socks[i];
-        if !more {
+        if !cqueue::more(flags) {
             s.recv = false;
         }
         let closing = s.closing;
-        let bid = self.ring.take_buffer(res, flags);
-        if res >= 0 {
-            match bid {
-                Some(b) => {
-                    if !closing {
-                        on(DgramEvent::Datagram(i, self.ring.data(b, res as u32)));
-                    }
-                    // Checked (or ignored): straight back to the ring.
-                    self.ring.release(b);
-                }
-                // A zero-length datagram may come without a buffer.
-                None if res == 0 && !closing => on(DgramEvent::Datagram(i, &[])),
-                None if !closing => {
-                    // Data without a buffer we can account for: stop trusting this socket
-                    // rather than read memory the kernel may own.
-                    on(DgramEvent::Failed(
-                        i,
-                        io::Error::from_raw_os_error(libc::EIO),
-                    ));
-                }
-                None => {}
-            }
-            if !more {
-                // A zero-length datagram (or a full completion queue) ends a multishot receive.
-                self.rearm.push(i);
-            }
-            return;
+        if rearm_after(res, flags) {
+            self.rearm.push(i);
         }
-        if let Some(b) = bid {
-            self.ring.release(b);
-        }
-        match -res {
-            // Out of buffers: every buffer goes back this turn, so re-arm.
-            libc::ENOBUFS => self.rearm.push(i),
-            libc::ECANCELED => {}
-            e if !closing => on(DgramEvent::Failed(i, io::Error::from_raw_os_error(e))),
+        match self.ring.received(res, flags) {
+            Some(Received::Bytes { bid, len }) => {
+                if !closing {
+                    on(DgramEvent::Datagram(i, self.ring.data(bid, len)));
+                }
+                // Checked (or ignored): straight back to the ring.
+                self.ring.release(bid);
+            }
+            Some(Received::Empty) if !closing => on(DgramEvent::Datagram(i, &[])),
+            Some(Received::Unaccounted) if !closing => {
+                on(DgramEvent::Failed(
+                    i,
+                    io::Error::from_raw_os_error(libc::EIO),
+                ));
+            }
+            Some(Received::Failed(e)) if !closing => on(DgramEvent::Failed(i, e)),
             _ => {}
         }
     }
