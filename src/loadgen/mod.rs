@@ -12,15 +12,17 @@
 //! - [`client`]: one worker thread's loop over a [`client::Transport`]: paced connects,
 //!   reconciliation after each wait, timeouts, stop, drain, close.
 //! - [`uring`] and [`epoll`]: the two transports; [`blocking`]: the one-thread-per-connection
-//!   baseline used for comparison. [`ring`]: what the io_uring transports (TCP and UDP)
-//!   share, the ring, its driver and its buffer ring.
+//!   baseline used for comparison. [`ring`]: what the io_uring transports (TCP and UDP) share,
+//!   the ring, the server's own driver and buffer ring, the `user_data` encoding; `poller.rs`:
+//!   the epoll instance the epoll ones wait on.
 //! - [`udp`]: `--udp`, the same shape for datagram sockets: its own per-socket bookkeeping
 //!   (sequence numbers, loss), client loop and io_uring and epoll transports.
 //! - [`worker`]: what workers report (per-second latency histograms, tallies) and the open-loop
 //!   schedule.
-//! - This module: the coordinator. It starts the workers, waits until all are connected, gives
-//!   them one common timeline, merges their per-second histograms as they arrive (progress
-//!   line, `--hlog`), samples CPU clocks at the window's edges, and writes the report.
+//! - This module: the coordinator. [`run`] reads as a run goes: it starts the workers, waits
+//!   until all are connected, gives them one common timeline, merges their per-second
+//!   histograms as they arrive (progress line, `--hlog`), samples CPU clocks at the window's
+//!   edges, and writes the report.
 
 pub mod args;
 pub mod blocking;
