@@ -269,8 +269,9 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     }
     let recv_bundle = cfg.recv_bundle && features.recv_bundle;
     let incremental = cfg.buf_incremental && features.buf_ring_inc;
-    // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
-    // the buffer ring is unregistered only after a clean finish (`finish_shard`).
+    // SAFETY: only this ring's receive completions reach `on_completion` (via `dispatch`), and
+    // the buffer ring is unregistered only after a clean finish, with no receive outstanding
+    // (`finish_shard`).
     let bufs = unsafe {
         BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, incremental)
     }?;

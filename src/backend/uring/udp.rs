@@ -98,8 +98,9 @@ pub(crate) fn run_udp_shard(cfg: &ServerConfig, mut ctx: ShardContext) -> Result
             OUT_HEADER + NAME_LEN
         )));
     }
-    // SAFETY: only this ring's receive completions reach `on_completion` (`dispatch`), and
-    // the buffer ring is unregistered only after a clean finish (`finish_shard`).
+    // SAFETY: only this ring's receive completions reach `on_completion` (via `dispatch`), and
+    // the buffer ring is unregistered only after a clean finish, with no receive outstanding
+    // (`finish_shard`).
     let bufs = unsafe {
         BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
     }?;
