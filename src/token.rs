@@ -37,6 +37,13 @@
 //!
 //! A shard serves one socket per address it listens on, hence the index.
 //!
+//! The load generator (`ringecho bench`) uses the same tokens from the client's side: its
+//! connections (and UDP sockets) are [`Target::Conn`]s keyed by their index in the run, which
+//! is never reused, so their generation is always 0 ([`Op::Connect`], [`Op::Recv`],
+//! [`Op::Send`], [`Op::CancelAll`]); a datagram it sends names its socket and its send slot
+//! ([`Token::datagram`], [`Target::Datagram`]: the socket in the upper 32 bits, the slot in
+//! the middle 24).
+//!
 //! # What the generation is for
 //!
 //! Connection keys are reused as soon as a connection is gone. That is safe for CQEs because
@@ -82,11 +89,16 @@ pub enum Op {
     ShutdownWrite = 11,
     /// A zero-copy send, the other of the pair (see [`SendZc0`](Op::SendZc0)).
     SendZc1 = 12,
+    /// The load generator's connect of one of its connections.
+    Connect = 13,
+    /// The load generator's send of one datagram, from its socket's send slot
+    /// ([`Target::Datagram`]).
+    SendDatagram = 14,
 }
 
 impl Op {
     /// Every operation, in discriminant order.
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 14] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -99,6 +111,8 @@ impl Op {
         Op::AcceptOne,
         Op::ShutdownWrite,
         Op::SendZc1,
+        Op::Connect,
+        Op::SendDatagram,
     ];
 
     fn from_u8(v: u8) -> Option<Op> {
@@ -127,6 +141,15 @@ pub enum Target {
     Buffer(u16),
     /// The shard as a whole (the shutdown poll, cancellations of accepts and receives).
     Shard,
+    /// A datagram the load generator sends ([`Op::SendDatagram`]): its socket's index among
+    /// the client's sockets, and the send slot that keeps the datagram's bookkeeping and
+    /// memory until the send completes.
+    Datagram {
+        /// The socket's index (never reused within a run).
+        socket: usize,
+        /// The send slot.
+        slot: u16,
+    },
 }
 
 /// A decoded `user_data` value: what the operation is for, and which operation. Made by the
@@ -144,6 +167,7 @@ impl Token {
     /// A token for operation `op` of the connection whose key is `key`.
     pub fn conn(key: usize, generation: u32, op: Op) -> Token {
         debug_assert!(key < Token::SHARD as usize);
+        debug_assert!(op != Op::SendDatagram, "a datagram's token is Token::datagram");
         Token {
             target: Target::Conn {
                 key,
@@ -186,6 +210,16 @@ impl Token {
         }
     }
 
+    /// The token of the load generator's send of a datagram from send slot `slot` of its
+    /// socket `socket` ([`Op::SendDatagram`]).
+    pub fn datagram(socket: usize, slot: u16) -> Token {
+        debug_assert!(socket < Token::SHARD as usize);
+        Token {
+            target: Target::Datagram { socket, slot },
+            op: Op::SendDatagram,
+        }
+    }
+
     /// What the operation is for.
     pub fn target(self) -> Target {
         self.target
@@ -203,6 +237,7 @@ impl Token {
             Target::Socket(index) => (Token::SHARD, index as u32 & GENERATION_MASK),
             Target::Buffer(bid) => (Token::SHARD, u32::from(bid)),
             Target::Shard => (Token::SHARD, 0),
+            Target::Datagram { socket, slot } => (socket as u32, u32::from(slot)),
         };
         (u64::from(upper) << 32) | (u64::from(middle) << 8) | u64::from(self.op as u8)
     }
@@ -219,6 +254,10 @@ impl Token {
             (Token::SHARD, Op::Send) => Target::Buffer(u16::try_from(middle).ok()?),
             (Token::SHARD, _) if middle == 0 => Target::Shard,
             (Token::SHARD, _) => return None,
+            (socket, Op::SendDatagram) => Target::Datagram {
+                socket: socket as usize,
+                slot: u16::try_from(middle).ok()?,
+            },
             (key, _) => Target::Conn {
                 key: key as usize,
                 generation: middle,
@@ -232,11 +271,11 @@ impl Token {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 12] = Op::ALL;
+    const OPS: [Op; 14] = Op::ALL;
 
     #[test]
     fn round_trips_every_op_and_extreme_fields() {
-        for op in OPS {
+        for op in OPS.into_iter().filter(|&op| op != Op::SendDatagram) {
             for slot in [0usize, 1, 65_535, (u32::MAX - 1) as usize] {
                 for generation in [0u32, 1, GENERATION_MASK] {
                     let t = Token::conn(slot, generation, op);
@@ -294,6 +333,20 @@ mod tests {
         assert_eq!(Token::decode(send(1 << 16)), None);
         let shutdown = (u64::from(Token::SHARD) << 32) | (1 << 8) | Op::Shutdown as u64;
         assert_eq!(Token::decode(shutdown), None);
+    }
+
+    #[test]
+    fn load_generator_datagram_tokens_round_trip_and_stay_apart_from_connections() {
+        for (socket, slot) in [(0usize, 0u16), (7, 3), ((u32::MAX - 1) as usize, u16::MAX)] {
+            let t = Token::datagram(socket, slot);
+            assert_eq!(Token::decode(t.encode()), Some(t));
+            assert_eq!(t.target(), Target::Datagram { socket, slot });
+        }
+        // A slot takes 16 of the 24 bits.
+        let wide = (7u64 << 32) | (1 << 24) | Op::SendDatagram as u64;
+        assert_eq!(Token::decode(wide), None);
+        let connect = Token::conn(5, 0, Op::Connect);
+        assert_eq!(Token::decode(connect.encode()), Some(connect));
     }
 
     #[test]

@@ -23,7 +23,11 @@ fn cases(native: u64) -> u64 {
 
 #[test]
 fn tokens_round_trip_and_any_user_data_decodes_without_panic() {
-    let ops = Op::ALL;
+    // Every operation a connection's token can carry (a datagram's has its own constructor).
+    let ops: Vec<Op> = Op::ALL
+        .into_iter()
+        .filter(|&op| op != Op::SendDatagram)
+        .collect();
     let mut rng = Rng::new(9);
     for _ in 0..cases(100_000) {
         let t = Token::conn(

@@ -8,25 +8,17 @@
 //! is known to be empty, and the next arrival raises a new edge.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::client::{Event, SendStart, Transport};
-use super::framing::{MAX_PIECES, Pieces};
+use super::framing::{Pieces, VecSend};
+use super::poller::Poller;
 use super::worker::WorkerPlan;
 use crate::error::Error;
-use crate::sys::{self, RawSockAddr};
+use crate::sys::{self, RawSockAddr, syscall};
 
 const SCRATCH: usize = 1 << 16;
-const MAX_EVENTS: usize = 1024;
-
-fn check(res: isize) -> io::Result<usize> {
-    if res < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(res as usize)
-    }
-}
 
 #[derive(Default)]
 struct EConn {
@@ -42,80 +34,6 @@ enum Ready {
     Closed(usize),
 }
 
-/// An epoll instance and its event buffer: what every epoll client transport waits on.
-pub(crate) struct Poller {
-    ep: OwnedFd,
-    events: Vec<libc::epoll_event>,
-    /// `epoll_pwait2` (5.11, nanosecond timeouts) works here; else millisecond `epoll_wait`.
-    pwait2: bool,
-}
-
-impl Poller {
-    /// A new epoll instance.
-    pub(crate) fn new() -> Result<Poller, Error> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked.
-        let ep = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } as isize)
-            .map_err(|e| Error::io("epoll_create1", e))?;
-        Ok(Poller {
-            // SAFETY: `ep` was just returned by epoll_create1 and is owned by nothing else.
-            ep: unsafe { OwnedFd::from_raw_fd(ep as RawFd) },
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
-            pwait2: true,
-        })
-    }
-
-    /// Registers `fd` for `events`, reported with `key`.
-    pub(crate) fn add(&self, fd: RawFd, events: i32, key: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: events as u32,
-            u64: key,
-        };
-        // SAFETY: `ev` is a live epoll_event; both descriptors are open.
-        let res = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        check(res as isize).map(drop)
-    }
-
-    /// Waits up to `timeout`; returns how many events [`event`](Self::event) can read.
-    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
-        let max = self.events.len() as i32;
-        if self.pwait2 {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: `events` has room for `max` entries and `ts` outlives the call; a null
-            // signal mask means "leave it alone".
-            let res = unsafe {
-                libc::syscall(
-                    libc::SYS_epoll_pwait2,
-                    self.ep.as_raw_fd(),
-                    self.events.as_mut_ptr(),
-                    max,
-                    &ts as *const libc::timespec,
-                    std::ptr::null::<libc::sigset_t>(),
-                    0usize,
-                )
-            };
-            match check(res as isize) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => self.pwait2 = false,
-                other => return other,
-            }
-        }
-        // Round up: waking early would spin, late is what millisecond timeouts cost.
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        // SAFETY: `events` has room for `max` entries.
-        let res =
-            unsafe { libc::epoll_wait(self.ep.as_raw_fd(), self.events.as_mut_ptr(), max, ms) };
-        check(res as isize)
-    }
-
-    /// Event `k` of the last wait: its key and its bits.
-    pub(crate) fn event(&self, k: usize) -> (u64, i32) {
-        let ev = self.events[k];
-        (ev.u64, ev.events as i32)
-    }
-}
-
 /// The epoll transport of one worker thread.
 pub struct EpollTransport {
     poller: Poller,
@@ -124,6 +42,8 @@ pub struct EpollTransport {
     addr: RawSockAddr,
     ready: Vec<Ready>,
     scratch: Box<[u8]>,
+    /// What a vectored send hands the kernel (sends are synchronous: one is enough).
+    vec: Box<VecSend>,
     syscalls: u64,
 }
 
@@ -137,13 +57,9 @@ impl EpollTransport {
             addr: RawSockAddr::new(&plan.addr),
             ready: Vec::new(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
+            vec: VecSend::boxed(),
             syscalls: 0,
         })
-    }
-
-    fn epoll_wait(&mut self, timeout: Duration) -> io::Result<usize> {
-        self.syscalls += 1;
-        self.poller.wait(timeout)
     }
 
     /// Reads `i` until it is empty, at end of stream, or failed. `hup`: the event already
@@ -156,8 +72,8 @@ impl EpollTransport {
         loop {
             self.syscalls += 1;
             // SAFETY: `scratch` is a live buffer of `SCRATCH` bytes owned by `self`.
-            let res = unsafe { libc::recv(fd, self.scratch.as_mut_ptr().cast(), SCRATCH, 0) };
-            match check(res) {
+            let res = syscall!(recv(fd, self.scratch.as_mut_ptr().cast(), SCRATCH, 0));
+            match res.map(|n| n as usize) {
                 Ok(0) => {
                     self.conns[i].eof = true;
                     return on(Event::Eof(i));
@@ -204,36 +120,20 @@ impl Transport for EpollTransport {
         self.syscalls += 1;
         let res = match *bytes {
             // SAFETY: `one` is a live 'static slice.
-            Pieces::One(one) => unsafe {
-                libc::send(
-                    fd.as_raw_fd(),
-                    one.as_ptr().cast(),
-                    one.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            },
+            Pieces::One(one) => syscall!(send(
+                fd.as_raw_fd(),
+                one.as_ptr().cast(),
+                one.len(),
+                libc::MSG_NOSIGNAL,
+            )),
             Pieces::Framed { .. } => {
-                let mut iov = [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_PIECES];
-                let mut n = 0;
-                for (v, p) in iov.iter_mut().zip(bytes.iter()) {
-                    *v = libc::iovec {
-                        iov_base: p.as_ptr() as *mut libc::c_void,
-                        iov_len: p.len(),
-                    };
-                    n += 1;
-                }
-                // SAFETY: msghdr is plain old data; all zero is an empty header.
-                let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-                hdr.msg_iov = iov.as_mut_ptr();
-                hdr.msg_iovlen = n as _;
-                // SAFETY: `hdr` and `iov` outlive the call and point at live 'static slices.
-                unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) }
+                let hdr = self.vec.set(bytes);
+                // SAFETY: `hdr` and its iovecs live in `self.vec` and point at 'static slices;
+                // the kernel is done with them when the call returns.
+                syscall!(sendmsg(fd.as_raw_fd(), hdr, libc::MSG_NOSIGNAL))
             }
         };
-        match check(res) {
+        match res.map(|n| n as usize) {
             Ok(n) => {
                 c.want_write = (n as u64) < bytes.len();
                 Ok(SendStart::Done(n))
@@ -272,11 +172,10 @@ impl Transport for EpollTransport {
                 Ready::Closed(i) => on(Event::Closed(i)),
             }
         }
-        let n = match self.epoll_wait(if had_ready { Duration::ZERO } else { timeout }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(Error::io("epoll_wait", e)),
-        };
+        self.syscalls += 1;
+        let n = self
+            .poller
+            .wait(if had_ready { Duration::ZERO } else { timeout })?;
         for k in 0..n {
             let (key, bits) = self.poller.event(k);
             let i = key as usize;

@@ -122,6 +122,44 @@ impl Iterator for PieceIter {
     }
 }
 
+/// The `msghdr` and `iovec`s that hand [`Pieces`] to the kernel as one vectored send
+/// (`sendmsg`, or an io_uring `SendMsg`). Boxed: an io_uring send reads them until it
+/// completes, so their addresses must hold still.
+pub(crate) struct VecSend {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; MAX_PIECES],
+}
+
+impl VecSend {
+    /// An empty one, boxed.
+    pub(crate) fn boxed() -> Box<VecSend> {
+        Box::new(VecSend {
+            // SAFETY: msghdr is plain old data; all zero is an empty header.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_PIECES],
+        })
+    }
+
+    /// Points the header at `bytes` (at most [`MAX_PIECES`] pieces, all `'static`) and
+    /// returns it, for a send.
+    pub(crate) fn set(&mut self, bytes: &Pieces) -> *const libc::msghdr {
+        let mut n = 0;
+        for (v, p) in self.iov.iter_mut().zip(bytes.iter()) {
+            *v = libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            };
+            n += 1;
+        }
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = n as _;
+        &self.hdr
+    }
+}
+
 /// The framed stream of one connection: frames of `size`-byte bodies over the pattern stream
 /// starting at `base`.
 #[derive(Clone, Copy, Debug)]

@@ -53,6 +53,14 @@ impl Events {
         })
     }
 
+    /// Event `k` of the last wait (`k < len()`).
+    pub fn get(&self, k: usize) -> Option<Event> {
+        self.list[..self.len].get(k).map(|e| Event {
+            key: e.u64,
+            bits: e.events,
+        })
+    }
+
     /// How many events the last wait returned.
     pub fn len(&self) -> usize {
         self.len

@@ -85,6 +85,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::Submitter;
 
+use crate::error::Error;
+
 /// The kernel's `struct io_uring_buf` (16 bytes). Entry 0's `resv` doubles as the tail.
 #[repr(C)]
 struct RawBuf {
@@ -331,16 +333,46 @@ impl BufRing {
         incremental: bool,
     ) -> Result<BufRing, BufRingError> {
         let mut br = BufRing::new(entries, buf_size, bgid, incremental)?;
-        br.register(submitter).map_err(BufRingError::Register)?;
+        // SAFETY: our caller keeps the contract above, which is `register`'s.
+        unsafe { br.register(submitter) }.map_err(BufRingError::Register)?;
         Ok(br)
+    }
+
+    /// [`registered`](Self::registered) (`entries` buffers of `buf_size` bytes), failing
+    /// with the error this crate's loops (the server's shards, the load generator's
+    /// transports) report: a geometry or mapping failure is a configuration error; a refused
+    /// registration names the size asked for and the usual cause, a `RLIMIT_MEMLOCK` too
+    /// small for it (older kernels count buffer rings against it).
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`registered`](Self::registered).
+    pub(crate) unsafe fn create_and_register(
+        submitter: &Submitter<'_>,
+        (entries, buf_size): (u32, u32),
+        bgid: u16,
+        incremental: bool,
+    ) -> Result<BufRing, Error> {
+        // SAFETY: our caller keeps the contract, which is the same.
+        match unsafe { BufRing::registered(submitter, entries, buf_size, bgid, incremental) } {
+            Ok(br) => Ok(br),
+            Err(BufRingError::Register(e)) => Err(Error::io(
+                format!(
+                    "cannot register a buffer ring of {entries} x {buf_size} bytes \
+                     (RLIMIT_MEMLOCK?)"
+                ),
+                e,
+            )),
+            Err(e) => Err(Error::Config(e.to_string())),
+        }
     }
 
     /// Maps a ring of `entries` buffers of `buf_size` bytes each, for buffer group `bgid`.
     /// With `incremental`, the buffer ring is registered for incremental consumption (6.12).
     /// Every buffer starts out in the buffer ring (after [`register`](Self::register)).
     ///
-    /// With `register`, the two halves of [`registered`](Self::registered), for the server
-    /// and the load generator, which keep its contract.
+    /// With [`register`](Self::register), the two halves of [`registered`](Self::registered),
+    /// for the start-up probes, which tell a refused registration from other failures.
     pub(crate) fn new(
         entries: u32,
         buf_size: u32,
@@ -384,10 +416,13 @@ impl BufRing {
     }
 
     /// Registers the buffer ring with the kernel as buffer group `bgid` and publishes every
-    /// buffer.
-    /// Safe only for this crate's loops, which keep the contract of
-    /// [`registered`](Self::registered). A second registration is refused with `EEXIST`.
-    pub(crate) fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+    /// buffer: the second half of [`registered`](Self::registered). A second registration is
+    /// refused with `EEXIST`.
+    ///
+    /// # Safety
+    ///
+    /// From a successful return on, the contract of [`registered`](Self::registered).
+    pub(crate) unsafe fn register(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
         if self.ever_registered {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }

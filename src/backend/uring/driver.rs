@@ -1,6 +1,7 @@
-//! The kernel-facing half of a shard's loop: moving queued SQEs into the submission ring, the
+//! The kernel-facing half of a ring's loop: moving queued SQEs into the submission ring, the
 //! one `io_uring_enter` per turn (how long and for how many completions it waits), reaping
-//! completions, and counting all of it. Shared by the TCP and UDP shards.
+//! completions, and counting all of it. Shared by the server's TCP and UDP shards and the load
+//! generator's io_uring transports.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use crate::stats::Counters;
 /// the next wait asks for a batch.
 const BUSY_TURN: usize = 8;
 
-/// Waiting and batching policy, plus what the kernel reported last time.
+/// Waiting and batching policy, plus what the kernel reported last time. Made by the
+/// `unsafe` [`Driver::new`], whose caller vouches for the SQEs it will hand over.
 pub(crate) struct Driver {
     sqpoll: bool,
     min_timeout: bool,
@@ -24,7 +26,19 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub fn new(features: &Features, batch_max: u32, batch_wait_us: u32) -> Driver {
+    /// A driver for a ring with `features`. A busy turn (see [`turn`](Self::turn)) asks for
+    /// up to `batch_max` completions and holds ready ones for up to `batch_wait_us`; 0 never
+    /// holds them.
+    ///
+    /// # Safety
+    ///
+    /// The driver pushes whatever SQEs [`submit`](Self::submit) and [`turn`](Self::turn) are
+    /// handed to the kernel, which reads and writes the memory they point at until the
+    /// operation's final completion. So every SQE handed to this driver must point only at
+    /// memory that stays valid (and is not written, for what the kernel reads) until that
+    /// completion has been reaped. Memory an operation may still use when its owner stops
+    /// early must be leaked, never freed.
+    pub unsafe fn new(features: &Features, batch_max: u32, batch_wait_us: u32) -> Driver {
         Driver {
             sqpoll: features.mode == RingMode::Sqpoll,
             min_timeout: features.min_timeout,
@@ -165,14 +179,8 @@ impl Driver {
         sq.sync();
         for sqe in pending.drain(..) {
             loop {
-                // SAFETY: the memory every SQE points at outlives its operation. Sends point at
-                // provided buffers held by a reference until the send's completion (a zero-copy
-                // send's until its notification), or at memory the connection keeps untouched
-                // meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
-                // send's msghdr and iovecs live in the boxed SendVec the connection holds until
-                // the result; the UDP shard's sends point into its per-buffer send slots, and
-                // its receives at each socket's boxed msghdr, both kept for the shard's life.
-                // After a failure the shard's memory is leaked, never freed (`finish_shard`).
+                // SAFETY: the memory every SQE points at outlives its operation, as whoever
+                // made this driver vouched (`Driver::new`).
                 if unsafe { sq.push(&sqe) }.is_ok() {
                     break;
                 }

@@ -28,7 +28,7 @@
 //! [`Token`]: crate::token::Token
 
 pub mod buf_ring;
-mod driver;
+pub(crate) mod driver;
 pub mod ops;
 mod setup;
 pub(crate) mod tcp;

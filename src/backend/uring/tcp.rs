@@ -242,17 +242,12 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     }
     let recv_bundle = cfg.recv_bundle && features.recv_bundle;
     let incremental = cfg.buf_incremental && features.buf_ring_inc;
-    let mut bufs = BufRing::new(buf_count, buf_size, BGID, incremental)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    bufs.register(&ring.submitter()).map_err(|e| {
-        Error::io(
-            format!(
-                "cannot register a buffer ring of {} x {} bytes (RLIMIT_MEMLOCK?)",
-                buf_count, buf_size
-            ),
-            e,
-        )
-    })?;
+    // SAFETY: only this ring's receive completions reach `on_completion` (via `dispatch`), and
+    // the buffer ring is unregistered only after a clean finish, with no receive outstanding
+    // (`finish_shard`).
+    let bufs = unsafe {
+        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, incremental)
+    }?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let buf_budget = cfg.buf_budget as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
@@ -387,7 +382,13 @@ impl<P: Protocol + Clone> UringShard<P> {
             Token::shard(Op::Shutdown),
         ));
         self.update_accepts();
-        let mut driver = Driver::new(&self.features, self.batch_max, self.batch_wait_us);
+        // SAFETY: the memory every SQE of this shard points at outlives its operation. Sends
+        // point at provided buffers held by a reference until the send's completion (a
+        // zero-copy send's until its notification), or at memory the connection keeps
+        // untouched meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
+        // send's msghdr and iovecs live in the boxed SendVec the connection holds until the
+        // result. After a failure the shard's memory is leaked, never freed (`finish_shard`).
+        let mut driver = unsafe { Driver::new(&self.features, self.batch_max, self.batch_wait_us) };
         driver.submit(&submitter, &mut sq, &mut self.pending, &mut self.counters)?;
         let _ = ctx.events.send(ShardEvent::Ready);
 

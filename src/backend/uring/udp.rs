@@ -99,10 +99,12 @@ pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), 
             OUT_HEADER + NAME_LEN
         )));
     }
-    let mut bufs =
-        BufRing::new(buf_count, buf_size, BGID, false).map_err(|e| Error::Config(e.to_string()))?;
-    bufs.register(&ring.submitter())
-        .map_err(|e| Error::io("cannot register the buffer ring", e))?;
+    // SAFETY: only this ring's receive completions reach `on_completion` (via `dispatch`), and
+    // the buffer ring is unregistered only after a clean finish, with no receive outstanding
+    // (`finish_shard`).
+    let bufs = unsafe {
+        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
+    }?;
     if ctx.index == 0 {
         eprintln!(
             "ringecho: io_uring udp shards={} kernel={} mode={} bufs={}x{}B (largest datagram {}B)",
@@ -157,7 +159,11 @@ pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), 
         shutdown_fd: ctx.shutdown_fd,
         counters: Counters::default(),
     };
-    let mut driver = Driver::new(&features, cfg.batch_max, cfg.batch_wait_us);
+    // SAFETY: the memory every SQE of this shard points at outlives its operation: a send
+    // points into its buffer's send slot and at the provided buffer it echoes (held until the
+    // send completes), a receive at its socket's boxed msghdr; slots and headers are kept for
+    // the shard's life, and leaked, never freed, after a failure (`finish_shard`).
+    let mut driver = unsafe { Driver::new(&features, cfg.batch_max, cfg.batch_wait_us) };
     let result = catch_panic(|| shard.run(&mut ring, &mut driver, &ctx));
     ctx.stats.publish(&shard.counters);
     finish_shard(ring, shard, result)

@@ -12,10 +12,11 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::flow::HEADER;
-use super::{DgramEvent, DgramSend, DgramTransport};
+use super::{DgramEvent, DgramSend, DgramTransport, connected_socket};
 use crate::error::Error;
-use crate::loadgen::epoll::Poller;
+use crate::loadgen::poller::Poller;
 use crate::loadgen::worker::WorkerPlan;
+use crate::sys::syscall;
 
 /// Datagrams read per `recvmmsg`.
 const BATCH: usize = 32;
@@ -84,24 +85,21 @@ impl UdpEpoll {
             self.syscalls += 1;
             // SAFETY: `hdrs` holds BATCH headers, each pointing at its own iovec and a
             // `stride`-byte region of `bufs`; all outlive the call.
-            let res = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr(),
-                    BATCH as u32,
-                    0,
-                    std::ptr::null_mut(),
-                )
-            };
-            if res < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
+            let res = syscall!(recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as u32,
+                0,
+                std::ptr::null_mut(),
+            ));
+            let got = match res {
+                Ok(n) => n as usize,
+                Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => return,
                     io::ErrorKind::Interrupted => continue,
                     _ => return on(DgramEvent::Failed(i, e)),
-                }
-            }
-            let got = res as usize;
+                },
+            };
             for k in 0..got {
                 let len = (self.hdrs[k].msg_len as usize).min(self.stride);
                 let start = k * self.stride;
@@ -117,13 +115,7 @@ impl UdpEpoll {
 impl DgramTransport for UdpEpoll {
     fn open(&mut self, i: usize) -> io::Result<()> {
         self.syscalls += 4;
-        let local: SocketAddr = if self.target.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let sock = UdpSocket::bind(local)?;
-        sock.connect(self.target)?;
+        let sock = connected_socket(self.target)?;
         sock.set_nonblocking(true)?;
         self.poller.add(
             sock.as_raw_fd(),
@@ -162,16 +154,14 @@ impl DgramTransport for UdpEpoll {
         hdr.msg_iovlen = 2;
         self.syscalls += 1;
         // SAFETY: `hdr` and `iov` outlive the call; the kernel only reads through them.
-        let res = unsafe { libc::sendmsg(sock.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) };
-        if res >= 0 {
-            return Ok(DgramSend::Done);
+        match syscall!(sendmsg(sock.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL)) {
+            Ok(_) => Ok(DgramSend::Done),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                s.want_write = true;
+                Ok(DgramSend::Blocked)
+            }
+            Err(e) => Err(e),
         }
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            s.want_write = true;
-            return Ok(DgramSend::Blocked);
-        }
-        Err(e)
     }
 
     fn close(&mut self, i: usize) {
@@ -193,11 +183,7 @@ impl DgramTransport for UdpEpoll {
         } else {
             Duration::ZERO
         };
-        let n = match self.poller.wait(timeout) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(Error::io("epoll_wait", e)),
-        };
+        let n = self.poller.wait(timeout)?;
         for k in 0..n {
             let (key, bits) = self.poller.event(k);
             let i = key as usize;

@@ -23,6 +23,7 @@ pub mod flow;
 pub mod uring;
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub use flow::{DgramCounts, DgramFault, DgramFlow};
@@ -79,6 +80,19 @@ pub trait DgramTransport {
     fn wait(&mut self, timeout: Duration, on: &mut dyn FnMut(DgramEvent<'_>)) -> Result<(), Error>;
     /// Syscalls made so far.
     fn syscalls(&self) -> u64;
+}
+
+/// A UDP socket on an ephemeral local port, `connect`ed to `target`: three syscalls (socket,
+/// bind, connect).
+fn connected_socket(target: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local)?;
+    sock.connect(target)?;
+    Ok(sock)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

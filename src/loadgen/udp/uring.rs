@@ -1,6 +1,6 @@
-//! The io_uring datagram transport: one ring per client thread (the TCP client's geometry and
-//! helpers), one multishot receive per socket into a provided-buffer ring ([`BufRing`]), and
-//! one `sendmsg` SQE per datagram.
+//! The io_uring datagram transport: the worker's `ClientRing` ([`ring`](crate::loadgen::ring):
+//! its ring, driver and buffer ring, as the TCP transport's), one multishot receive per socket
+//! into the buffer ring, and one `sendmsg` SQE per datagram.
 //!
 //! A connected UDP socket gets only the server's datagrams, and a receive on a datagram socket
 //! completes with exactly one datagram, so a plain multishot `recv` does what the server's
@@ -14,38 +14,27 @@
 //!   into the slot's `DgramMsg`, and the body, in the `'static` pattern table. Slots live in
 //!   one boxed slice made at start-up, never resized; a slot is rewritten only after its last
 //!   send completed (the flow does not reuse a slot with a send outstanding).
-//! - Receives fill provided buffers owned by the [`BufRing`], each handed back as soon as its
-//!   datagram is checked, within the same turn. The ring is unregistered (and its memory freed)
-//!   only when no receive is outstanding; otherwise it is leaked (see [`BufRing`]), as are the
-//!   send slots if a send is.
+//! - Receives fill provided buffers owned by the ring's [`BufRing`], each handed back as soon
+//!   as its datagram is checked, within the same turn. The buffer ring is unregistered (and its
+//!   memory freed) only when no receive is outstanding; otherwise it is leaked (see
+//!   [`BufRing`]), as are the send slots if a send is.
+//!
+//! [`BufRing`]: crate::backend::uring::BufRing
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, types};
 
 use super::flow::HEADER;
-use super::{DgramEvent, DgramSend, DgramTransport};
-use crate::backend::uring::{BufRing, RingMode, Segment, build_ring};
+use super::{DgramEvent, DgramSend, DgramTransport, connected_socket};
+use crate::backend::uring::RingMode;
 use crate::error::Error;
-use crate::loadgen::uring::{
-    BGID, enter, flush, register_bufs, require_client_features, ring_config,
-};
+use crate::loadgen::ring::{ClientRing, MAX_BUF_MEMORY, Received, rearm_after};
 use crate::loadgen::worker::WorkerPlan;
-
-/// Provided-buffer memory per thread is kept under this.
-const MAX_BUF_MEMORY: usize = 64 << 20;
-
-const OP_RECV: u8 = 1;
-const OP_SEND: u8 = 2;
-const OP_CANCEL: u8 = 3;
-
-/// `user_data`: socket index, slot, operation. Socket indices are never reused within a run.
-fn token(i: usize, slot: u16, op: u8) -> u64 {
-    ((i as u64) << 24) | (u64::from(slot) << 8) | u64::from(op)
-}
+use crate::token::{Op, Target, Token};
 
 /// Buffer geometry: one buffer holds a datagram with room to spare (an echo longer than
 /// `size` must look longer, not be cut to size), a few buffers per datagram in flight.
@@ -77,30 +66,26 @@ struct USock {
 /// The io_uring datagram transport of one worker thread. Create and drop it on that thread.
 pub struct UdpUring {
     // Field order is drop order: the ring goes before the buffer memory and the send slots.
-    ring: IoUring,
-    bufs: BufRing,
-    segs: Vec<Segment>,
+    ring: ClientRing,
     socks: Vec<USock>,
     /// Send slots, `depth` per socket; never resized.
     msgs: Box<[DgramMsg]>,
     depth: usize,
     target: SocketAddr,
-    multishot: bool,
-    pending: Vec<squeue::Entry>,
     rearm: Vec<usize>,
     closed: Vec<usize>,
     cqes: Vec<cqueue::Entry>,
-    syscalls: u64,
 }
 
 impl UdpUring {
     /// A ring, buffer ring and send slots for `socks` sockets.
     pub fn new(plan: &WorkerPlan, socks: usize, mode: RingMode) -> Result<UdpUring, Error> {
         let depth = plan.depth.max(1) as usize;
-        let (ring, features) = build_ring(&ring_config(socks * depth.min(64), mode))?;
-        require_client_features(&features)?;
         let (count, buf_size) = buf_geometry(socks * depth, plan.size);
-        let bufs = register_bufs(&ring, count, buf_size)?;
+        // SAFETY: the module docs' "Memory the kernel holds" is how every SQE's memory outlives
+        // its operation; only this ring's receive completions reach `received` (`on_recv`);
+        // the buffer ring is unregistered only with no receive outstanding (`Drop`).
+        let ring = unsafe { ClientRing::new(socks * depth.min(64), mode, count, buf_size) }?;
         let msgs = (0..socks * depth)
             .map(|_| DgramMsg {
                 // SAFETY: msghdr is plain old data; all zero is an empty header.
@@ -114,18 +99,13 @@ impl UdpUring {
             .collect();
         Ok(UdpUring {
             ring,
-            bufs,
-            segs: Vec::with_capacity(1),
             socks: (0..socks).map(|_| USock::default()).collect(),
             msgs,
             depth,
             target: plan.addr,
-            multishot: features.multishot_recv,
-            pending: Vec::with_capacity(features.sq_entries as usize),
             rearm: Vec::new(),
             closed: Vec::new(),
             cqes: Vec::new(),
-            syscalls: 0,
         })
     }
 
@@ -135,17 +115,7 @@ impl UdpUring {
         if s.recv || s.closing {
             return;
         }
-        let fd = types::Fd(sock.as_raw_fd());
-        let sqe = if self.multishot {
-            opcode::RecvMulti::new(fd, BGID).build()
-        } else {
-            // 5.19 has no multishot receive: one buffer per receive, re-armed after each.
-            opcode::Recv::new(fd, std::ptr::null_mut(), self.bufs.buf_size())
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
-        };
-        self.pending.push(sqe.user_data(token(i, 0, OP_RECV)));
+        self.ring.recv(i, sock.as_raw_fd());
         s.recv = true;
     }
 
@@ -154,74 +124,49 @@ impl UdpUring {
         let s = &mut self.socks[i];
         if s.closing && !s.recv && s.sends == 0 && s.socket.is_some() {
             s.socket = None;
-            self.syscalls += 1;
+            self.ring.count_syscalls(1);
             return true;
         }
         false
     }
 
     fn on_recv(&mut self, i: usize, res: i32, flags: u32, on: &mut dyn FnMut(DgramEvent<'_>)) {
-        let more = cqueue::more(flags);
         let s = &mut self.socks[i];
-        if !more {
+        if !cqueue::more(flags) {
             s.recv = false;
         }
         let closing = s.closing;
-        self.segs.clear();
-        let bid = cqueue::buffer_select(flags).filter(|&b| {
-            self.bufs
-                .on_completion(b, res.max(0) as u32, flags, false, &mut self.segs)
-                .is_ok()
-        });
-        if res >= 0 {
-            match bid {
-                Some(b) => {
-                    if !closing {
-                        on(DgramEvent::Datagram(i, self.bufs.data(b, 0, res as u32)));
-                    }
-                    // Checked (or ignored): straight back to the ring.
-                    self.bufs.release(b);
-                }
-                // A zero-length datagram may come without a buffer.
-                None if res == 0 && !closing => on(DgramEvent::Datagram(i, &[])),
-                None if !closing => {
-                    // Data without a buffer we can account for: stop trusting this socket
-                    // rather than read memory the kernel may own.
-                    on(DgramEvent::Failed(
-                        i,
-                        io::Error::from_raw_os_error(libc::EIO),
-                    ));
-                }
-                None => {}
-            }
-            if !more {
-                // A zero-length datagram (or a full completion queue) ends a multishot receive.
-                self.rearm.push(i);
-            }
-            return;
+        if rearm_after(res, flags) {
+            self.rearm.push(i);
         }
-        if let Some(b) = bid {
-            self.bufs.release(b);
-        }
-        match -res {
-            // Out of buffers: every buffer goes back this turn, so re-arm.
-            libc::ENOBUFS => self.rearm.push(i),
-            libc::ECANCELED => {}
-            e if !closing => on(DgramEvent::Failed(i, io::Error::from_raw_os_error(e))),
+        match self.ring.received(res, flags) {
+            Some(Received::Bytes { bid, len }) => {
+                if !closing {
+                    on(DgramEvent::Datagram(i, self.ring.data(bid, len)));
+                }
+                // Checked (or ignored): straight back to the ring.
+                self.ring.release(bid);
+            }
+            Some(Received::Empty) if !closing => on(DgramEvent::Datagram(i, &[])),
+            Some(Received::Unaccounted) if !closing => {
+                on(DgramEvent::Failed(
+                    i,
+                    io::Error::from_raw_os_error(libc::EIO),
+                ));
+            }
+            Some(Received::Failed(e)) if !closing => on(DgramEvent::Failed(i, e)),
             _ => {}
         }
     }
 
     fn dispatch(&mut self, ud: u64, res: i32, flags: u32, on: &mut dyn FnMut(DgramEvent<'_>)) {
-        let i = (ud >> 24) as usize;
-        let slot = (ud >> 8) as u16;
-        let op = ud as u8;
-        if op == OP_CANCEL || i >= self.socks.len() {
-            return;
-        }
-        match op {
-            OP_RECV => self.on_recv(i, res, flags, on),
-            OP_SEND => {
+        let Some(tok) = Token::decode(ud) else { return };
+        let i = match (tok.target(), tok.op()) {
+            (Target::Conn { key, .. }, Op::Recv) if key < self.socks.len() => {
+                self.on_recv(key, res, flags, on);
+                key
+            }
+            (Target::Datagram { socket: i, slot }, _) if i < self.socks.len() => {
                 let s = &mut self.socks[i];
                 s.sends = s.sends.saturating_sub(1);
                 let r = if res >= 0 {
@@ -231,9 +176,10 @@ impl UdpUring {
                 };
                 // The flow learns even while closing: it frees the slot.
                 on(DgramEvent::Sent(i, slot, r));
+                i
             }
             _ => return,
-        }
+        };
         if self.try_release(i) {
             on(DgramEvent::Closed(i));
         }
@@ -242,14 +188,8 @@ impl UdpUring {
 
 impl DgramTransport for UdpUring {
     fn open(&mut self, i: usize) -> io::Result<()> {
-        self.syscalls += 3;
-        let local: SocketAddr = if self.target.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let sock = UdpSocket::bind(local)?;
-        sock.connect(self.target)?;
+        self.ring.count_syscalls(3);
+        let sock = connected_socket(self.target)?;
         self.socks[i].socket = Some(sock);
         self.arm_recv(i);
         Ok(())
@@ -280,10 +220,10 @@ impl DgramTransport for UdpUring {
         ];
         m.hdr.msg_iov = m.iov.as_mut_ptr();
         m.hdr.msg_iovlen = if body.is_empty() { 1 } else { 2 };
-        self.pending.push(
+        self.ring.pending.push(
             opcode::SendMsg::new(types::Fd(sock.as_raw_fd()), &m.hdr)
                 .build()
-                .user_data(token(i, slot, OP_SEND)),
+                .user_data(Token::datagram(i, slot).encode()),
         );
         s.sends += 1;
         Ok(DgramSend::Pending)
@@ -298,11 +238,7 @@ impl DgramTransport for UdpUring {
         // Sends finish on their own (a datagram send does not wait for the peer); the
         // multishot receive would not, so it is cancelled.
         if s.recv {
-            self.pending.push(
-                opcode::AsyncCancel::new(token(i, 0, OP_RECV))
-                    .build()
-                    .user_data(token(i, 0, OP_CANCEL)),
-            );
+            self.ring.cancel(i, Op::Recv);
         }
         if self.try_release(i) {
             self.closed.push(i);
@@ -319,21 +255,15 @@ impl DgramTransport for UdpUring {
             self.arm_recv(i);
         }
         self.rearm = rearm;
-        self.bufs.publish();
-        // SAFETY: SQEs point at send slots in `self.msgs` (rewritten only after the slot's
-        // send completed, dropped after the ring) and at the 'static pattern table; receives
-        // use provided buffers owned by `self.bufs`, which stays registered (or is leaked)
-        // while any receive is outstanding.
-        unsafe { flush(&mut self.ring, &mut self.pending, &mut self.syscalls) }?;
+        // Events already reported must be acted on before sleeping.
         let timeout = if ready.is_empty() {
             timeout
         } else {
             Duration::ZERO
         };
-        enter(&self.ring, timeout, &mut self.syscalls)?;
-        // Copy the completions out first: handling them queues SQEs, which needs `self`.
+        // The completions are taken out first: handling them queues SQEs, which needs `self`.
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion());
+        self.ring.turn(timeout, &mut cqes)?;
         for cqe in cqes.drain(..) {
             self.dispatch(cqe.user_data(), cqe.result(), cqe.flags(), on);
         }
@@ -342,14 +272,14 @@ impl DgramTransport for UdpUring {
     }
 
     fn syscalls(&self) -> u64 {
-        self.syscalls
+        self.ring.syscalls()
     }
 }
 
 impl Drop for UdpUring {
     fn drop(&mut self) {
         if !self.socks.iter().any(|s| s.recv) {
-            let _ = self.bufs.unregister(&self.ring.submitter());
+            self.ring.unregister_bufs();
         }
         if self.socks.iter().any(|s| s.sends > 0) {
             // The kernel may still read a send's header and iovecs: leak them.
@@ -370,7 +300,5 @@ mod tests {
             assert!(count.is_power_of_two() && count >= 64);
             assert!(count as usize * buf as usize <= MAX_BUF_MEMORY);
         }
-        assert_eq!(token(3, 7, OP_SEND) >> 24, 3);
-        assert_eq!((token(3, 7, OP_SEND) >> 8) as u16, 7);
     }
 }
