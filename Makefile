@@ -14,6 +14,9 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	# The server library alone: builds, lints, and pulls in neither clap nor hdrhistogram.
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
+	! $(CARGO) tree --no-default-features -e normal --prefix none | grep -E '^(clap|hdrhistogram) '
 
 run:
 	$(CARGO) run --release

@@ -431,6 +431,8 @@ pub(crate) mod conn;
 #[doc(hidden)]
 pub mod conn;
 pub mod error;
+// The load generator behind `ringecho bench` (feature `cli`); not a public API.
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod loadgen;
 pub mod protocol;

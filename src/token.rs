@@ -167,7 +167,10 @@ impl Token {
     /// A token for operation `op` of the connection whose key is `key`.
     pub fn conn(key: usize, generation: u32, op: Op) -> Token {
         debug_assert!(key < Token::SHARD as usize);
-        debug_assert!(op != Op::SendDatagram, "a datagram's token is Token::datagram");
+        debug_assert!(
+            op != Op::SendDatagram,
+            "a datagram's token is Token::datagram"
+        );
         Token {
             target: Target::Conn {
                 key,

@@ -15,7 +15,8 @@ use crate::error::Error;
 use crate::sys::{self, KernelVersion};
 
 /// How completions get posted: which task-running set-up flags the ring has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum RingMode {
     /// Try `defer-taskrun`, then `coop-taskrun`, then `plain`.
     Auto,
@@ -29,7 +30,7 @@ pub enum RingMode {
     Plain,
     /// `IORING_SETUP_SQPOLL` (chosen with `--sqpoll`, not with `--ring-mode`): a kernel thread
     /// polls the submission queue, so submitting needs no syscall while it is awake.
-    #[value(skip)]
+    #[cfg_attr(feature = "cli", value(skip))]
     Sqpoll,
 }
 
