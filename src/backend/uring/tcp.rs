@@ -382,12 +382,12 @@ impl<P: Protocol + Clone> UringShard<P> {
             Token::shard(Op::Shutdown),
         ));
         self.update_accepts();
-        // SAFETY: the memory every SQE of this shard points at outlives its operation. Sends
-        // point at provided buffers held by a reference until the send's completion (a
+        // Sends point at provided buffers held by a reference until the send's completion (a
         // zero-copy send's until its notification), or at memory the connection keeps
         // untouched meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
         // send's msghdr and iovecs live in the boxed SendVec the connection holds until the
         // result. After a failure the shard's memory is leaked, never freed (`finish_shard`).
+        // SAFETY: so the memory every SQE of this shard points at outlives its operation.
         let mut driver = unsafe { Driver::new(&self.features, self.batch_max, self.batch_wait_us) };
         driver.submit(&submitter, &mut sq, &mut self.pending, &mut self.counters)?;
         let _ = ctx.events.send(ShardEvent::Ready);
