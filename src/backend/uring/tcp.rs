@@ -81,6 +81,12 @@ struct UringConn<P> {
     zc: Option<Box<ZcRetired>>,
     /// A receive completed at least once (so arming again counts as a re-arm).
     received: bool,
+    /// Receive with single-shot receives (one per turn) instead of a multishot one: set when
+    /// the connection reaches its back-pressure watermark (a stream), cleared when a receive
+    /// brings less than one buffer 16 times in a row. See `UringShard::sync`.
+    streaming: bool,
+    /// Receives in a row that brought less than one buffer.
+    small_recvs: u8,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -558,6 +564,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             send_op: Op::Send,
             zc: None,
             received: false,
+            streaming: false,
+            small_recvs: 0,
             last_active: self.now,
         });
         self.sync(key);
@@ -643,6 +651,15 @@ impl<P: Protocol + Clone> UringShard<P> {
                 self.segs = segs;
                 if !was_paused && c.conn.is_paused() {
                     self.counters.paused += 1;
+                    c.streaming = true;
+                    c.small_recvs = 0;
+                } else if (n as u32) < self.bufs.buf_size() {
+                    c.small_recvs = c.small_recvs.saturating_add(1);
+                    if c.small_recvs >= 16 {
+                        c.streaming = false;
+                    }
+                } else {
+                    c.small_recvs = 0;
                 }
             }
             0 => self.conns[key].conn.on_eof(),
@@ -776,13 +793,17 @@ impl<P: Protocol + Clone> UringShard<P> {
         match (c.recv, want) {
             (RecvState::Idle, true) => {
                 let tok = Token::conn(key, c.generation, Op::Recv);
-                self.pending
-                    .push(match (self.multishot_recv, self.recv_bundle) {
-                        (true, false) => ops::recv_multi(c.sock, BGID, tok),
-                        (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
-                        (false, false) => ops::recv_single(c.sock, BGID, self.bufs.buf_size(), tok),
-                        (false, true) => ops::recv_bundle(c.sock, BGID, tok),
-                    });
+                // A multishot receive takes everything queued in one enter, so a stream's whole
+                // window would arrive before any of it is sent back; a single-shot receive
+                // per turn lets the replies start while the rest waits in the socket.
+                // Only with bundles: one buffer per single-shot receive would be far slower.
+                let multishot = self.multishot_recv && !(c.streaming && self.recv_bundle);
+                self.pending.push(match (multishot, self.recv_bundle) {
+                    (true, false) => ops::recv_multi(c.sock, BGID, tok),
+                    (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
+                    (false, false) => ops::recv_single(c.sock, BGID, self.bufs.buf_size(), tok),
+                    (false, true) => ops::recv_bundle(c.sock, BGID, tok),
+                });
                 c.recv = RecvState::Armed;
                 c.ops += 1;
                 if c.received {
