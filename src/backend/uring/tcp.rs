@@ -26,6 +26,8 @@ use crate::protocol::Protocol;
 use crate::stats::Counters;
 use crate::token::{GENERATION_MASK, Op, Target, Token};
 
+/// Small receives in a row that return a stream to multishot receiving.
+const STREAM_RECVS: u8 = 16;
 /// After an accept ended on an error, wait this long before re-arming it.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// Most bytes one send carries (its completion reports the count as an `i32`); whatever is
@@ -81,12 +83,11 @@ struct UringConn<P> {
     zc: Option<Box<ZcRetired>>,
     /// A receive completed at least once (so arming again counts as a re-arm).
     received: bool,
-    /// Receive with single-shot receives (one per turn) instead of a multishot one: set when
-    /// the connection reaches its back-pressure watermark (a stream), cleared when a receive
-    /// brings less than one buffer 16 times in a row. See `UringShard::sync`.
-    streaming: bool,
-    /// Receives in a row that brought less than one buffer.
-    small_recvs: u8,
+    /// While non-zero, receive with single-shot receives (one per turn) instead of a multishot
+    /// one: set to `STREAM_RECVS` when the connection reaches its back-pressure watermark (a
+    /// stream), counted down by each receive that brings less than one buffer, back to
+    /// `STREAM_RECVS` by one that brings more. See `UringShard::sync`.
+    stream_recvs: u8,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -564,8 +565,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             send_op: Op::Send,
             zc: None,
             received: false,
-            streaming: false,
-            small_recvs: 0,
+            stream_recvs: 0,
             last_active: self.now,
         });
         self.sync(key);
@@ -651,15 +651,11 @@ impl<P: Protocol + Clone> UringShard<P> {
                 self.segs = segs;
                 if !was_paused && c.conn.is_paused() {
                     self.counters.paused += 1;
-                    c.streaming = true;
-                    c.small_recvs = 0;
+                    c.stream_recvs = STREAM_RECVS;
                 } else if (n as u32) < self.bufs.buf_size() {
-                    c.small_recvs = c.small_recvs.saturating_add(1);
-                    if c.small_recvs >= 16 {
-                        c.streaming = false;
-                    }
-                } else {
-                    c.small_recvs = 0;
+                    c.stream_recvs = c.stream_recvs.saturating_sub(1);
+                } else if c.stream_recvs > 0 {
+                    c.stream_recvs = STREAM_RECVS;
                 }
             }
             0 => self.conns[key].conn.on_eof(),
@@ -797,7 +793,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // window would arrive before any of it is sent back; a single-shot receive
                 // per turn lets the replies start while the rest waits in the socket.
                 // Only with bundles: one buffer per single-shot receive would be far slower.
-                let multishot = self.multishot_recv && !(c.streaming && self.recv_bundle);
+                let multishot = self.multishot_recv && !(c.stream_recvs > 0 && self.recv_bundle);
                 self.pending.push(match (multishot, self.recv_bundle) {
                     (true, false) => ops::recv_multi(c.sock, BGID, tok),
                     (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
