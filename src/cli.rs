@@ -250,6 +250,17 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_recv_bundle: bool,
 
+    /// Take a stream in pieces (the default): a stream's receives are capped at about an
+    /// eighth of the data the shard's streams have in flight, so replies go out while the rest
+    /// is still arriving (io_uring: capped multishot receives, 6.17; epoll: a lone stream of
+    /// at most 64 KiB in flight, read 8 KiB at a time).
+    #[arg(long, overrides_with = "no_recv_cap", hide = true)]
+    pub recv_cap: bool,
+
+    /// Receive whatever a stream's socket holds at once instead.
+    #[arg(long)]
+    pub no_recv_cap: bool,
+
     /// Consume provided buffers incrementally (6.12): small messages share a buffer, so the
     /// ring runs dry far later when thousands of connections each hold a little data. Off by
     /// default: replies then start at arbitrary offsets in their buffers, and streams measured
@@ -371,6 +382,7 @@ impl ServeArgs {
             .direct_descriptors(!self.no_direct_descriptors)
             .register_ring_fd(self.register_ring_fd)
             .recv_bundle(!self.no_recv_bundle)
+            .recv_cap(!self.no_recv_cap)
             .buf_incremental(self.buf_incremental && !self.no_buf_incremental)
             .batch_max(self.batch_max)
             .batch_wait_us(self.batch_wait_us)

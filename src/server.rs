@@ -75,6 +75,9 @@ pub(crate) struct ServerConfig {
     pub zc_threshold: Option<u32>,
     /// Receive bundles: one completion for several buffers (6.10).
     pub recv_bundle: bool,
+    /// Take streams in pieces (io_uring: capped multishot receives, 6.17; epoll: capped
+    /// reads), so each piece is echoed while the peer sends the rest.
+    pub recv_cap: bool,
     /// Consume provided buffers incrementally (6.12), so small messages share large buffers.
     pub buf_incremental: bool,
     /// Completion batching when busy: wait for up to this many completions...
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             register_ring_fd: false,
             zc_threshold: None,
             recv_bundle: true,
+            recv_cap: true,
             buf_incremental: false,
             batch_max: 32,
             batch_wait_us: 0,
@@ -342,6 +346,7 @@ impl ServerConfig {
             register_ring_fd: self.register_ring_fd,
             zc_threshold: self.zc_threshold,
             recv_bundle: self.recv_bundle,
+            recv_cap: self.recv_cap,
             buf_incremental: self.buf_incremental,
             batch_max: self.batch_max,
             batch_wait_us: self.batch_wait_us,
@@ -529,6 +534,16 @@ impl ServerBuilder {
     /// default on; `--no-recv-bundle` turns it off).
     pub fn recv_bundle(&mut self, on: bool) -> &mut Self {
         self.cfg.recv_bundle = on;
+        self
+    }
+
+    /// Take streams in pieces (default on; `--no-recv-cap` turns it off): on io_uring each
+    /// completion of a stream's multishot bundle receive is capped where the kernel can
+    /// (6.17), at about an eighth of what the shard's streams have in flight; on epoll a lone
+    /// stream of at most 64 KiB in flight is read 8 KiB at a time. Each piece is echoed while
+    /// the peer is still sending the rest (see `backend::streams`).
+    pub fn recv_cap(&mut self, on: bool) -> &mut Self {
+        self.cfg.recv_cap = on;
         self
     }
 

@@ -92,6 +92,9 @@ counters! {
     enobufs,
     /// Receives re-armed after a completion without `IORING_CQE_F_MORE` (or single-shot).
     recv_rearms,
+    /// Multishot receives cancelled to be armed again with another cap (io_uring): the
+    /// connection turned out to be a stream, or the shard's streams changed its share.
+    recv_recaps,
     /// Multishot accepts re-armed.
     accept_rearms,
     /// Times a connection's receive was paused by back-pressure.

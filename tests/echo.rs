@@ -336,3 +336,73 @@ fn serves_without_a_subcommand_and_on_ipv6() {
         assert_eq!(fin.bytes_out, 300_000);
     });
 }
+
+/// One stream (`window` bytes in flight, fixed writes of `write` bytes) against a server
+/// started with `args`; returns the final counters and whether the server caps stream
+/// receives, after checking every byte and a clean exit.
+fn one_stream(
+    b: common::Backend,
+    args: &[&str],
+    total: u64,
+    (window, write): (u64, usize),
+) -> (ringecho::stats::Counters, bool) {
+    let mut server = b.start(args);
+    let capped = server
+        .stderr_lines()
+        .iter()
+        .any(|l| l.starts_with("ringecho: io_uring") && l.contains("+cap "));
+    let spec = FlowSpec {
+        total,
+        window,
+        max_write: write,
+        fixed_writes: true,
+        half_close: true,
+    };
+    let mut flows = vec![Flow::connect(server.addr, 7, spec).unwrap()];
+    drive(&mut flows, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    drop(flows);
+    server.wait_stats("closed", Duration::from_secs(10), |c| c.closed >= 1);
+    let fin = server.stop(libc::SIGTERM).assert_clean();
+    eprintln!("{args:?} (capped: {capped}): {fin}");
+    assert_eq!(fin.bytes_out, total, "{args:?}");
+    assert_eq!(fin.bufs_held, 0, "{args:?}");
+    assert_eq!((fin.stale_cqes, fin.conn_errors), (0, 0), "{args:?}");
+    (fin, capped)
+}
+
+/// Where the kernel caps multishot receives (6.17), a lone pipelined stream is taken in
+/// pieces: once its window is seen (256 KiB here, written 64 KiB at a time) its receive is
+/// armed again with a cap of an eighth of it, 32 KiB (by a cancellation, or by the pause its
+/// first window causes), so no completion carries much more than that, and every byte still
+/// comes back in order; `--no-recv-cap` takes what the socket holds, more per completion.
+/// Then the cap under pressure: incremental buffers, an 8-buffer ring, and a watermark that
+/// pauses (cancels) the capped receive over and over.
+#[test]
+fn a_lone_stream_is_received_in_capped_pieces() {
+    with_backend("uring", |b| {
+        const TOTAL: u64 = 32 << 20;
+        const FLOW: (u64, usize) = (256 * 1024, 64 * 1024);
+        let (fin, capped) = one_stream(b, &[], TOTAL, FLOW);
+        if !capped {
+            common::skipped("this kernel does not cap multishot receives (6.17)");
+            return;
+        }
+        // At most 32 KiB per completion, plus where a buffer's tail rides along (the cap
+        // counts whole buffers).
+        let per_cqe = |c: &ringecho::stats::Counters| c.bytes_in / c.recv_cqes.max(1);
+        assert!(per_cqe(&fin) <= 36 * 1024, "not capped: {fin}");
+        let (whole, _) = one_stream(b, &["--no-recv-cap"], TOTAL, FLOW);
+        assert_eq!(whole.recv_recaps, 0, "{whole}");
+        assert!(
+            per_cqe(&whole) > per_cqe(&fin),
+            "uncapped: {whole}; capped: {fin}"
+        );
+
+        const SMALL: (u64, usize) = (64 * 1024, 4096);
+        one_stream(b, &["--buf-incremental"], 8 << 20, FLOW);
+        one_stream(b, &["--buf-incremental"], 4 << 20, SMALL);
+        one_stream(b, &["--buf-count", "8"], 4 << 20, SMALL);
+        let (paused, _) = one_stream(b, &["--max-pending", "4096"], 4 << 20, SMALL);
+        assert!(paused.paused > 0, "{paused}");
+    });
+}

@@ -190,7 +190,7 @@ probe_check() {
 	report "PROBE json $(cat "$T/probe.json")"
 	# What probe says against the kernel versions kernel-notes.md gives for each feature.
 	for row in "DEFER_TASKRUN:6:1" "COOP_TASKRUN:5:19" "multishot recv:6:0" "send_zc:6:0" \
-		"recv bundles:6:10" "min-wait batching:6:12" "incremental buffer:6:12" \
+		"recv bundles:6:10" "capped multishot recv:6:17" "min-wait batching:6:12" "incremental buffer:6:12" \
 		"direct descriptors released:6:13"; do
 		feat=${row%%:*}
 		ver=${row#*:}

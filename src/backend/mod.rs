@@ -36,6 +36,7 @@
 
 pub(crate) mod epoll;
 pub(crate) mod shard;
+pub(crate) mod streams;
 pub mod uring;
 
 /// Most owed chunks one send carries (an `iovec` each). A chunk is a run of bytes in one

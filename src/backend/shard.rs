@@ -46,6 +46,8 @@ pub(crate) struct ShardConfig {
     pub zc_threshold: Option<u32>,
     /// Receive bundles (6.10).
     pub recv_bundle: bool,
+    /// Take streams in pieces (`backend::streams`).
+    pub recv_cap: bool,
     /// Consume provided buffers incrementally (6.12).
     pub buf_incremental: bool,
     /// Completion batching when busy: wait for up to this many completions...

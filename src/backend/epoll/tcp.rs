@@ -9,7 +9,8 @@
 //!
 //! Received bytes are read into one scratch buffer per shard and handed to [`Conn::on_recv`]
 //! without a buffer id, so the connection copies what it must keep; the write that follows
-//! usually sends it at once.
+//! usually sends it at once. A stream's reads are capped as its io_uring receives are
+//! ([`streams`](crate::backend::streams)): a piece is read, echoed, then the next.
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -19,6 +20,7 @@ use slab::Slab;
 
 use super::shard_epoll;
 use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent};
+use crate::backend::streams::{self, Window};
 use crate::backend::{SEND_VEC_MAX, Timers};
 use crate::conn::{Conn, Limits, SendSpan};
 use crate::error::Error;
@@ -58,6 +60,8 @@ struct EpollConn<P> {
     out_registered: bool,
     /// Waiting on the ready list (read budget ran out with data left).
     queued: bool,
+    /// What the peer was seen to have in flight (from uncapped reads), and so its read cap.
+    window: Window,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -70,6 +74,10 @@ struct EpollShard<P> {
     limits: Limits,
     max_conns: usize,
     scratch: Vec<u8>,
+    /// Streams' reads are capped (`--no-recv-cap` turns it off).
+    recv_cap: bool,
+    /// Connections that are streams (`EpollConn::window`).
+    streams: u32,
     /// Connections with data left after their read budget, served before waiting again.
     ready: std::collections::VecDeque<(usize, u32)>,
     accept_paused: bool,
@@ -109,9 +117,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     let max_conns = cfg.max_conns;
     if ctx.index == 0 {
         eprintln!(
-            "ringecho: epoll shards={} edge-triggered read_buffer={}B max_conns={max_conns} (per shard)",
+            "ringecho: epoll shards={} edge-triggered read_buffer={}B streams={} \
+             max_conns={max_conns} (per shard)",
             ctx.shards,
-            read_buffer_size(buf_size)
+            read_buffer_size(buf_size),
+            if cfg.recv_cap { "pieces" } else { "whole" }
         );
     }
     let mut shard = EpollShard {
@@ -124,6 +134,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         },
         max_conns,
         scratch: vec![0; read_buffer_size(buf_size)],
+        recv_cap: cfg.recv_cap,
+        streams: 0,
         ready: Default::default(),
         accept_paused: false,
         accept_pause_logged: false,
@@ -245,14 +257,22 @@ impl<P: Protocol + Clone> EpollShard<P> {
             }
             reads += 1;
             let fd = c.fd.as_raw_fd();
-            self.counters.syscalls += 1;
-            // SAFETY: the kernel writes at most `scratch.len()` bytes into `scratch`, which
-            // this shard owns and nothing else borrows during the call.
-            match syscall!(read(
-                fd,
-                self.scratch.as_mut_ptr().cast(),
+            let cap = if self.recv_cap {
+                // A piece costs a read and a write here, two syscalls: only a lone stream
+                // of at most 64 KiB in flight is cut (into 8 KiB pieces).
+                c.window.cap(self.streams, 1, streams::MIN_CAP)
+            } else {
+                0
+            };
+            let len = if cap > 0 {
+                (cap as usize).min(self.scratch.len())
+            } else {
                 self.scratch.len()
-            )) {
+            };
+            self.counters.syscalls += 1;
+            // SAFETY: the kernel writes at most `len` bytes (at most `scratch.len()`) into
+            // `scratch`, which this shard owns and nothing else borrows during the call.
+            match syscall!(read(fd, self.scratch.as_mut_ptr().cast(), len)) {
                 Ok(0) => {
                     c.readable = false;
                     c.conn.on_eof();
@@ -261,8 +281,13 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     let n = n as usize;
                     // A short read drained the socket: a later arrival brings a new edge. Not so
                     // for a FIN that came with the data (its edge is the one being handled).
-                    if n < self.scratch.len() && !c.hup {
+                    if n < len && !c.hup {
                         c.readable = false;
+                    }
+                    if cap > 0 {
+                        c.window.restart();
+                    } else if c.window.on_uncapped(n as u32, n < len) {
+                        self.streams += 1;
                     }
                     self.counters.recv_cqes += 1;
                     c.last_active = self.now;
@@ -276,7 +301,13 @@ impl<P: Protocol + Clone> EpollShard<P> {
                         self.counters.paused += 1;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => c.readable = false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    // A full read followed by this one: the burst ended with the socket empty.
+                    if cap == 0 && c.window.on_uncapped(0, true) {
+                        self.streams += 1;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.counters.conn_errors += 1;
@@ -389,6 +420,9 @@ impl<P: Protocol + Clone> EpollShard<P> {
 
     fn close(&mut self, key: usize) {
         let mut c = self.conns.remove(key);
+        if c.window.is_stream() {
+            self.streams -= 1;
+        }
         c.conn.release_all(|_| {});
         // Dropping the descriptor closes it, which also removes it from the epoll set.
         self.counters.syscalls += 1;
@@ -470,6 +504,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     writable: true,
                     out_registered: false,
                     queued: false,
+                    window: Window::default(),
                     last_active: self.now,
                 });
             }

@@ -151,6 +151,8 @@ pub struct Features {
     pub multishot_accept: bool,
     /// Multishot receive (`IORING_RECV_MULTISHOT`, 6.0).
     pub multishot_recv: bool,
+    /// A multishot receive takes a length, capping each completion (6.17).
+    pub multishot_recv_cap: bool,
     /// Provided-buffer rings (`IORING_REGISTER_PBUF_RING`, 5.19).
     pub buf_ring: bool,
     /// `IORING_OP_SEND_ZC` (6.0).
@@ -298,6 +300,7 @@ fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
         multishot_accept: op(opcode::AcceptMulti::CODE) && t.multishot_accept.unwrap_or(v519),
         multishot_recv: op(opcode::RecvMulti::CODE)
             && t.multishot_recv.unwrap_or(kernel.at_least(6, 0)),
+        multishot_recv_cap: t.multishot_recv_cap.unwrap_or(kernel.at_least(6, 17)),
         buf_ring: t.buf_ring.unwrap_or(v519),
         send_zc: op(opcode::SendZc::CODE),
         sendmsg_zc: op(opcode::SendMsgZc::CODE),
@@ -408,6 +411,13 @@ impl Features {
                 self.min_timeout,
                 "no",
                 "--batch-wait-us",
+            ),
+            row(
+                "capped multishot recv",
+                "6.17",
+                self.multishot_recv_cap,
+                "yes",
+                "--no-recv-cap",
             ),
             row(
                 "recv bundles",

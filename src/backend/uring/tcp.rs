@@ -20,6 +20,7 @@ use super::{
 };
 use crate::backend::Timers;
 use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent, table_headroom};
+use crate::backend::streams::{self, Window};
 use crate::conn::{Chunk, Conn, Limits, SendSpan};
 use crate::error::Error;
 use crate::protocol::Protocol;
@@ -88,6 +89,13 @@ struct UringConn<P> {
     /// stream), counted down by each receive that brings less than one buffer, back to
     /// `STREAM_RECVS` by one that brings more. See `UringShard::sync`.
     stream_recvs: u8,
+    /// What the peer was seen to have in flight (from uncapped bundle receives), and so the
+    /// cap of its multishot receive.
+    window: Window,
+    /// The cap of the armed receive (0: uncapped).
+    armed_cap: u32,
+    /// The armed receive is a multishot one.
+    armed_multishot: bool,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -200,6 +208,10 @@ struct UringShard<P> {
     direct: bool,
     /// Receives are bundles (one completion for several buffers).
     recv_bundle: bool,
+    /// Streams' multishot receives are capped (`stream_cap`; needs bundles and 6.17).
+    recv_cap: bool,
+    /// Connections that are streams (`UringConn::window`).
+    streams: u32,
     /// Scratch list of the buffers one completion covers.
     segs: Vec<buf_ring::Segment>,
     /// Sends at least this long go out as zero-copy sends.
@@ -256,12 +268,13 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, incremental)
     }?;
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
+    let recv_cap = cfg.recv_cap && recv_bundle && multishot_recv && features.multishot_recv_cap;
     let buf_budget = cfg.buf_budget as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
     let startup_line = (ctx.index == 0).then(|| {
         format!(
             "ringecho: io_uring shards={} kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B \
-             budget={} files={} max_conns={} recv={}{}{} batch={} zc={}",
+             budget={} files={} max_conns={} recv={}{}{}{} batch={} zc={}",
             ctx.shards,
             features.kernel,
             features.mode,
@@ -285,6 +298,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             },
             if recv_bundle { "+bundle" } else { "" },
             if incremental { "+incremental" } else { "" },
+            if recv_cap { "+cap" } else { "" },
             match (cfg.batch_wait_us, features.min_timeout) {
                 (0, _) => "off".to_string(),
                 (w, true) => format!("{}/{}us(min-wait)", cfg.batch_max, w),
@@ -321,6 +335,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         multishot_recv,
         direct,
         recv_bundle,
+        recv_cap,
+        streams: 0,
         segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
         batch_max: cfg.batch_max.max(1),
@@ -566,6 +582,9 @@ impl<P: Protocol + Clone> UringShard<P> {
             zc: None,
             received: false,
             stream_recvs: 0,
+            window: Window::default(),
+            armed_cap: 0,
+            armed_multishot: false,
             last_active: self.now,
         });
         self.sync(key);
@@ -657,6 +676,14 @@ impl<P: Protocol + Clone> UringShard<P> {
                 } else if c.stream_recvs > 0 {
                     c.stream_recvs = STREAM_RECVS;
                 }
+                // An uncapped bundle receive takes all the socket holds.
+                if c.armed_cap == 0
+                    && self.recv_bundle
+                    && c.window
+                        .on_uncapped(n as u32, !cqueue::sock_nonempty(flags))
+                {
+                    self.streams += 1;
+                }
             }
             0 => self.conns[key].conn.on_eof(),
             e if e == -libc::ENOBUFS => {
@@ -668,6 +695,11 @@ impl<P: Protocol + Clone> UringShard<P> {
                 }
             }
             e if e == -libc::ECANCELED => {}
+            e if e == -libc::EINVAL && self.conns[key].armed_cap > 0 => {
+                // The trial said the kernel takes a capped multishot receive and this one
+                // did not: receive uncapped from now on (the next sync re-arms).
+                self.recv_cap = false;
+            }
             _ => {
                 self.counters.conn_errors += 1;
                 self.begin_close(key);
@@ -737,6 +769,9 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     fn on_closed(&mut self, key: usize) {
         let mut c = self.conns.remove(key);
+        if c.window.is_stream() {
+            self.streams -= 1;
+        }
         debug_assert_eq!(c.ops, 0);
         let bufs = &mut self.bufs;
         c.conn.release_all(|bid| bufs.release(bid));
@@ -760,6 +795,14 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// Queues whatever closes the gap between what connection `key` wants and what is in
     /// flight for it. Called after every event on the connection.
     fn sync(&mut self, key: usize) {
+        let cap = if self.recv_cap {
+            let unit = self.bufs.buf_size();
+            self.conns[key]
+                .window
+                .cap(self.streams, unit, streams::MAX_CAP)
+        } else {
+            0
+        };
         let c = &mut self.conns[key];
         match c.phase {
             Phase::Open => {}
@@ -793,14 +836,24 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // window would arrive before any of it is sent back; a single-shot receive
                 // per turn lets the replies start while the rest waits in the socket.
                 // Only with bundles: one buffer per single-shot receive would be far slower.
-                let multishot = self.multishot_recv && !(c.stream_recvs > 0 && self.recv_bundle);
+                // A capped receive takes a stream in pieces by itself, and goes on doing so.
+                let multishot =
+                    self.multishot_recv && (cap > 0 || !(c.stream_recvs > 0 && self.recv_bundle));
                 self.pending.push(match (multishot, self.recv_bundle) {
                     (true, false) => ops::recv_multi(c.sock, BGID, tok),
+                    (true, true) if cap > 0 => {
+                        ops::recv_multi_bundle_capped(c.sock, BGID, cap, tok)
+                    }
                     (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
                     (false, false) => ops::recv_single(c.sock, BGID, self.bufs.buf_size(), tok),
                     (false, true) => ops::recv_bundle(c.sock, BGID, tok),
                 });
                 c.recv = RecvState::Armed;
+                c.armed_cap = if multishot { cap } else { 0 };
+                c.armed_multishot = multishot;
+                if c.armed_cap > 0 {
+                    c.window.restart();
+                }
                 c.ops += 1;
                 if c.received {
                     self.counters.recv_rearms += 1;
@@ -814,6 +867,18 @@ impl<P: Protocol + Clone> UringShard<P> {
                 self.pending.push(ops::cancel(target, tok));
                 c.recv = RecvState::Cancelling;
                 c.ops += 1;
+            }
+            (RecvState::Armed, true) if c.armed_multishot && c.armed_cap != cap => {
+                // The connection's cap changed (it turned out to be a stream, or the shard's
+                // streams changed its share): cancel, and the final completion's sync arms
+                // the receive again with the new one. Nothing is lost: completions racing
+                // the cancel still carry data.
+                let target = Token::conn(key, c.generation, Op::Recv);
+                let tok = Token::conn(key, c.generation, Op::CancelRecv);
+                self.pending.push(ops::cancel(target, tok));
+                c.recv = RecvState::Cancelling;
+                c.ops += 1;
+                self.counters.recv_recaps += 1;
             }
             (RecvState::Parked, false) => c.recv = RecvState::Idle,
             _ => {}

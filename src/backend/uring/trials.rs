@@ -36,6 +36,8 @@ pub(crate) struct Trials {
     pub buf_ring_inc: Option<bool>,
     /// Multishot receive (`IORING_RECV_MULTISHOT`, 6.0).
     pub multishot_recv: Option<bool>,
+    /// A multishot receive with a length: a cap on each completion (6.17).
+    pub multishot_recv_cap: Option<bool>,
     /// Multishot accept into an allocated direct descriptor (5.19).
     pub multishot_accept: Option<bool>,
     /// A closed direct descriptor's file is released at once, whatever older requests are in
@@ -60,7 +62,8 @@ fn run() -> Trials {
     Trials {
         buf_ring: register_buf_ring(&ring, false),
         buf_ring_inc: register_buf_ring(&ring, true),
-        multishot_recv: multishot_recv(&mut ring),
+        multishot_recv: multishot_recv(&mut ring, None),
+        multishot_recv_cap: multishot_recv(&mut ring, Some(16)),
         multishot_accept: multishot_accept(&mut ring),
         direct_close_releases: direct_close_releases(&mut ring),
         cancel_all: cancel_all(&mut ring),
@@ -154,17 +157,27 @@ fn cancel_all(ring: &mut IoUring) -> Option<bool> {
 }
 
 /// A multishot receive on one end of a socket pair with a byte waiting: `-EINVAL` where the
-/// kernel does not know the flag.
-fn multishot_recv(ring: &mut IoUring) -> Option<bool> {
+/// kernel does not know the flag, or (with `cap`, a length in the SQE) does not take a
+/// length with it.
+fn multishot_recv(ring: &mut IoUring, cap: Option<u32>) -> Option<bool> {
     let (ours, mut peer) = UnixStream::pair().ok()?;
     peer.write_all(b"x").ok()?;
     let mut br = BufRing::new(1, 64, BGID, false).ok()?;
     // SAFETY: no completion reaches `on_completion`, and the buffer ring is unregistered
     // only once the receive is over (below).
     unsafe { br.register(&ring.submitter()) }.ok()?;
-    let recv = opcode::RecvMulti::new(types::Fd(ours.as_raw_fd()), BGID)
-        .build()
-        .user_data(1);
+    let recv = match cap {
+        None => opcode::RecvMulti::new(types::Fd(ours.as_raw_fd()), BGID).build(),
+        Some(cap) => {
+            // IORING_RECV_MULTISHOT in `ioprio`: `RecvMulti` cannot carry a length.
+            opcode::Recv::new(types::Fd(ours.as_raw_fd()), std::ptr::null_mut(), cap)
+                .buf_group(BGID)
+                .ioprio(1 << 1)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        }
+    }
+    .user_data(1);
     let cqe = push_and_wait(ring, &recv, 1, |_| {});
     let answer = cqe.as_ref().map(|c| c.result() != -libc::EINVAL);
     let ended = cqe.as_ref().is_some_and(|c| !cqueue::more(c.flags()));
@@ -257,6 +270,7 @@ mod tests {
             ("buf_ring", t.buf_ring, (5, 19)),
             ("buf_ring_inc", t.buf_ring_inc, (6, 12)),
             ("multishot_recv", t.multishot_recv, (6, 0)),
+            ("multishot_recv_cap", t.multishot_recv_cap, (6, 17)),
             ("multishot_accept", t.multishot_accept, (5, 19)),
             ("direct_close_releases", t.direct_close_releases, (6, 13)),
             ("reg_ring_fd", t.reg_ring_fd, (5, 18)),
