@@ -13,6 +13,9 @@
 //! for big windows and for two streams there, so the epoll backend cuts only a lone stream
 //! of at most 64 KiB in flight (its cap is at most `MIN_CAP`).
 
+/// Capped receives between two looks at how much the socket holds (`Window::sample`): a
+/// window first seen small (a peer that starts slowly) is found out within this many pieces.
+pub(crate) const SAMPLE_EVERY: u16 = 64;
 /// A connection whose peer once had this many bytes in flight is a stream.
 pub(crate) const STREAM_WINDOW: u32 = 32 * 1024;
 /// The pieces the shard's streams' data in flight is taken in.
@@ -36,20 +39,34 @@ impl Window {
     /// An uncapped receive (one that could take all the socket held) took `n` bytes;
     /// `drained`: it left the socket empty. True when this made the connection a stream.
     pub fn on_uncapped(&mut self, n: u32, drained: bool) -> bool {
-        self.burst = self.burst.saturating_add(n);
-        if !drained {
-            return false;
-        }
         let was_stream = self.is_stream();
-        self.max = self.max.max(self.burst);
-        self.burst = 0;
+        self.burst = self.burst.saturating_add(n);
+        // One receive never takes more than the peer had in flight.
+        self.max = self.max.max(n);
+        if drained {
+            self.max = self.max.max(self.burst);
+            self.burst = 0;
+        }
         !was_stream && self.is_stream()
+    }
+
+    /// The socket was seen to hold `queued` bytes (at most what the peer had in flight),
+    /// which a capped stream looks at every `SAMPLE_EVERY` pieces. Capped pieces themselves
+    /// say nothing about the window, nor do bursts of them: a server slower than its peer
+    /// never finds the socket empty.
+    pub fn sample(&mut self, queued: u32) {
+        self.max = self.max.max(queued);
     }
 
     /// A receive that may not take all the socket holds was started: what it takes says
     /// nothing about the window, so the burst starts again after it.
     pub fn restart(&mut self) {
         self.burst = 0;
+    }
+
+    /// The most bytes the peer was seen to have in flight.
+    pub fn seen(&self) -> u32 {
+        self.max
     }
 
     /// The connection is a stream.
@@ -111,6 +128,24 @@ mod tests {
             8 * 1024,
             "an eighth of 70,000, down to a power of two"
         );
+    }
+
+    #[test]
+    fn one_receive_or_a_sample_is_a_lower_bound_of_the_window() {
+        let mut w = Window::default();
+        assert!(
+            w.on_uncapped(40_000, false),
+            "40,000 bytes at once: a stream"
+        );
+        assert_eq!(
+            w.cap(1, 4096, MAX_CAP),
+            8 * 1024,
+            "an eighth of 40,000, up to 8 KiB"
+        );
+        w.sample(256 * 1024);
+        assert_eq!(w.cap(1, 4096, MAX_CAP), 32 * 1024, "found out bigger");
+        w.sample(1);
+        assert_eq!(w.cap(1, 4096, MAX_CAP), 32 * 1024, "never smaller");
     }
 
     #[test]

@@ -38,6 +38,18 @@ fn read_buffer_size(buf_size: u32) -> usize {
     (buf_size as usize).max(64 * 1024)
 }
 
+/// The read cap (0: none) for a connection with `window` when the shard has `n_streams`
+/// streams and pieces are `on`. A piece costs a read and a write here, two syscalls: only a
+/// lone stream of at most 64 KiB in flight is cut (into 8 KiB pieces). (Its socket never
+/// holds more, so one look that finds more, `FIONREAD` every `SAMPLE_EVERY` pieces, ends it.)
+fn read_cap(on: bool, n_streams: u32, window: &Window) -> u32 {
+    if on && window.seen() <= 64 * 1024 {
+        window.cap(n_streams, 1, streams::MIN_CAP)
+    } else {
+        0
+    }
+}
+
 /// Events fetched per `epoll_wait`.
 const MAX_EVENTS: usize = 512;
 /// Reads per connection per turn before others get a go (the rest waits on the ready list).
@@ -62,6 +74,8 @@ struct EpollConn<P> {
     queued: bool,
     /// What the peer was seen to have in flight (from uncapped reads), and so its read cap.
     window: Window,
+    /// Capped reads since the last look at how much the socket holds (`FIONREAD`).
+    pieces: u16,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -244,6 +258,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
             if !self.flush(key) {
                 return; // closed on a write error
             }
+            let (on, streams_now) = (self.recv_cap, self.streams);
             let c = &mut self.conns[key];
             if !(c.readable && c.conn.recv_wanted()) {
                 break;
@@ -257,13 +272,23 @@ impl<P: Protocol + Clone> EpollShard<P> {
             }
             reads += 1;
             let fd = c.fd.as_raw_fd();
-            let cap = if self.recv_cap {
-                // A piece costs a read and a write here, two syscalls: only a lone stream
-                // of at most 64 KiB in flight is cut (into 8 KiB pieces).
-                c.window.cap(self.streams, 1, streams::MIN_CAP)
-            } else {
-                0
-            };
+            let cap_of = |w: &Window| read_cap(on, streams_now, w);
+            let mut cap = cap_of(&c.window);
+            if cap > 0 {
+                c.pieces += 1;
+                if c.pieces >= streams::SAMPLE_EVERY {
+                    // Capped reads say nothing of the window: look at what the socket holds
+                    // (at most what the peer has in flight).
+                    c.pieces = 0;
+                    let mut queued: libc::c_int = 0;
+                    self.counters.syscalls += 1;
+                    // SAFETY: FIONREAD writes one c_int through the pointer, to `queued`.
+                    if syscall!(ioctl(fd, libc::FIONREAD, &mut queued)).is_ok() {
+                        c.window.sample(queued.max(0) as u32);
+                        cap = cap_of(&c.window);
+                    }
+                }
+            }
             let len = if cap > 0 {
                 (cap as usize).min(self.scratch.len())
             } else {
@@ -505,6 +530,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     out_registered: false,
                     queued: false,
                     window: Window::default(),
+                    pieces: 0,
                     last_active: self.now,
                 });
             }

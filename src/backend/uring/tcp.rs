@@ -96,6 +96,10 @@ struct UringConn<P> {
     armed_cap: u32,
     /// The armed receive is a multishot one.
     armed_multishot: bool,
+    /// Capped completions since the last look at how much the socket holds; at
+    /// `streams::SAMPLE_EVERY` the capped receive is cancelled and one uncapped single-shot
+    /// receive takes a look (`Window::sample`) before it is armed again.
+    pieces: u16,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -585,6 +589,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             window: Window::default(),
             armed_cap: 0,
             armed_multishot: false,
+            pieces: 0,
             last_active: self.now,
         });
         self.sync(key);
@@ -683,6 +688,9 @@ impl<P: Protocol + Clone> UringShard<P> {
                         .on_uncapped(n as u32, !cqueue::sock_nonempty(flags))
                 {
                     self.streams += 1;
+                }
+                if c.armed_cap > 0 {
+                    c.pieces = c.pieces.saturating_add(1);
                 }
             }
             0 => self.conns[key].conn.on_eof(),
@@ -836,9 +844,14 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // window would arrive before any of it is sent back; a single-shot receive
                 // per turn lets the replies start while the rest waits in the socket.
                 // Only with bundles: one buffer per single-shot receive would be far slower.
-                // A capped receive takes a stream in pieces by itself, and goes on doing so.
-                let multishot =
-                    self.multishot_recv && (cap > 0 || !(c.stream_recvs > 0 && self.recv_bundle));
+                // A capped receive takes a stream in pieces by itself, and goes on doing so,
+                // but for a single-shot look at the whole socket every `SAMPLE_EVERY` pieces.
+                let sample = cap > 0 && c.pieces >= streams::SAMPLE_EVERY;
+                let cap = if sample { 0 } else { cap };
+                c.pieces = 0;
+                let multishot = self.multishot_recv
+                    && !sample
+                    && (cap > 0 || !(c.stream_recvs > 0 && self.recv_bundle));
                 self.pending.push(match (multishot, self.recv_bundle) {
                     (true, false) => ops::recv_multi(c.sock, BGID, tok),
                     (true, true) if cap > 0 => {
@@ -868,7 +881,10 @@ impl<P: Protocol + Clone> UringShard<P> {
                 c.recv = RecvState::Cancelling;
                 c.ops += 1;
             }
-            (RecvState::Armed, true) if c.armed_multishot && c.armed_cap != cap => {
+            (RecvState::Armed, true)
+                if c.armed_multishot
+                    && (c.armed_cap != cap || c.pieces >= streams::SAMPLE_EVERY) =>
+            {
                 // The connection's cap changed (it turned out to be a stream, or the shard's
                 // streams changed its share): cancel, and the final completion's sync arms
                 // the receive again with the new one. Nothing is lost: completions racing
