@@ -212,7 +212,7 @@ struct UringShard<P> {
     direct: bool,
     /// Receives are bundles (one completion for several buffers).
     recv_bundle: bool,
-    /// Streams' multishot receives are capped (`stream_cap`; needs bundles and 6.17).
+    /// Streams' multishot receives are capped (`Window::cap`; needs bundles and 6.17).
     recv_cap: bool,
     /// Connections that are streams (`UringConn::window`).
     streams: u32,
