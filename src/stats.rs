@@ -93,7 +93,8 @@ counters! {
     /// Receives re-armed after a completion without `IORING_CQE_F_MORE` (or single-shot).
     recv_rearms,
     /// Multishot receives cancelled to be armed again with another cap (io_uring): the
-    /// connection turned out to be a stream, or the shard's streams changed its share.
+    /// connection turned out to be a stream, the shard's streams changed its share, or a
+    /// capped stream's look at its whole socket (every 64 pieces) is due.
     recv_recaps,
     /// Multishot accepts re-armed.
     accept_rearms,
