@@ -104,6 +104,11 @@ pub fn recv_multi_bundle(sock: Sock, bgid: u16, tok: Token) -> squeue::Entry {
     on_sock!(sock, |t| opcode::RecvMultiBundle::new(t, bgid).build()).user_data(tok.encode())
 }
 
+/// `IORING_RECV_MULTISHOT`, a receive's `ioprio` flag (the crate's `sys` module is private).
+pub(crate) const RECV_MULTISHOT: u16 = 1 << 1;
+/// `IORING_RECVSEND_BUNDLE`, a receive's `ioprio` flag.
+pub(crate) const RECVSEND_BUNDLE: u16 = 1 << 4;
+
 /// Multishot bundle receive whose every completion carries at most `cap` bytes (6.17; the
 /// SQE's length, `-EINVAL` before). A completion that reaches the cap also ends the kernel's
 /// receive loop for this socket: the rest waits for the next enter, so a stream is taken in
@@ -111,8 +116,6 @@ pub fn recv_multi_bundle(sock: Sock, bgid: u16, tok: Token) -> squeue::Entry {
 pub fn recv_multi_bundle_capped(sock: Sock, bgid: u16, cap: u32, tok: Token) -> squeue::Entry {
     // The crate's `RecvMultiBundle` leaves the length 0; this is the same SQE with a length:
     // IORING_RECV_MULTISHOT | IORING_RECVSEND_BUNDLE in `ioprio`, buffers from group `bgid`.
-    const RECV_MULTISHOT: u16 = 1 << 1;
-    const RECVSEND_BUNDLE: u16 = 1 << 4;
     on_sock!(sock, |t| opcode::Recv::new(t, std::ptr::null_mut(), cap)
         .buf_group(bgid)
         .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)

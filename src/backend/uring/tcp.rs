@@ -92,10 +92,9 @@ struct UringConn<P> {
     /// What the peer was seen to have in flight (from uncapped bundle receives), and so the
     /// cap of its multishot receive.
     window: Window,
-    /// The cap of the armed receive (0: uncapped).
-    armed_cap: u32,
-    /// The armed receive is a multishot one.
-    armed_multishot: bool,
+    /// The armed receive is a multishot one with this cap (0: uncapped); `None` for a
+    /// single-shot one (always uncapped) or none armed.
+    multishot_cap: Option<u32>,
     /// Capped completions since the last look at how much the socket holds; at
     /// `streams::SAMPLE_EVERY` the capped receive is cancelled and one uncapped single-shot
     /// receive takes a look (`Window::sample`) before it is armed again.
@@ -587,8 +586,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             received: false,
             stream_recvs: 0,
             window: Window::default(),
-            armed_cap: 0,
-            armed_multishot: false,
+            multishot_cap: None,
             pieces: 0,
             last_active: self.now,
         });
@@ -682,14 +680,15 @@ impl<P: Protocol + Clone> UringShard<P> {
                     c.stream_recvs = STREAM_RECVS;
                 }
                 // An uncapped bundle receive takes all the socket holds.
-                if c.armed_cap == 0
+                let capped = c.multishot_cap.is_some_and(|cap| cap > 0);
+                if !capped
                     && self.recv_bundle
                     && c.window
                         .on_uncapped(n as u32, !cqueue::sock_nonempty(flags))
                 {
                     self.streams += 1;
                 }
-                if c.armed_cap > 0 {
+                if capped {
                     c.pieces = c.pieces.saturating_add(1);
                 }
             }
@@ -703,7 +702,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 }
             }
             e if e == -libc::ECANCELED => {}
-            e if e == -libc::EINVAL && self.conns[key].armed_cap > 0 => {
+            e if e == -libc::EINVAL && self.conns[key].multishot_cap.is_some_and(|cap| cap > 0) => {
                 // The trial said the kernel takes a capped multishot receive and this one
                 // did not: receive uncapped from now on (the next sync re-arms).
                 self.recv_cap = false;
@@ -862,9 +861,8 @@ impl<P: Protocol + Clone> UringShard<P> {
                     (false, true) => ops::recv_bundle(c.sock, BGID, tok),
                 });
                 c.recv = RecvState::Armed;
-                c.armed_cap = if multishot { cap } else { 0 };
-                c.armed_multishot = multishot;
-                if c.armed_cap > 0 {
+                c.multishot_cap = multishot.then_some(cap);
+                if multishot && cap > 0 {
                     c.window.restart();
                 }
                 c.ops += 1;
@@ -872,29 +870,24 @@ impl<P: Protocol + Clone> UringShard<P> {
                     self.counters.recv_rearms += 1;
                 }
             }
-            (RecvState::Armed, false) => {
-                // A multishot receive cannot be paused, only cancelled. Completions racing the
-                // cancel still carry data, and it is still echoed.
-                let target = Token::conn(key, c.generation, Op::Recv);
-                let tok = Token::conn(key, c.generation, Op::CancelRecv);
-                self.pending.push(ops::cancel(target, tok));
-                c.recv = RecvState::Cancelling;
-                c.ops += 1;
-            }
-            (RecvState::Armed, true)
-                if c.armed_multishot
-                    && (c.armed_cap != cap || c.pieces >= streams::SAMPLE_EVERY) =>
+            (RecvState::Armed, want)
+                if !want
+                    || c.multishot_cap
+                        .is_some_and(|armed| armed != cap || c.pieces >= streams::SAMPLE_EVERY) =>
             {
-                // The connection's cap changed (it turned out to be a stream, or the shard's
-                // streams changed its share): cancel, and the final completion's sync arms
-                // the receive again with the new one. Nothing is lost: completions racing
-                // the cancel still carry data.
+                // A multishot receive cannot be paused, only cancelled; nor can its cap be
+                // changed (the connection turned out to be a stream, the shard's streams
+                // changed its share, or its look at the whole socket is due): the final
+                // completion's sync arms it again. Completions racing the cancel still carry
+                // data, and it is still echoed.
                 let target = Token::conn(key, c.generation, Op::Recv);
                 let tok = Token::conn(key, c.generation, Op::CancelRecv);
                 self.pending.push(ops::cancel(target, tok));
                 c.recv = RecvState::Cancelling;
                 c.ops += 1;
-                self.counters.recv_recaps += 1;
+                if want {
+                    self.counters.recv_recaps += 1;
+                }
             }
             (RecvState::Parked, false) => c.recv = RecvState::Idle,
             _ => {}

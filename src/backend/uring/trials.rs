@@ -169,10 +169,10 @@ fn multishot_recv(ring: &mut IoUring, cap: Option<u32>) -> Option<bool> {
     let recv = match cap {
         None => opcode::RecvMulti::new(types::Fd(ours.as_raw_fd()), BGID).build(),
         Some(cap) => {
-            // IORING_RECV_MULTISHOT in `ioprio`: `RecvMulti` cannot carry a length.
+            // `RecvMulti` cannot carry a length.
             opcode::Recv::new(types::Fd(ours.as_raw_fd()), std::ptr::null_mut(), cap)
                 .buf_group(BGID)
-                .ioprio(1 << 1)
+                .ioprio(super::ops::RECV_MULTISHOT)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
         }
