@@ -187,6 +187,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub buf_budget: Option<u32>,
 
+    /// 64 KiB provided buffers per shard that streams receive into while any is free
+    /// (io_uring, TCP; a power of two, 0 for none): echoing a stream from a few large buffers
+    /// costs the kernel less than from many small ones.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub stream_bufs: u32,
+
     /// What to answer.
     #[arg(long, value_enum, default_value_t = ProtocolKind::Echo)]
     pub protocol: ProtocolKind,
@@ -384,6 +390,7 @@ impl ServeArgs {
             .recv_bundle(!self.no_recv_bundle)
             .recv_cap(!self.no_recv_cap)
             .buf_incremental(self.buf_incremental && !self.no_buf_incremental)
+            .stream_bufs(self.stream_bufs)
             .batch_max(self.batch_max)
             .batch_wait_us(self.batch_wait_us)
             .drain_timeout(self.drain_timeout)

@@ -96,6 +96,9 @@ counters! {
     /// connection turned out to be a stream, the shard's streams changed its share, or a
     /// capped stream's look at its whole socket (every 64 pieces) is due.
     recv_recaps,
+    /// Receive completions whose data landed in the large buffers streams receive into
+    /// (io_uring, `--stream-bufs`).
+    stream_buf_recvs,
     /// Multishot accepts re-armed.
     accept_rearms,
     /// Times a connection's receive was paused by back-pressure.

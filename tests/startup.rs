@@ -214,6 +214,9 @@ fn bad_flags_give_one_line_and_exit_64() {
         (&["--buf-size", "0"], "--buf-size"),
         (&["--buf-count", "1000"], "power of two"),
         (&["--buf-count", "65536"], "power of two"),
+        (&["--stream-bufs", "3"], "--stream-bufs"),
+        (&["--stream-bufs", "65536"], "--stream-bufs"),
+        (&["--stream-bufs", "many"], "--stream-bufs"),
         (
             &["--sq-entries", "64", "--cq-entries", "32"],
             "--cq-entries",

@@ -50,6 +50,8 @@ pub(crate) struct ShardConfig {
     pub recv_cap: bool,
     /// Consume provided buffers incrementally (6.12).
     pub buf_incremental: bool,
+    /// Large provided buffers for streams (io_uring TCP; 0: none).
+    pub stream_bufs: u32,
     /// Completion batching when busy: wait for up to this many completions...
     pub batch_max: u32,
     /// ...or this many microseconds after the first (0 turns batching off).

@@ -136,7 +136,7 @@ impl ClientRing {
         // SAFETY: our caller keeps the contract above: `received` is the only way to
         // `on_completion`, `unregister_bufs` the only way to `unregister`.
         let bufs = unsafe {
-            BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
+            BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), (BGID, 0), false)
         }?;
         // SAFETY: our caller vouches for every SQE in `pending`, the only ones the driver gets.
         // One completion is enough to end a wait: the client holds none back for a batch.

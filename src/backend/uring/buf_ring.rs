@@ -53,6 +53,13 @@
 //! Either way [`BufRing::on_completion`] turns a completion into [`Segment`]s, each holding one
 //! reference to its buffer.
 //!
+//! # Two rings, one id space
+//!
+//! A TCP shard has a second ring of 64 KiB buffers that streams taken whole receive into
+//! (`Pools`). Its ids start where the first ring's end (a ring's `base`), so an id names one
+//! buffer of one ring, and whatever holds a buffer holds just its id. Each ring keeps every
+//! rule here on its own.
+//!
 //! # Safety contract
 //!
 //! The caller's half is stated once, on [`BufRing::registered`], the `unsafe` constructor:
@@ -225,11 +232,15 @@ pub struct BufRing {
     entries: u16,
     buf_size: u32,
     bgid: u16,
+    /// The id of this ring's first buffer: its buffers are ids `base..base + entries`, so
+    /// that two rings of one shard never name the same id (`BufPools`).
+    base: u16,
     incremental: bool,
     /// Local tail: entries written but maybe not yet published.
     tail: u16,
     published_tail: u16,
-    /// References held by user space, per buffer id.
+    /// References held by user space, per buffer (indexed by id - `base`, as are the other
+    /// per-buffer fields).
     /// (`u32`: an incremental buffer of up to `MAX_BUF_SIZE` bytes can hold that many one-byte
     /// pieces, each with its own reference.)
     refs: Vec<u32>,
@@ -237,7 +248,8 @@ pub struct BufRing {
     out: Vec<bool>,
     /// Bytes the kernel has filled so far (incremental mode), per buffer id.
     fill: Vec<u32>,
-    /// Which buffer id was last written at each position of the buffer ring (for bundles).
+    /// Which buffer (id - `base`) was last written at each position of the buffer ring (for
+    /// bundles).
     slot_bid: Vec<u16>,
     /// The ring position (unmasked) each buffer id was last written at.
     bid_pos: Vec<u16>,
@@ -350,11 +362,16 @@ impl BufRing {
     pub(crate) unsafe fn create_and_register(
         submitter: &Submitter<'_>,
         (entries, buf_size): (u32, u32),
-        bgid: u16,
+        (bgid, base): (u16, u16),
         incremental: bool,
     ) -> Result<BufRing, Error> {
-        // SAFETY: our caller keeps the contract, which is the same.
-        match unsafe { BufRing::registered(submitter, entries, buf_size, bgid, incremental) } {
+        let made =
+            BufRing::new_based(entries, buf_size, bgid, incremental, base).and_then(|mut br| {
+                // SAFETY: our caller keeps the contract, which is `register`'s.
+                unsafe { br.register(submitter) }.map_err(BufRingError::Register)?;
+                Ok(br)
+            });
+        match made {
             Ok(br) => Ok(br),
             Err(BufRingError::Register(e)) => Err(Error::io(
                 format!(
@@ -379,7 +396,23 @@ impl BufRing {
         bgid: u16,
         incremental: bool,
     ) -> Result<BufRing, BufRingError> {
-        if entries == 0 || !entries.is_power_of_two() || entries > MAX_ENTRIES {
+        BufRing::new_based(entries, buf_size, bgid, incremental, 0)
+    }
+
+    /// [`new`](Self::new), with buffer ids starting at `base` (`entries` ids from there must
+    /// fit in 16 bits).
+    pub(crate) fn new_based(
+        entries: u32,
+        buf_size: u32,
+        bgid: u16,
+        incremental: bool,
+        base: u16,
+    ) -> Result<BufRing, BufRingError> {
+        if entries == 0
+            || !entries.is_power_of_two()
+            || entries > MAX_ENTRIES
+            || u32::from(base) + entries > 1 << 16
+        {
             return Err(BufRingError::BadCount(entries));
         }
         let total = (entries as usize)
@@ -396,6 +429,7 @@ impl BufRing {
             entries: entries as u16,
             buf_size,
             bgid,
+            base,
             incremental,
             tail: 0,
             published_tail: 0,
@@ -409,8 +443,8 @@ impl BufRing {
             registered: false,
             ever_registered: false,
         };
-        for bid in 0..entries {
-            br.push_entry(bid as u16);
+        for b in 0..n {
+            br.push_entry(b);
         }
         Ok(br)
     }
@@ -517,7 +551,7 @@ impl BufRing {
         }
         let last = segs.len() - 1;
         for (k, seg) in segs.iter().enumerate().skip(first) {
-            let i = seg.bid as usize;
+            let i = usize::from(seg.bid - self.base);
             self.fill[i] += seg.len;
             let kernel_keeps_it =
                 k == last && self.incremental && io_uring::cqueue::buffer_more(flags);
@@ -525,7 +559,7 @@ impl BufRing {
                 self.out[i] = true;
                 self.out_count += 1;
             }
-            self.add_ref(seg.bid);
+            self.add_ref(i);
         }
         Ok(())
     }
@@ -540,10 +574,9 @@ impl BufRing {
         bundle: bool,
         segs: &mut Vec<Segment>,
     ) -> Result<(), OwnershipError> {
-        let b = bid as usize;
-        if b >= self.refs.len() || self.out[b] {
+        let Some(b) = self.index(bid).filter(|&b| !self.out[b]) else {
             return Err(OwnershipError { bid });
-        }
+        };
         // Only an incremental ring has a partly filled buffer; otherwise `fill` is 0.
         let offset = self.fill[b];
         let len = res.min(self.buf_size - offset);
@@ -561,8 +594,8 @@ impl BufRing {
                 return Err(OwnershipError { bid });
             }
             let pos = start.wrapping_add(k);
-            let id = self.slot_bid[(pos & mask) as usize];
-            let i = id as usize;
+            let i = usize::from(self.slot_bid[(pos & mask) as usize]);
+            let id = self.base + i as u16;
             if self.out[i] || self.bid_pos[i] != pos || self.fill[i] != 0 {
                 return Err(OwnershipError { bid: id });
             }
@@ -577,8 +610,25 @@ impl BufRing {
         Ok(())
     }
 
-    fn add_ref(&mut self, bid: u16) {
-        let r = &mut self.refs[bid as usize];
+    /// Index of buffer `bid` in the per-buffer fields, if this ring has it.
+    fn index(&self, bid: u16) -> Option<usize> {
+        bid.checked_sub(self.base)
+            .map(usize::from)
+            .filter(|&b| b < self.refs.len())
+    }
+
+    /// Whether buffer `bid` is one of this ring's.
+    pub fn owns(&self, bid: u16) -> bool {
+        self.index(bid).is_some()
+    }
+
+    /// The id of this ring's first buffer.
+    pub fn base(&self) -> u16 {
+        self.base
+    }
+
+    fn add_ref(&mut self, b: usize) {
+        let r = &mut self.refs[b];
         if *r == 0 {
             self.held += 1;
         }
@@ -592,7 +642,7 @@ impl BufRing {
     /// If nobody holds `bid`: the buffer may be in the buffer ring, where the kernel can fill
     /// it.
     pub fn add_refs(&mut self, bid: u16, n: u32) {
-        let r = &mut self.refs[bid as usize];
+        let r = &mut self.refs[usize::from(bid - self.base)];
         assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r = r
             .checked_add(n)
@@ -602,7 +652,7 @@ impl BufRing {
     /// Drops one reference. When the last one goes and the kernel is done with the buffer, it
     /// goes back in the buffer ring (published at the next [`publish`](Self::publish)).
     pub fn release(&mut self, bid: u16) {
-        let b = bid as usize;
+        let b = usize::from(bid - self.base);
         debug_assert!(self.refs[b] > 0, "release of a buffer nobody holds");
         if self.refs[b] == 0 {
             return;
@@ -611,7 +661,7 @@ impl BufRing {
         if self.refs[b] == 0 {
             self.held -= 1;
             if self.out[b] {
-                self.push_entry(bid);
+                self.push_entry(b);
             }
         }
     }
@@ -623,7 +673,7 @@ impl BufRing {
     /// If nobody holds `bid`, or the range is outside the buffer (outside what the kernel has
     /// filled so far, for an incremental ring).
     pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
-        let b = bid as usize;
+        let b = usize::from(bid - self.base);
         assert!(self.refs[b] > 0, "reading a buffer nobody holds");
         let end = u64::from(offset) + u64::from(len);
         assert!(end <= u64::from(self.buf_size));
@@ -632,40 +682,38 @@ impl BufRing {
         // SAFETY: the caller holds a reference to `bid`, and the range lies in bytes the kernel
         // has filled and handed over (it writes only past `fill` in incremental mode, nowhere in
         // a buffer out of the ring); the range is inside the buffer, inside the `bufs` mapping.
-        unsafe { std::slice::from_raw_parts(self.buf_ptr(bid).add(offset as usize), len as usize) }
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(b).add(offset as usize), len as usize) }
     }
 
     /// Address of byte `offset` of held buffer `bid`, for a send SQE.
     pub fn addr(&self, bid: u16, offset: u32) -> *const u8 {
-        debug_assert!(self.refs[bid as usize] > 0);
+        let b = usize::from(bid - self.base);
+        debug_assert!(self.refs[b] > 0);
         debug_assert!(offset <= self.buf_size);
-        // SAFETY: in bounds of the `bufs` mapping (bid < count, offset <= buf_size).
-        unsafe { self.buf_ptr(bid).add(offset as usize) }
+        // SAFETY: in bounds of the `bufs` mapping (b < count, offset <= buf_size).
+        unsafe { self.buf_ptr(b).add(offset as usize) }
     }
 
-    fn buf_ptr(&self, bid: u16) -> *mut u8 {
-        debug_assert!((bid as u32) < self.count());
-        // SAFETY: bid < count, so the offset stays inside the `bufs` mapping.
-        unsafe {
-            self.bufs
-                .ptr
-                .as_ptr()
-                .add(bid as usize * self.buf_size as usize)
-        }
+    /// Start of the buffer at index `b` (its id less `base`).
+    fn buf_ptr(&self, b: usize) -> *mut u8 {
+        assert!(b < self.refs.len());
+        // SAFETY: b < count, so the offset stays inside the `bufs` mapping.
+        unsafe { self.bufs.ptr.as_ptr().add(b * self.buf_size as usize) }
     }
 
-    /// Writes a whole-buffer entry for `bid` at the local tail (not yet visible to the kernel).
-    fn push_entry(&mut self, bid: u16) {
-        let b = bid as usize;
+    /// Writes a whole-buffer entry for the buffer at index `b` (id `base + b`) at the local
+    /// tail (not yet visible to the kernel).
+    fn push_entry(&mut self, b: usize) {
         debug_assert!(self.out[b]);
         self.out[b] = false;
         self.out_count -= 1;
         self.fill[b] = 0;
         let mask = self.entries.wrapping_sub(1);
         let idx = (self.tail & mask) as usize;
-        self.slot_bid[idx] = bid;
+        self.slot_bid[idx] = b as u16;
         self.bid_pos[b] = self.tail;
-        let addr = self.buf_ptr(bid) as u64;
+        let addr = self.buf_ptr(b) as u64;
+        let bid = self.base + b as u16;
         // SAFETY: idx < entries, inside the ring mapping. The slot is past the published tail,
         // so the kernel does not read it until `publish`. Fields are written one by one so the
         // `resv` field (which is the tail for entry 0) is never touched.
@@ -691,6 +739,125 @@ impl BufRing {
         };
         tail.store(self.tail, Ordering::Release);
         self.published_tail = self.tail;
+    }
+}
+
+/// A TCP shard's provided buffers: the ring every receive may pick from, and a second ring
+/// of larger buffers that receives of streams pick from while it has any (`--stream-bufs`).
+///
+/// A stream received into small buffers is sent back from many of them: a 64 KiB window in
+/// 4 KiB buffers is sixteen pieces of memory for the kernel to copy into and then out of,
+/// where one large buffer is one. Their ids never overlap (the large ring's start after the
+/// small ring's), so an id alone says which ring a buffer is in, and everything that holds
+/// buffers (replies, sends) keeps holding bare ids. Each ring keeps its own safety contract
+/// ([`BufRing::registered`]).
+pub(crate) struct Pools {
+    /// The ring every receive may pick from.
+    pub small: BufRing,
+    /// Large buffers for streams, if any.
+    pub large: Option<BufRing>,
+}
+
+impl Pools {
+    fn ring(&self, bid: u16) -> &BufRing {
+        match &self.large {
+            Some(l) if l.owns(bid) => l,
+            _ => &self.small,
+        }
+    }
+
+    fn ring_mut(&mut self, bid: u16) -> &mut BufRing {
+        match &mut self.large {
+            Some(l) if l.owns(bid) => l,
+            _ => &mut self.small,
+        }
+    }
+
+    /// [`BufRing::on_completion`] on the ring that owns `bid`.
+    pub fn on_completion(
+        &mut self,
+        bid: u16,
+        res: u32,
+        flags: u32,
+        bundle: bool,
+        segs: &mut Vec<Segment>,
+    ) -> Result<(), OwnershipError> {
+        let ring = self.ring_mut(bid);
+        if !ring.owns(bid) {
+            return Err(OwnershipError { bid });
+        }
+        ring.on_completion(bid, res, flags, bundle, segs)
+    }
+
+    /// [`BufRing::add_refs`] on the ring that owns `bid`.
+    pub fn add_refs(&mut self, bid: u16, n: u32) {
+        self.ring_mut(bid).add_refs(bid, n);
+    }
+
+    /// [`BufRing::release`] on the ring that owns `bid`.
+    pub fn release(&mut self, bid: u16) {
+        self.ring_mut(bid).release(bid);
+    }
+
+    /// [`BufRing::data`] on the ring that owns `bid`.
+    pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
+        self.ring(bid).data(bid, offset, len)
+    }
+
+    /// [`BufRing::addr`] on the ring that owns `bid`.
+    pub fn addr(&self, bid: u16, offset: u32) -> *const u8 {
+        self.ring(bid).addr(bid, offset)
+    }
+
+    /// Whether owed data may keep holding buffer `bid` (else its bytes are copied out): both
+    /// rings hold at most `budget` buffers between them, and the large ring at most half of
+    /// its own (the rest stay for other streams).
+    pub fn may_hold(&self, bid: u16, budget: usize) -> bool {
+        let large_ok = match &self.large {
+            Some(l) if l.owns(bid) => l.held() <= l.count() as usize / 2,
+            _ => true,
+        };
+        large_ok && self.held() <= budget
+    }
+
+    /// Whether buffer `bid` is one of the large ring's.
+    pub fn is_large(&self, bid: u16) -> bool {
+        self.large.as_ref().is_some_and(|l| l.owns(bid))
+    }
+
+    /// Buffers held, in both rings.
+    pub fn held(&self) -> usize {
+        self.small.held() + self.large.as_ref().map_or(0, BufRing::held)
+    }
+
+    /// Buffers ready for the kernel, in both rings.
+    pub fn available(&self) -> usize {
+        self.small.available() + self.large.as_ref().map_or(0, BufRing::available)
+    }
+
+    /// The large ring's group, if it has a buffer ready for the kernel.
+    pub fn large_group(&self) -> Option<u16> {
+        self.large
+            .as_ref()
+            .filter(|l| l.available() > 0)
+            .map(BufRing::bgid)
+    }
+
+    /// [`BufRing::publish`] on both rings.
+    pub fn publish(&mut self) {
+        self.small.publish();
+        if let Some(l) = &mut self.large {
+            l.publish();
+        }
+    }
+
+    /// [`BufRing::unregister`] on both rings, under the same condition (no receive of either
+    /// group outstanding).
+    pub fn unregister(&mut self, submitter: &Submitter<'_>) -> io::Result<()> {
+        if let Some(l) = &mut self.large {
+            l.unregister(submitter)?;
+        }
+        self.small.unregister(submitter)
     }
 }
 

@@ -40,6 +40,7 @@ use std::io;
 use io_uring::IoUring;
 
 pub use crate::sys::KernelVersion;
+pub(crate) use buf_ring::Pools;
 pub use buf_ring::{BufRing, BufRingError, OwnershipError, Segment};
 pub use setup::{FeatureRow, Features, RingConfig, RingMode, SqPoll, build_ring, supported_modes};
 
@@ -47,12 +48,15 @@ use crate::error::Error;
 
 /// Buffer group id of the shard's buffer ring.
 const BGID: u16 = 0;
+/// Buffer group id of a TCP shard's ring of large buffers for streams (`Pools`).
+const LARGE_BGID: u16 = 1;
 
 /// What a shard gives back after its loop, and what it must not while the kernel may still
 /// use it (see [`finish_shard`]).
 pub(crate) trait ShardMemory {
-    /// The shard's buffer ring.
-    fn bufs(&mut self) -> &mut BufRing;
+    /// Unregisters the shard's buffer rings ([`BufRing::unregister`]'s condition: no receive
+    /// selecting from them outstanding).
+    fn unregister_bufs(&mut self, submitter: &io_uring::Submitter<'_>) -> io::Result<()>;
     /// After a failure: closes the ordinary descriptors the shard holds (listeners, UDP
     /// sockets, connections accepted as ordinary descriptors). Closing a descriptor with
     /// requests in flight on it is safe: each request holds its own reference to the file.
@@ -97,8 +101,7 @@ pub(crate) fn finish_shard<S: ShardMemory>(
     match result {
         Ok(()) => {
             shard
-                .bufs()
-                .unregister(&ring.submitter())
+                .unregister_bufs(&ring.submitter())
                 .map_err(|e| Error::io("cannot unregister the buffer ring", e))?;
             drop(ring);
             drop(shard);

@@ -16,7 +16,8 @@ use slab::Slab;
 
 use super::driver::{self, Driver};
 use super::{
-    BGID, BufRing, Features, ShardMemory, buf_ring, build_ring, catch_panic, finish_shard, ops,
+    BGID, BufRing, Features, LARGE_BGID, Pools, ShardMemory, buf_ring, build_ring, catch_panic,
+    finish_shard, ops,
 };
 use crate::backend::Timers;
 use crate::backend::shard::{ShardConfig, ShardContext, ShardEvent, table_headroom};
@@ -29,6 +30,9 @@ use crate::token::{GENERATION_MASK, Op, Target, Token};
 
 /// Small receives in a row that return a stream to multishot receiving.
 const STREAM_RECVS: u8 = 16;
+/// Size of the large buffers streams receive into (`Pools`): the epoll backend's read
+/// buffer, and the most a loopback TCP segment carries.
+const STREAM_BUF_SIZE: u32 = 64 * 1024;
 /// After an accept ended on an error, wait this long before re-arming it.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// Most bytes one send carries (its completion reports the count as an `i32`); whatever is
@@ -197,7 +201,7 @@ const SINGLES_PER_LISTENER: usize = 16;
 struct UringShard<P> {
     proto: P,
     features: Features,
-    bufs: BufRing,
+    bufs: Pools,
     conns: Slab<UringConn<P>>,
     listeners: Vec<Listener>,
     limits: Limits,
@@ -267,16 +271,39 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     // SAFETY: only this ring's receive completions reach `on_completion` (via `dispatch`), and
     // the buffer ring is unregistered only after a clean finish, with no receive outstanding
     // (`finish_shard`).
-    let bufs = unsafe {
-        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, incremental)
+    let small = unsafe {
+        BufRing::create_and_register(
+            &ring.submitter(),
+            (buf_count, buf_size),
+            (BGID, 0),
+            incremental,
+        )
     }?;
+    // The large buffers' ids follow the small ones' (at most 32768 + 32768 ids).
+    let large = match cfg.stream_bufs {
+        0 => None,
+        n => {
+            // SAFETY: as for the small ring: only this ring's completions reach
+            // `on_completion`, and it is unregistered with the small one (`finish_shard`).
+            Some(unsafe {
+                BufRing::create_and_register(
+                    &ring.submitter(),
+                    (n, STREAM_BUF_SIZE),
+                    (LARGE_BGID, buf_count as u16),
+                    false,
+                )
+            }?)
+        }
+    };
+    let bufs = Pools { small, large };
+    let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let recv_cap = cfg.recv_cap && recv_bundle && multishot_recv && features.multishot_recv_cap;
     let buf_budget = cfg.buf_budget as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
     let startup_line = (ctx.index == 0).then(|| {
         format!(
-            "ringecho: io_uring shards={} kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B \
+            "ringecho: io_uring shards={} kernel={} mode={} sq={} cq={} nodrop={} bufs={}x{}B{} \
              budget={} files={} max_conns={} recv={}{}{}{} batch={} zc={}",
             ctx.shards,
             features.kernel,
@@ -286,6 +313,10 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             features.nodrop,
             buf_count,
             buf_size,
+            match stream_bufs {
+                0 => String::new(),
+                n => format!("+{n}x{STREAM_BUF_SIZE}B(streams)"),
+            },
             buf_budget,
             if direct {
                 format!("{table}(direct)")
@@ -365,8 +396,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
 }
 
 impl<P> ShardMemory for UringShard<P> {
-    fn bufs(&mut self) -> &mut BufRing {
-        &mut self.bufs
+    fn unregister_bufs(&mut self, submitter: &io_uring::Submitter<'_>) -> std::io::Result<()> {
+        self.bufs.unregister(submitter)
     }
 
     fn close_descriptors(&mut self) {
@@ -651,10 +682,13 @@ impl<P: Protocol + Clone> UringShard<P> {
                     return self.begin_close(key);
                 }
                 self.counters.recv_cqes += 1;
+                if self.bufs.is_large(segs[0].bid) {
+                    self.counters.stream_buf_recvs += 1;
+                }
                 let c = &mut self.conns[key];
                 let was_paused = c.conn.is_paused();
                 for seg in &segs {
-                    let zero_copy = self.bufs.held() <= self.buf_budget;
+                    let zero_copy = self.bufs.may_hold(seg.bid, self.buf_budget);
                     let out = c.conn.on_recv(
                         self.bufs.data(seg.bid, seg.offset, seg.len),
                         zero_copy.then_some((seg.bid, seg.offset)),
@@ -674,7 +708,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 if !was_paused && c.conn.is_paused() {
                     self.counters.paused += 1;
                     c.stream_recvs = STREAM_RECVS;
-                } else if (n as u32) < self.bufs.buf_size() {
+                } else if (n as u32) < self.bufs.small.buf_size() {
                     c.stream_recvs = c.stream_recvs.saturating_sub(1);
                 } else if c.stream_recvs > 0 {
                     c.stream_recvs = STREAM_RECVS;
@@ -803,7 +837,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// flight for it. Called after every event on the connection.
     fn sync(&mut self, key: usize) {
         let cap = if self.recv_cap {
-            let unit = self.bufs.buf_size();
+            let unit = self.bufs.small.buf_size();
             self.conns[key]
                 .window
                 .cap(self.streams, unit, streams::MAX_CAP)
@@ -857,8 +891,17 @@ impl<P: Protocol + Clone> UringShard<P> {
                         ops::recv_multi_bundle_capped(c.sock, BGID, cap, tok)
                     }
                     (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
-                    (false, false) => ops::recv_single(c.sock, BGID, self.bufs.buf_size(), tok),
-                    (false, true) => ops::recv_bundle(c.sock, BGID, tok),
+                    (false, false) => {
+                        ops::recv_single(c.sock, BGID, self.bufs.small.buf_size(), tok)
+                    }
+                    // A stream's whole socket, into large buffers while there are any.
+                    (false, true) => {
+                        let group = match self.bufs.large_group() {
+                            Some(g) if c.window.is_stream() => g,
+                            _ => BGID,
+                        };
+                        ops::recv_bundle(c.sock, group, tok)
+                    }
                 });
                 c.recv = RecvState::Armed;
                 c.multishot_cap = multishot.then_some(cap);

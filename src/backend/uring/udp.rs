@@ -103,7 +103,7 @@ pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), 
     // the buffer ring is unregistered only after a clean finish, with no receive outstanding
     // (`finish_shard`).
     let bufs = unsafe {
-        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), BGID, false)
+        BufRing::create_and_register(&ring.submitter(), (buf_count, buf_size), (BGID, 0), false)
     }?;
     if ctx.index == 0 {
         eprintln!(
@@ -170,8 +170,8 @@ pub(crate) fn run_shard(cfg: &ShardConfig, mut ctx: ShardContext) -> Result<(), 
 }
 
 impl ShardMemory for UdpShard {
-    fn bufs(&mut self) -> &mut BufRing {
-        &mut self.bufs
+    fn unregister_bufs(&mut self, submitter: &io_uring::Submitter<'_>) -> std::io::Result<()> {
+        self.bufs.unregister(submitter)
     }
 
     fn close_descriptors(&mut self) {
