@@ -1020,6 +1020,62 @@ mod tests {
     }
 
     #[test]
+    fn two_rings_share_one_id_space_and_each_id_finds_its_own_ring() {
+        let small = BufRing::new(4, 10, 0, false).unwrap();
+        let large = BufRing::new_based(2, 100, 1, false, 4).unwrap();
+        // (Two large buffers, so holding both is more than half of them.)
+        assert!(
+            BufRing::new_based(2, 100, 1, false, 65535).is_err(),
+            "ids past 65535"
+        );
+        let mut pools = Pools {
+            small,
+            large: Some(large),
+        };
+        let mut segs = vec![];
+        assert!(
+            pools.on_completion(6, 5, 0, false, &mut segs).is_err(),
+            "no ring has id 6"
+        );
+        // A bundle in the large ring: ids 4 and 5, the second one's bytes from its start.
+        pools.on_completion(4, 150, 0, true, &mut segs).unwrap();
+        assert_eq!(
+            segs,
+            vec![
+                Segment {
+                    bid: 4,
+                    offset: 0,
+                    len: 100
+                },
+                Segment {
+                    bid: 5,
+                    offset: 0,
+                    len: 50
+                }
+            ]
+        );
+        assert!(pools.is_large(5) && !pools.is_large(3));
+        assert_eq!(pools.large_group(), None, "both large buffers are out");
+        pools.on_completion(0, 7, 0, false, &mut segs).unwrap();
+        assert_eq!((pools.held(), pools.available()), (3, 3));
+        assert!(
+            pools.may_hold(0, 3) && !pools.may_hold(0, 2),
+            "the budget counts both"
+        );
+        assert!(!pools.may_hold(4, 100), "no more than half the large ring");
+        pools.release(5);
+        assert_eq!(
+            pools.large_group(),
+            Some(1),
+            "id 5 is back in the large ring"
+        );
+        assert_eq!(pools.small.available(), 3, "and not in the small one");
+        pools.release(4);
+        pools.release(0);
+        assert_eq!((pools.held(), pools.available()), (0, 6));
+    }
+
+    #[test]
     fn bundles_cover_the_buffers_that_followed_in_the_ring() {
         let mut br = BufRing::new(4, 10, 0, false).unwrap();
         // Recycle buffer 1 so the ring order is 0, 2, 3, 1.
