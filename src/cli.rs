@@ -183,13 +183,15 @@ pub struct ServeArgs {
     pub buf_size: Option<u32>,
 
     /// Most buffers owed data may hold before received bytes are copied out to the
-    /// connection's own memory instead [default: half of --buf-count].
+    /// connection's own memory instead, counting --stream-bufs' too [default: half of
+    /// --buf-count].
     #[arg(long)]
     pub buf_budget: Option<u32>,
 
-    /// 64 KiB provided buffers per shard that streams receive into while any is free
-    /// (io_uring, TCP; a power of two, 0 for none): echoing a stream from a few large buffers
-    /// costs the kernel less than from many small ones.
+    /// 64 KiB provided buffers per shard that streams taken whole receive into while any is
+    /// free (io_uring, TCP, with receive bundles; a power of two up to 16384, 0 for none):
+    /// echoing a stream from a few large buffers costs the kernel less than from many small
+    /// ones. They count toward --buf-budget, one each.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub stream_bufs: u32,
 

@@ -216,11 +216,12 @@ impl ServerConfig {
         if self.max_pending == 0 {
             return Err(Error::Config("--max-pending must be at least 1".into()));
         }
+        // 16384 x 64 KiB is the most one ring may map (1 GiB).
         if self.stream_bufs != 0
-            && (!self.stream_bufs.is_power_of_two() || self.stream_bufs > 32768)
+            && (!self.stream_bufs.is_power_of_two() || self.stream_bufs > 16384)
         {
             return Err(Error::Config(format!(
-                "--stream-bufs {} must be 0 or a power of two up to 32768",
+                "--stream-bufs {} must be 0 or a power of two up to 16384",
                 self.stream_bufs
             )));
         }
@@ -474,7 +475,9 @@ impl ServerBuilder {
 
     /// Most provided buffers owed replies may hold before received bytes are copied out to the
     /// connection's own memory instead (`--buf-budget`; default half of
-    /// [`buf_count`](Self::buf_count)). Keeps slow readers from emptying the ring for everyone.
+    /// [`buf_count`](Self::buf_count)); the large buffers of
+    /// [`stream_bufs`](Self::stream_bufs) count too, one each. Keeps slow readers from
+    /// emptying the ring for everyone.
     pub fn buf_budget(&mut self, budget: u32) -> &mut Self {
         self.cfg.buf_budget = Some(budget);
         self

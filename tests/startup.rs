@@ -215,7 +215,7 @@ fn bad_flags_give_one_line_and_exit_64() {
         (&["--buf-count", "1000"], "power of two"),
         (&["--buf-count", "65536"], "power of two"),
         (&["--stream-bufs", "3"], "--stream-bufs"),
-        (&["--stream-bufs", "65536"], "--stream-bufs"),
+        (&["--stream-bufs", "32768"], "--stream-bufs"),
         (&["--stream-bufs", "many"], "--stream-bufs"),
         (
             &["--sq-entries", "64", "--cq-entries", "32"],

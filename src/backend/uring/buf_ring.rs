@@ -233,7 +233,7 @@ pub struct BufRing {
     buf_size: u32,
     bgid: u16,
     /// The id of this ring's first buffer: its buffers are ids `base..base + entries`, so
-    /// that two rings of one shard never name the same id (`BufPools`).
+    /// that two rings of one shard never name the same id (`Pools`).
     base: u16,
     incremental: bool,
     /// Local tail: entries written but maybe not yet published.
@@ -244,14 +244,14 @@ pub struct BufRing {
     /// (`u32`: an incremental buffer of up to `MAX_BUF_SIZE` bytes can hold that many one-byte
     /// pieces, each with its own reference.)
     refs: Vec<u32>,
-    /// The buffer is out of the buffer ring: the kernel handed all of it over (per buffer id).
+    /// The buffer is out of the buffer ring: the kernel handed all of it over.
     out: Vec<bool>,
-    /// Bytes the kernel has filled so far (incremental mode), per buffer id.
+    /// Bytes the kernel has filled so far (incremental mode).
     fill: Vec<u32>,
     /// Which buffer (id - `base`) was last written at each position of the buffer ring (for
     /// bundles).
     slot_bid: Vec<u16>,
-    /// The ring position (unmasked) each buffer id was last written at.
+    /// The ring position (unmasked) each buffer was last written at.
     bid_pos: Vec<u16>,
     /// Buffers with at least one user-space reference.
     held: usize,
@@ -344,7 +344,22 @@ impl BufRing {
         bgid: u16,
         incremental: bool,
     ) -> Result<BufRing, BufRingError> {
-        let mut br = BufRing::new(entries, buf_size, bgid, incremental)?;
+        // SAFETY: our caller keeps the contract above, which is the same.
+        unsafe { BufRing::registered_based(submitter, (entries, buf_size), (bgid, 0), incremental) }
+    }
+
+    /// [`registered`](Self::registered), with buffer ids starting at `base`.
+    ///
+    /// # Safety
+    ///
+    /// The contract of [`registered`](Self::registered).
+    unsafe fn registered_based(
+        submitter: &Submitter<'_>,
+        (entries, buf_size): (u32, u32),
+        (bgid, base): (u16, u16),
+        incremental: bool,
+    ) -> Result<BufRing, BufRingError> {
+        let mut br = BufRing::new_based(entries, buf_size, bgid, incremental, base)?;
         // SAFETY: our caller keeps the contract above, which is `register`'s.
         unsafe { br.register(submitter) }.map_err(BufRingError::Register)?;
         Ok(br)
@@ -365,13 +380,10 @@ impl BufRing {
         (bgid, base): (u16, u16),
         incremental: bool,
     ) -> Result<BufRing, Error> {
-        let made =
-            BufRing::new_based(entries, buf_size, bgid, incremental, base).and_then(|mut br| {
-                // SAFETY: our caller keeps the contract, which is `register`'s.
-                unsafe { br.register(submitter) }.map_err(BufRingError::Register)?;
-                Ok(br)
-            });
-        match made {
+        // SAFETY: our caller keeps the contract, which is the same.
+        match unsafe {
+            BufRing::registered_based(submitter, (entries, buf_size), (bgid, base), incremental)
+        } {
             Ok(br) => Ok(br),
             Err(BufRingError::Register(e)) => Err(Error::io(
                 format!(
@@ -551,7 +563,7 @@ impl BufRing {
         }
         let last = segs.len() - 1;
         for (k, seg) in segs.iter().enumerate().skip(first) {
-            let i = usize::from(seg.bid - self.base);
+            let i = self.held_index(seg.bid);
             self.fill[i] += seg.len;
             let kernel_keeps_it =
                 k == last && self.incremental && io_uring::cqueue::buffer_more(flags);
@@ -622,9 +634,14 @@ impl BufRing {
         self.index(bid).is_some()
     }
 
-    /// The id of this ring's first buffer.
-    pub fn base(&self) -> u16 {
-        self.base
+    /// Index of buffer `bid`, which the caller says is this ring's.
+    ///
+    /// # Panics
+    ///
+    /// If it is not.
+    fn held_index(&self, bid: u16) -> usize {
+        self.index(bid)
+            .expect("a buffer id of another ring (or none)")
     }
 
     fn add_ref(&mut self, b: usize) {
@@ -642,7 +659,8 @@ impl BufRing {
     /// If nobody holds `bid`: the buffer may be in the buffer ring, where the kernel can fill
     /// it.
     pub fn add_refs(&mut self, bid: u16, n: u32) {
-        let r = &mut self.refs[usize::from(bid - self.base)];
+        let b = self.held_index(bid);
+        let r = &mut self.refs[b];
         assert!(*r > 0, "add_refs on a buffer nobody holds");
         *r = r
             .checked_add(n)
@@ -652,7 +670,7 @@ impl BufRing {
     /// Drops one reference. When the last one goes and the kernel is done with the buffer, it
     /// goes back in the buffer ring (published at the next [`publish`](Self::publish)).
     pub fn release(&mut self, bid: u16) {
-        let b = usize::from(bid - self.base);
+        let b = self.held_index(bid);
         debug_assert!(self.refs[b] > 0, "release of a buffer nobody holds");
         if self.refs[b] == 0 {
             return;
@@ -673,7 +691,7 @@ impl BufRing {
     /// If nobody holds `bid`, or the range is outside the buffer (outside what the kernel has
     /// filled so far, for an incremental ring).
     pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
-        let b = usize::from(bid - self.base);
+        let b = self.held_index(bid);
         assert!(self.refs[b] > 0, "reading a buffer nobody holds");
         let end = u64::from(offset) + u64::from(len);
         assert!(end <= u64::from(self.buf_size));
@@ -687,7 +705,7 @@ impl BufRing {
 
     /// Address of byte `offset` of held buffer `bid`, for a send SQE.
     pub fn addr(&self, bid: u16, offset: u32) -> *const u8 {
-        let b = usize::from(bid - self.base);
+        let b = self.held_index(bid);
         debug_assert!(self.refs[b] > 0);
         debug_assert!(offset <= self.buf_size);
         // SAFETY: in bounds of the `bufs` mapping (b < count, offset <= buf_size).
@@ -756,9 +774,27 @@ pub(crate) struct Pools {
     pub small: BufRing,
     /// Large buffers for streams, if any.
     pub large: Option<BufRing>,
+    /// Receives armed on the large ring since the last enter: each will take at least one of
+    /// its buffers, so the ring is empty for the next one once they match what it has.
+    large_armed: usize,
 }
 
 impl Pools {
+    /// The shard's rings: `large`'s ids must start after `small`'s.
+    pub fn new(small: BufRing, large: Option<BufRing>) -> Pools {
+        if let Some(l) = &large {
+            assert!(
+                u32::from(l.base) >= u32::from(small.base) + small.count(),
+                "the rings' ids overlap"
+            );
+        }
+        Pools {
+            small,
+            large,
+            large_armed: 0,
+        }
+    }
+
     fn ring(&self, bid: u16) -> &BufRing {
         match &self.large {
             Some(l) if l.owns(bid) => l,
@@ -782,11 +818,9 @@ impl Pools {
         bundle: bool,
         segs: &mut Vec<Segment>,
     ) -> Result<(), OwnershipError> {
-        let ring = self.ring_mut(bid);
-        if !ring.owns(bid) {
-            return Err(OwnershipError { bid });
-        }
-        ring.on_completion(bid, res, flags, bundle, segs)
+        // An id neither ring has is refused by the small one.
+        self.ring_mut(bid)
+            .on_completion(bid, res, flags, bundle, segs)
     }
 
     /// [`BufRing::add_refs`] on the ring that owns `bid`.
@@ -810,8 +844,10 @@ impl Pools {
     }
 
     /// Whether owed data may keep holding buffer `bid` (else its bytes are copied out): both
-    /// rings hold at most `budget` buffers between them, and the large ring at most half of
-    /// its own (the rest stay for other streams).
+    /// rings hold at most `budget` buffers between them (a large buffer counts as one), and
+    /// the large ring at most half of its own (the rest stay for other streams). Asked while
+    /// the completion still holds all of its buffers, so a bundle of more than half the
+    /// large ring is copied out whole.
     pub fn may_hold(&self, bid: u16, budget: usize) -> bool {
         let large_ok = match &self.large {
             Some(l) if l.owns(bid) => l.held() <= l.count() as usize / 2,
@@ -830,21 +866,20 @@ impl Pools {
         self.small.held() + self.large.as_ref().map_or(0, BufRing::held)
     }
 
-    /// Buffers ready for the kernel, in both rings.
-    pub fn available(&self) -> usize {
-        self.small.available() + self.large.as_ref().map_or(0, BufRing::available)
+    /// The large ring's group for a receive about to be armed, if the receives already armed
+    /// on it since the last enter leave it a buffer; counted as armed.
+    pub fn arm_large(&mut self) -> Option<u16> {
+        let l = self.large.as_ref()?;
+        (l.available() > self.large_armed).then(|| {
+            self.large_armed += 1;
+            l.bgid()
+        })
     }
 
-    /// The large ring's group, if it has a buffer ready for the kernel.
-    pub fn large_group(&self) -> Option<u16> {
-        self.large
-            .as_ref()
-            .filter(|l| l.available() > 0)
-            .map(BufRing::bgid)
-    }
-
-    /// [`BufRing::publish`] on both rings.
+    /// [`BufRing::publish`] on both rings, just before an enter (which takes the buffers of
+    /// the receives armed so far).
     pub fn publish(&mut self) {
+        self.large_armed = 0;
         self.small.publish();
         if let Some(l) = &mut self.large {
             l.publish();
@@ -974,6 +1009,16 @@ mod tests {
         assert_eq!(e0.bid, 2, "slot 4 & 3 == 0 now names buffer 2");
         assert_eq!(e0.len, 8);
         assert_eq!(e0.addr, br.buf_ptr(2) as u64);
+
+        // A ring whose ids start at 1000: the kernel is given id 1000 + index.
+        let mut br = BufRing::new_based(4, 8, 1, false, 1000).unwrap();
+        br.on_completion(1002, 8, 0, false, &mut vec![]).unwrap();
+        assert!(br.on_completion(2, 8, 0, false, &mut vec![]).is_err());
+        br.release(1002);
+        // SAFETY (test): entry 0 lies inside the ring mapping.
+        let e0 = unsafe { &*br.ring.ptr.as_ptr().cast::<RawBuf>() };
+        assert_eq!(e0.bid, 1002);
+        assert_eq!(e0.addr, br.buf_ptr(2) as u64);
     }
 
     #[test]
@@ -1028,10 +1073,7 @@ mod tests {
             BufRing::new_based(2, 100, 1, false, 65535).is_err(),
             "ids past 65535"
         );
-        let mut pools = Pools {
-            small,
-            large: Some(large),
-        };
+        let mut pools = Pools::new(small, Some(large));
         let mut segs = vec![];
         assert!(
             pools.on_completion(6, 5, 0, false, &mut segs).is_err(),
@@ -1055,24 +1097,40 @@ mod tests {
             ]
         );
         assert!(pools.is_large(5) && !pools.is_large(3));
-        assert_eq!(pools.large_group(), None, "both large buffers are out");
+        assert_eq!(pools.arm_large(), None, "both large buffers are out");
         pools.on_completion(0, 7, 0, false, &mut segs).unwrap();
-        assert_eq!((pools.held(), pools.available()), (3, 3));
+        assert_eq!(
+            (
+                pools.held(),
+                pools.small.available() + pools.large.as_ref().unwrap().available()
+            ),
+            (3, 3)
+        );
         assert!(
             pools.may_hold(0, 3) && !pools.may_hold(0, 2),
             "the budget counts both"
         );
         assert!(!pools.may_hold(4, 100), "no more than half the large ring");
         pools.release(5);
+        pools.publish();
+        assert_eq!(pools.arm_large(), Some(1), "id 5 is back in the large ring");
         assert_eq!(
-            pools.large_group(),
-            Some(1),
-            "id 5 is back in the large ring"
+            pools.arm_large(),
+            None,
+            "and the receive just armed will take it"
         );
+        pools.publish();
+        assert_eq!(pools.arm_large(), Some(1), "until the enter");
         assert_eq!(pools.small.available(), 3, "and not in the small one");
         pools.release(4);
         pools.release(0);
-        assert_eq!((pools.held(), pools.available()), (0, 6));
+        assert_eq!(
+            (
+                pools.held(),
+                pools.small.available() + pools.large.as_ref().unwrap().available()
+            ),
+            (0, 6)
+        );
     }
 
     #[test]

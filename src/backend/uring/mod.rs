@@ -83,8 +83,8 @@ pub(crate) enum ShardFailure {
 
 /// How a shard (TCP or UDP) gives its memory back once its loop has ended with `result`.
 ///
-/// After a clean run nothing is in flight: the buffer ring is unregistered, then the ring goes
-/// before `shard`, which owns the buffer memory, so the memory is unmapped only after the
+/// After a clean run nothing is in flight: the buffer rings are unregistered, then the ring
+/// goes before `shard`, which owns the buffer memory, so the memory is unmapped only after the
 /// kernel let go of the ring.
 ///
 /// After a failure (an error, or a panic) requests may still be in flight, and tearing a ring
@@ -102,7 +102,7 @@ pub(crate) fn finish_shard<S: ShardMemory>(
         Ok(()) => {
             shard
                 .unregister_bufs(&ring.submitter())
-                .map_err(|e| Error::io("cannot unregister the buffer ring", e))?;
+                .map_err(|e| Error::io("cannot unregister the buffer rings", e))?;
             drop(ring);
             drop(shard);
             Ok(())

@@ -280,7 +280,9 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         )
     }?;
     // The large buffers' ids follow the small ones' (at most 32768 + 32768 ids).
+    // Only streams taken whole use it, which takes bundles.
     let large = match cfg.stream_bufs {
+        _ if !recv_bundle => None,
         0 => None,
         n => {
             // SAFETY: as for the small ring: only this ring's completions reach
@@ -295,7 +297,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }?)
         }
     };
-    let bufs = Pools { small, large };
+    let bufs = Pools::new(small, large);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     let recv_cap = cfg.recv_cap && recv_bundle && multishot_recv && features.multishot_recv_cap;
@@ -896,10 +898,8 @@ impl<P: Protocol + Clone> UringShard<P> {
                     }
                     // A stream's whole socket, into large buffers while there are any.
                     (false, true) => {
-                        let group = match self.bufs.large_group() {
-                            Some(g) if c.window.is_stream() => g,
-                            _ => BGID,
-                        };
+                        let large = c.window.is_stream().then(|| self.bufs.arm_large());
+                        let group = large.flatten().unwrap_or(BGID);
                         ops::recv_bundle(c.sock, group, tok)
                     }
                 });
@@ -1047,7 +1047,9 @@ impl<P: Protocol + Clone> UringShard<P> {
 
     /// Re-arms parked receives, at most one per buffer now available, oldest first.
     fn rearm_parked(&mut self) {
-        let mut budget = self.bufs.available();
+        // Parked receives are armed on the small ring (streams may pick the large one, but
+        // counting its buffers would re-arm small-message receives into an empty ring).
+        let mut budget = self.bufs.small.available();
         while budget > 0
             && let Some((key, generation)) = self.parked.pop_front()
         {
