@@ -867,10 +867,13 @@ impl Pools {
     }
 
     /// The large ring's group for a receive about to be armed, if the receives already armed
-    /// on it since the last enter leave it a buffer; counted as armed.
-    pub fn arm_large(&mut self) -> Option<u16> {
+    /// on it since the last enter leave it a buffer, and owed data may still hold what it
+    /// brings ([`may_hold`](Self::may_hold) with `budget`: past it the bytes would be copied
+    /// out, and large buffers would only let more of them in per turn); counted as armed.
+    pub fn arm_large(&mut self, budget: usize) -> Option<u16> {
         let l = self.large.as_ref()?;
-        (l.available() > self.large_armed).then(|| {
+        let room = self.held() < budget && l.held() * 2 < l.count() as usize;
+        (room && l.available() > self.large_armed).then(|| {
             self.large_armed += 1;
             l.bgid()
         })
@@ -1097,7 +1100,7 @@ mod tests {
             ]
         );
         assert!(pools.is_large(5) && !pools.is_large(3));
-        assert_eq!(pools.arm_large(), None, "both large buffers are out");
+        assert_eq!(pools.arm_large(100), None, "both large buffers are out");
         pools.on_completion(0, 7, 0, false, &mut segs).unwrap();
         assert_eq!(
             (
@@ -1113,16 +1116,24 @@ mod tests {
         assert!(!pools.may_hold(4, 100), "no more than half the large ring");
         pools.release(5);
         pools.publish();
-        assert_eq!(pools.arm_large(), Some(1), "id 5 is back in the large ring");
         assert_eq!(
-            pools.arm_large(),
+            pools.arm_large(100),
             None,
-            "and the receive just armed will take it"
+            "id 5 is back, but owed data holds half the large ring already"
         );
-        pools.publish();
-        assert_eq!(pools.arm_large(), Some(1), "until the enter");
-        assert_eq!(pools.small.available(), 3, "and not in the small one");
         pools.release(4);
+        pools.publish();
+        assert_eq!(pools.arm_large(2), Some(1), "both are back");
+        assert_eq!(
+            pools.arm_large(2),
+            Some(1),
+            "a second receive takes the other"
+        );
+        assert_eq!(pools.arm_large(2), None, "and a third finds none left");
+        pools.publish();
+        assert_eq!(pools.arm_large(2), Some(1), "until the enter");
+        assert_eq!(pools.arm_large(1), None, "nor when the budget is spent");
+        assert_eq!(pools.small.available(), 3, "and not in the small one");
         pools.release(0);
         assert_eq!(
             (

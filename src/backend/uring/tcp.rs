@@ -898,7 +898,8 @@ impl<P: Protocol + Clone> UringShard<P> {
                     }
                     // A stream's whole socket, into large buffers while there are any.
                     (false, true) => {
-                        let large = c.window.is_stream().then(|| self.bufs.arm_large());
+                        let budget = self.buf_budget;
+                        let large = c.window.is_stream().then(|| self.bufs.arm_large(budget));
                         let group = large.flatten().unwrap_or(BGID);
                         ops::recv_bundle(c.sock, group, tok)
                     }
