@@ -279,7 +279,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             incremental,
         )
     }?;
-    // The large buffers' ids follow the small ones' (at most 32768 + 32768 ids).
+    // The large buffers' ids follow the small ones' (at most 32768 + 16384 ids).
     // Only streams taken whole use it, which takes bundles.
     let large = match cfg.stream_bufs {
         _ if !recv_bundle => None,
