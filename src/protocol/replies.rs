@@ -125,6 +125,12 @@ fn span_of(chunk: &Chunk) -> SendSpan<'_> {
     }
 }
 
+/// The most a heap chunk grows to by appending; bytes past it start another chunk (one more
+/// `iovec` in the send). A chunk grows by doubling, and a connection keeps one finished chunk
+/// for reuse: capping both keeps the memory a connection holds close to what it owes, which
+/// is what `--max-pending` bounds, when many peers stop reading at once.
+const HEAP_CHUNK_MAX: usize = 64 * 1024;
+
 /// The ordered bytes a connection owes its peer. See the module docs for who owns them and
 /// for the in-flight invariant.
 #[derive(Debug, Default)]
@@ -193,7 +199,11 @@ impl OutQueue {
         let spare = &mut self.spare;
         let finished = |chunk: Chunk| match chunk {
             Chunk::Ring { bid, .. } => release(bid),
-            Chunk::Heap { buf, .. } if buf.capacity() > spare.capacity() => *spare = buf,
+            Chunk::Heap { buf, .. }
+                if buf.capacity() > spare.capacity() && buf.capacity() <= HEAP_CHUNK_MAX =>
+            {
+                *spare = buf
+            }
             _ => {}
         };
         Self::advance_sent(
@@ -343,11 +353,17 @@ impl OutQueue {
         }
         self.owed += bytes.len();
         if let Some(buf) = self.back_heap_appendable() {
-            buf.extend_from_slice(bytes);
-            return;
+            let len = buf.len() + bytes.len();
+            if len <= HEAP_CHUNK_MAX {
+                // Powers of two up to the most a chunk holds, never past it.
+                buf.reserve_exact(len.next_power_of_two().min(HEAP_CHUNK_MAX) - buf.len());
+                buf.extend_from_slice(bytes);
+                return;
+            }
         }
         let mut buf = std::mem::take(&mut self.spare);
         buf.clear();
+        buf.reserve_exact(bytes.len());
         buf.extend_from_slice(bytes);
         self.chunks.push_back(Chunk::Heap { buf, start: 0 });
     }
@@ -467,5 +483,71 @@ impl Replies<'_> {
     /// Bytes queued on this connection and not yet sent, including what this call queued.
     pub fn owed(&self) -> usize {
         self.q.owed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap_capacities(q: &OutQueue) -> Vec<usize> {
+        q.chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Heap { buf, .. } => buf.capacity(),
+                other => panic!("expected heap chunks, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn copied_bytes_fill_chunks_of_at_most_heap_chunk_max_in_order() {
+        let mut q = OutQueue::default();
+        let mut want = Vec::new();
+        // 1 MiB in 4 KiB pieces and a few odd ones, as a peer that stopped reading leaves it.
+        for i in 0..256u32 {
+            let piece: Vec<u8> = (0..4096 + i % 3).map(|j| (i + j) as u8).collect();
+            q.push_heap(&piece);
+            want.extend_from_slice(&piece);
+        }
+        assert_eq!(q.owed(), want.len());
+        assert_eq!(q.to_vec(), want, "every byte, in order");
+        let caps = heap_capacities(&q);
+        assert!(
+            caps.iter().all(|&c| c <= HEAP_CHUNK_MAX),
+            "no chunk grows past {HEAP_CHUNK_MAX}: {caps:?}"
+        );
+        let held: usize = caps.iter().sum();
+        assert!(
+            held <= want.len() + want.len() / 8,
+            "memory held {held} for {} owed",
+            want.len()
+        );
+    }
+
+    #[test]
+    fn one_piece_larger_than_a_chunk_is_one_exact_chunk() {
+        let mut q = OutQueue::default();
+        q.push_heap(&[1; 10]);
+        q.push_heap(&vec![2; 3 * HEAP_CHUNK_MAX]);
+        q.push_heap(&[3; 10]);
+        let caps = heap_capacities(&q);
+        assert_eq!(caps.len(), 3, "a full chunk takes nothing more: {caps:?}");
+        assert_eq!(
+            caps[1],
+            3 * HEAP_CHUNK_MAX,
+            "the large piece is not doubled"
+        );
+        assert_eq!(q.owed(), 3 * HEAP_CHUNK_MAX + 20);
+    }
+
+    #[test]
+    fn small_replies_stay_small() {
+        let mut q = OutQueue::default();
+        q.push_heap(b"HTTP/1.1 200 OK\r\n");
+        q.push_heap(b"\r\n");
+        let caps = heap_capacities(&q);
+        assert_eq!(caps.len(), 1);
+        assert!(caps[0] <= 32, "{caps:?}");
     }
 }
