@@ -301,6 +301,15 @@
 //! and paused differ in who waits: a parked connection waits for the buffer ring, a paused one
 //! for its peer to read.
 //!
+//! The limit is where a connection pauses, not a cap on one receive: a receive already armed
+//! brings what the socket holds, and a stream's single-shot receive takes its socket whole
+//! while nothing is owed (a peer that stops reading looks like any stream until its sends
+//! stall). So a connection can owe up to one socket's worth past the limit. Measured with
+//! the 64 KiB default and 300 clients that send but never read (`tests/pressure.rs`): 62–204
+//! KiB owed per connection on io_uring, 65–74 KiB on epoll, whose reads are 64 KiB. Copied
+//! bytes sit in heap chunks of at most 64 KiB each, so what a connection holds stays close to
+//! what it owes.
+//!
 //! - **Code**: [`UringShard::sync`][sync] and [`UringShard::rearm_parked`][rearm-parked];
 //!   [`ops::cancel`]; [`Conn::recv_wanted`][recv-wanted].
 //! - **Kernel notes**: [Multishot receive][k-recv]; [Provided-buffer ring][k-bufring], its
