@@ -93,9 +93,13 @@ counters! {
     /// Receives re-armed after a completion without `IORING_CQE_F_MORE` (or single-shot).
     recv_rearms,
     /// Multishot receives cancelled to be armed again with another cap (io_uring): the
-    /// connection turned out to be a stream, the shard's streams changed its share, or a
-    /// capped stream's look at its whole socket (every 64 pieces) is due.
+    /// connection turned out to be a stream, the shard's streams changed its share, or, on
+    /// kernels without the `SIOCINQ` socket command, a capped stream's look at its whole
+    /// socket (every 64 pieces) is due.
     recv_recaps,
+    /// Looks at how many bytes wait in a capped stream's socket, every 64 pieces: the
+    /// `SIOCINQ` socket command (io_uring, 6.7) or `FIONREAD` (epoll).
+    sock_inqs,
     /// Receive completions whose data landed in the large buffers streams receive into
     /// (io_uring, `--stream-bufs`).
     stream_buf_recvs,

@@ -94,11 +94,13 @@ pub enum Op {
     /// The load generator's send of one datagram, from its socket's send slot
     /// ([`Target::Datagram`]).
     SendDatagram = 14,
+    /// A look at how many bytes wait in the connection's socket (`SIOCINQ`).
+    SockInq = 15,
 }
 
 impl Op {
     /// Every operation, in discriminant order.
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 15] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -113,6 +115,7 @@ impl Op {
         Op::SendZc1,
         Op::Connect,
         Op::SendDatagram,
+        Op::SockInq,
     ];
 
     fn from_u8(v: u8) -> Option<Op> {
@@ -274,7 +277,7 @@ impl Token {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 14] = Op::ALL;
+    const OPS: [Op; 15] = Op::ALL;
 
     #[test]
     fn round_trips_every_op_and_extreme_fields() {

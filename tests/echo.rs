@@ -350,7 +350,7 @@ fn one_stream(
     let capped = server
         .stderr_lines()
         .iter()
-        .any(|l| l.starts_with("ringecho: io_uring") && l.contains("+cap "));
+        .any(|l| l.starts_with("ringecho: io_uring") && l.contains("+cap"));
     let spec = FlowSpec {
         total,
         window,
@@ -415,6 +415,8 @@ fn streams_taken_whole_land_in_large_buffers() {
 /// armed again with a cap of an eighth of it, 32 KiB (by a cancellation, or by the pause its
 /// first window causes), so no completion carries much more than that, and every byte still
 /// comes back in order; `--no-recv-cap` takes what the socket holds, more per completion.
+/// A stream that never pauses has its socket looked at every 64 pieces, through the
+/// `SIOCINQ` socket command where the kernel has it (6.7), without cancelling the receive.
 /// Then the cap under pressure: incremental buffers, an 8-buffer ring, and a watermark that
 /// pauses (cancels) the capped receive over and over.
 #[test]
@@ -431,6 +433,29 @@ fn a_lone_stream_is_received_in_capped_pieces() {
         // counts whole buffers).
         let per_cqe = |c: &ringecho::stats::Counters| c.bytes_in / c.recv_cqes.max(1);
         assert!(per_cqe(&fin) <= 36 * 1024, "not capped: {fin}");
+        // 1024 pieces of 32 KiB: a look at the socket every 64. With the socket command
+        // (`+inq`, 6.7) each look leaves the receive armed; without it each one cancels the
+        // receive and arms it again.
+        // A 64 KiB window in 8 KiB pieces (about 2048 of them), with a look at the socket
+        // every 64: with the socket command (`+inq`, 6.7) each look leaves the receive
+        // armed; without it each one cancels the receive and arms it again.
+        let (looks, _) = one_stream(b, &[], 16 << 20, (64 * 1024, 4096));
+        let inq = {
+            let server = b.start(&[]);
+            server
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("+cap+inq "))
+        };
+        if inq {
+            assert!(looks.sock_inqs >= 8, "too few looks: {looks}");
+            assert!(
+                looks.recv_recaps <= 4,
+                "looks cancelled the receive: {looks}"
+            );
+        } else {
+            assert!(looks.recv_recaps >= 8, "no looks: {looks}");
+        }
         let (whole, _) = one_stream(b, &["--no-recv-cap"], TOTAL, FLOW);
         assert_eq!(whole.recv_recaps, 0, "{whole}");
         assert!(

@@ -191,7 +191,7 @@ probe_check() {
 	# What probe says against the kernel versions kernel-notes.md gives for each feature.
 	for row in "DEFER_TASKRUN:6:1" "COOP_TASKRUN:5:19" "multishot recv:6:0" "send_zc:6:0" \
 		"recv bundles:6:10" "capped multishot recv:6:17" "min-wait batching:6:12" "incremental buffer:6:12" \
-		"direct descriptors released:6:13"; do
+		"direct descriptors released:6:13" "socket SIOCINQ command:6:7"; do
 		feat=${row%%:*}
 		ver=${row#*:}
 		got=$(grep "^$feat" "$T/probe.out" | awk '{ for (i = 1; i <= NF; i++) if ($i == "yes" || $i == "no") { print $i; exit } }')

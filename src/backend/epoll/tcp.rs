@@ -284,6 +284,7 @@ impl<P: Protocol + Clone> EpollShard<P> {
                     self.counters.syscalls += 1;
                     // SAFETY: FIONREAD writes one c_int through the pointer, to `queued`.
                     if syscall!(ioctl(fd, libc::FIONREAD, &mut queued)).is_ok() {
+                        self.counters.sock_inqs += 1;
                         c.window.sample(queued.max(0) as u32);
                         cap = cap_of(&c.window);
                     }

@@ -172,6 +172,9 @@ pub struct Features {
     /// connection closed after it open (no FIN, memory kept), so the server uses ordinary
     /// descriptors for its connections instead.
     pub direct_close: bool,
+    /// The socket command `SOCKET_URING_OP_SIOCINQ` (6.7): how many bytes wait in a socket,
+    /// asked without taking them or disturbing a receive armed on it.
+    pub sock_inq: bool,
 }
 
 impl Features {
@@ -309,6 +312,7 @@ fn detect(ring: &IoUring, mode: RingMode, kernel: KernelVersion) -> Features {
         reg_ring_fd: t.reg_ring_fd.unwrap_or(kernel.at_least(5, 18)),
         buf_ring_inc: t.buf_ring_inc.unwrap_or(kernel.at_least(6, 12)),
         direct_close: t.direct_close_releases.unwrap_or(kernel.at_least(6, 13)),
+        sock_inq: op(opcode::UringCmd16::CODE) && t.sock_inq.unwrap_or(kernel.at_least(6, 7)),
     }
 }
 
@@ -419,6 +423,7 @@ impl Features {
                 "yes",
                 "--no-recv-cap",
             ),
+            row("socket SIOCINQ command", "6.7", self.sock_inq, "yes", ""),
             row(
                 "recv bundles",
                 "6.10",

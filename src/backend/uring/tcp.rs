@@ -99,9 +99,10 @@ struct UringConn<P> {
     /// The armed receive is a multishot one with this cap (0: uncapped); `None` for a
     /// single-shot one (always uncapped) or none armed.
     multishot_cap: Option<u32>,
-    /// Capped completions since the last look at how much the socket holds; at
-    /// `streams::SAMPLE_EVERY` the capped receive is cancelled and one uncapped single-shot
-    /// receive takes a look (`Window::sample`) before it is armed again.
+    /// Capped completions since the last look at how much the socket holds (`Window::sample`)
+    /// at `streams::SAMPLE_EVERY`: a `SIOCINQ` socket command beside the armed receive, or,
+    /// on kernels without one, the capped receive is cancelled and an uncapped single-shot
+    /// receive takes the look before it is armed again.
     pieces: u16,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
@@ -217,6 +218,9 @@ struct UringShard<P> {
     recv_bundle: bool,
     /// Streams' multishot receives are capped (`Window::cap`; needs bundles and 6.17).
     recv_cap: bool,
+    /// A capped stream's look at its socket is a `SIOCINQ` socket command (6.7), which leaves
+    /// the receive armed; without it, the receive is cancelled and a single-shot one looks.
+    sock_inq: bool,
     /// Connections that are streams (`UringConn::window`).
     streams: u32,
     /// Scratch list of the buffers one completion covers.
@@ -334,7 +338,11 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             },
             if recv_bundle { "+bundle" } else { "" },
             if incremental { "+incremental" } else { "" },
-            if recv_cap { "+cap" } else { "" },
+            match (recv_cap, features.sock_inq) {
+                (true, true) => "+cap+inq",
+                (true, false) => "+cap",
+                (false, _) => "",
+            },
             match (cfg.batch_wait_us, features.min_timeout) {
                 (0, _) => "off".to_string(),
                 (w, true) => format!("{}/{}us(min-wait)", cfg.batch_max, w),
@@ -372,6 +380,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         direct,
         recv_bundle,
         recv_cap,
+        sock_inq: features.sock_inq,
         streams: 0,
         segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
@@ -539,6 +548,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         match tok.op() {
             Op::Recv => self.on_recv(key, res, flags),
             Op::Send => self.on_send(key, res, None),
+            Op::SockInq => self.on_sock_inq(key, res),
             op @ (Op::SendZc0 | Op::SendZc1) => {
                 let i = usize::from(op == Op::SendZc1);
                 if cqueue::notif(flags) {
@@ -750,6 +760,23 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
     }
 
+    /// The answer to a capped stream's look at its socket (`ops::sock_inq`): the bytes it
+    /// held, at most what the peer had in flight. The `sync` that follows changes the
+    /// receive's cap if the window turned out larger.
+    fn on_sock_inq(&mut self, key: usize, res: i32) {
+        match res {
+            n if n >= 0 => {
+                self.counters.sock_inqs += 1;
+                self.conns[key].window.sample(n as u32);
+            }
+            // The trial said this kernel has the command and the socket did not take it:
+            // look by receiving from now on.
+            e if e == -libc::EOPNOTSUPP || e == -libc::EINVAL => self.sock_inq = false,
+            // A socket on its way out (`-ENOTCONN` after a reset): nothing to learn.
+            _ => {}
+        }
+    }
+
     /// The result of the connection's send: `zc` is `Some((operation index, more))` for a
     /// zero-copy send, `more` saying whether its notification is still to come.
     fn on_send(&mut self, key: usize, res: i32, zc: Option<(usize, bool)>) {
@@ -871,6 +898,15 @@ impl<P: Protocol + Clone> UringShard<P> {
             c.dirty = true;
             self.dirty.push((key, c.generation));
         }
+        let look_due = cap > 0 && c.pieces >= streams::SAMPLE_EVERY;
+        if look_due && self.sock_inq {
+            // Ask the socket how much it holds, leaving the capped receive to go on.
+            c.pieces = 0;
+            c.ops += 1;
+            let tok = Token::conn(key, c.generation, Op::SockInq);
+            self.pending.push(ops::sock_inq(c.sock, tok));
+        }
+        let look_by_recv = look_due && !self.sock_inq;
         let want = c.conn.recv_wanted();
         match (c.recv, want) {
             (RecvState::Idle, true) => {
@@ -880,8 +916,9 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // per turn lets the replies start while the rest waits in the socket.
                 // Only with bundles: one buffer per single-shot receive would be far slower.
                 // A capped receive takes a stream in pieces by itself, and goes on doing so,
-                // but for a single-shot look at the whole socket every `SAMPLE_EVERY` pieces.
-                let sample = cap > 0 && c.pieces >= streams::SAMPLE_EVERY;
+                // but, without the socket command, for a single-shot look at the whole socket
+                // every `SAMPLE_EVERY` pieces.
+                let sample = look_by_recv;
                 let cap = if sample { 0 } else { cap };
                 c.pieces = 0;
                 let multishot = self.multishot_recv
@@ -917,7 +954,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             (RecvState::Armed, want)
                 if !want
                     || c.multishot_cap
-                        .is_some_and(|armed| armed != cap || c.pieces >= streams::SAMPLE_EVERY) =>
+                        .is_some_and(|armed| armed != cap || look_by_recv) =>
             {
                 // A multishot receive cannot be paused, only cancelled; nor can its cap be
                 // changed (the connection turned out to be a stream, the shard's streams

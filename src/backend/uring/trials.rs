@@ -5,8 +5,9 @@
 //! SQE, incremental consumption a flag of the buffer-ring registration), so the opcode probe
 //! cannot see them, and the kernel version misleads: distribution kernels backport io_uring
 //! features under old version numbers. So each one is tried once per process on a throwaway
-//! ring, over a Unix socket pair or an abstract Unix listener (no network, no files), and the
-//! answer is what the kernel did. A trial that cannot even be set up (no memory, no sockets)
+//! ring, over a Unix socket pair or an abstract Unix listener (no network, no files; the
+//! socket command, which Unix sockets do not take, over a TCP loopback pair), and the answer
+//! is what the kernel did. A trial that cannot even be set up (no memory, no sockets)
 //! gives no answer, and the caller falls back to the kernel version.
 //!
 //! One trial is about behaviour, not support: before Linux 6.13 a closed direct descriptor's
@@ -17,6 +18,7 @@
 //! whether the closed socket's peer sees end of stream.
 
 use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -45,6 +47,8 @@ pub(crate) struct Trials {
     pub direct_close_releases: Option<bool>,
     /// `IORING_REGISTER_RING_FDS` (5.18).
     pub reg_ring_fd: Option<bool>,
+    /// The socket command `SOCKET_URING_OP_SIOCINQ` (6.7).
+    pub sock_inq: Option<bool>,
     /// `IORING_ASYNC_CANCEL_ALL` (5.19).
     pub cancel_all: Option<bool>,
 }
@@ -67,6 +71,7 @@ fn run() -> Trials {
         multishot_accept: multishot_accept(&mut ring),
         direct_close_releases: direct_close_releases(&mut ring),
         cancel_all: cancel_all(&mut ring),
+        sock_inq: sock_inq(&mut ring),
         reg_ring_fd: Some(ring.submitter().register_ring_fd().is_ok()),
     }
 }
@@ -189,6 +194,27 @@ fn multishot_recv(ring: &mut IoUring, cap: Option<u32>) -> Option<bool> {
     answer
 }
 
+/// Asks how many bytes wait in a TCP socket through the socket command. TCP on loopback, the
+/// one trial that is not on Unix sockets: Unix sockets answer the command with `-EOPNOTSUPP`
+/// on every kernel, as do kernels without it. No loopback (a network namespace with `lo`
+/// down): no answer.
+fn sock_inq(ring: &mut IoUring) -> Option<bool> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+    let mut client = TcpStream::connect(listener.local_addr().ok()?).ok()?;
+    let (ours, _) = listener.accept().ok()?;
+    client.write_all(b"x").ok()?;
+    // The byte is queued once the peer sees it; a blocking read of nothing would wait, so
+    // peek for it.
+    ours.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    ours.peek(&mut [0u8; 1]).ok()?;
+    let inq = super::ops::SOCKET_URING_OP_SIOCINQ;
+    let sqe = opcode::UringCmd16::new(types::Fd(ours.as_raw_fd()), inq)
+        .build()
+        .user_data(9);
+    let cqe = push_and_wait(ring, &sqe, 9, |_| {})?;
+    Some(cqe.result() == 1)
+}
+
 /// A listener on an abstract Unix address unique to this process.
 fn listener() -> Option<(UnixListener, SocketAddr)> {
     let name = format!("ringecho-trial-{}", std::process::id());
@@ -275,6 +301,7 @@ mod tests {
             ("direct_close_releases", t.direct_close_releases, (6, 13)),
             ("reg_ring_fd", t.reg_ring_fd, (5, 18)),
             ("cancel_all", t.cancel_all, (5, 19)),
+            ("sock_inq", t.sock_inq, (6, 7)),
         ] {
             assert_eq!(
                 got,
