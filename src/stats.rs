@@ -94,8 +94,9 @@ counters! {
     recv_rearms,
     /// Multishot receives cancelled to be armed again with another cap (io_uring): the
     /// connection turned out to be a stream, the shard's streams changed its share, or, on
-    /// kernels without the `SIOCINQ` socket command, a capped stream's look at its whole
-    /// socket (every 64 pieces) is due.
+    /// kernels without the `SIOCINQ` socket command (or after it failed once, which the
+    /// server says on stderr), a capped stream's look at its whole socket (every 64 pieces)
+    /// is due.
     recv_recaps,
     /// Looks at how many bytes wait in a capped stream's socket, every 64 pieces: the
     /// `SIOCINQ` socket command (io_uring, 6.7) or `FIONREAD` (epoll).

@@ -433,9 +433,6 @@ fn a_lone_stream_is_received_in_capped_pieces() {
         // counts whole buffers).
         let per_cqe = |c: &ringecho::stats::Counters| c.bytes_in / c.recv_cqes.max(1);
         assert!(per_cqe(&fin) <= 36 * 1024, "not capped: {fin}");
-        // 1024 pieces of 32 KiB: a look at the socket every 64. With the socket command
-        // (`+inq`, 6.7) each look leaves the receive armed; without it each one cancels the
-        // receive and arms it again.
         // A 64 KiB window in 8 KiB pieces (about 2048 of them), with a look at the socket
         // every 64: with the socket command (`+inq`, 6.7) each look leaves the receive
         // armed; without it each one cancels the receive and arms it again.

@@ -769,11 +769,17 @@ impl<P: Protocol + Clone> UringShard<P> {
                 self.counters.sock_inqs += 1;
                 self.conns[key].window.sample(n as u32);
             }
-            // The trial said this kernel has the command and the socket did not take it:
-            // look by receiving from now on.
-            e if e == -libc::EOPNOTSUPP || e == -libc::EINVAL => self.sock_inq = false,
-            // A socket on its way out (`-ENOTCONN` after a reset): nothing to learn.
-            _ => {}
+            // The trial said this kernel has the command, yet a connected TCP socket did not
+            // take it (on TCP it fails only for a listener; a security module could refuse
+            // it): look by receiving from now on.
+            e => {
+                self.sock_inq = false;
+                eprintln!(
+                    "ringecho: the SIOCINQ socket command failed ({}); capped streams look at \
+                     their sockets by receiving",
+                    std::io::Error::from_raw_os_error(-e)
+                );
+            }
         }
     }
 

@@ -200,7 +200,8 @@ fn multishot_recv(ring: &mut IoUring, cap: Option<u32>) -> Option<bool> {
 /// down): no answer.
 fn sock_inq(ring: &mut IoUring) -> Option<bool> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
-    let mut client = TcpStream::connect(listener.local_addr().ok()?).ok()?;
+    let addr = listener.local_addr().ok()?;
+    let mut client = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     let (ours, _) = listener.accept().ok()?;
     client.write_all(b"x").ok()?;
     // The byte is queued once the peer sees it; a blocking read of nothing would wait, so
