@@ -606,6 +606,9 @@ fn glance(md: &mut String, servers: &[Server], cases: &[CaseResult], first: &str
     }
 }
 
+/// A load generator busier than this (CPUs, one client thread) is the bottleneck.
+const CLIENT_BOUND: f64 = 0.95;
+
 /// The targets, for the default ringecho (`uring`) against its epoll backend (`epoll`) and the
 /// best of the other servers (the peers), when they ran: in every case at least as fast as
 /// both (messages or bytes per second, within 5%); in open loop a p50 within 1.10× and a p99
@@ -720,6 +723,24 @@ fn targets(md: &mut String, servers: &[Server], cases: &[CaseResult]) {
             get(c, "epoll", "syscalls_per_msg"),
         ))
     };
+    // Cases where the one-thread load generator, not the server, set the pace.
+    let client_bound: Vec<String> = cases
+        .iter()
+        .filter_map(|c| {
+            let u = get(c, "uring", "client_busy")?;
+            let e = get(c, "epoll", "client_busy")?;
+            (u.max(e) >= CLIENT_BOUND).then(|| format!("{} ({u:.2}/{e:.2})", c.case))
+        })
+        .collect();
+    if !client_bound.is_empty() {
+        let _ = writeln!(
+            md,
+            "- the load generator was at ≥ {CLIENT_BOUND} of its CPU (uring/epoll runs) in {}: \
+             there the client is at its limit, so throughput and latency say as much about it \
+             as about the server (and an open-loop p99 is mostly the client's own queue)",
+            client_bound.join(", ")
+        );
+    }
     if let Some((u, e)) = syscalls("50x128x1") {
         let _ = writeln!(
             md,
