@@ -771,14 +771,16 @@ impl<P: Protocol + Clone> UringShard<P> {
             }
             // The trial said this kernel has the command, yet a connected TCP socket did not
             // take it (on TCP it fails only for a listener; a security module could refuse
-            // it): look by receiving from now on.
+            // it): look by receiving from now on. Looks already in flight may fail too: one
+            // line per shard.
             e => {
-                self.sock_inq = false;
-                eprintln!(
-                    "ringecho: the SIOCINQ socket command failed ({}); capped streams look at \
-                     their sockets by receiving",
-                    std::io::Error::from_raw_os_error(-e)
-                );
+                if std::mem::replace(&mut self.sock_inq, false) {
+                    eprintln!(
+                        "ringecho: the SIOCINQ socket command failed ({}); capped streams look \
+                         at their sockets by receiving",
+                        std::io::Error::from_raw_os_error(-e)
+                    );
+                }
             }
         }
     }
@@ -924,11 +926,10 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // A capped receive takes a stream in pieces by itself, and goes on doing so,
                 // but, without the socket command, for a single-shot look at the whole socket
                 // every `SAMPLE_EVERY` pieces.
-                let sample = look_by_recv;
-                let cap = if sample { 0 } else { cap };
+                let cap = if look_by_recv { 0 } else { cap };
                 c.pieces = 0;
                 let multishot = self.multishot_recv
-                    && !sample
+                    && !look_by_recv
                     && (cap > 0 || !(c.stream_recvs > 0 && self.recv_bundle));
                 self.pending.push(match (multishot, self.recv_bundle) {
                     (true, false) => ops::recv_multi(c.sock, BGID, tok),
