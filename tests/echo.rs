@@ -345,12 +345,14 @@ fn one_stream(
     args: &[&str],
     total: u64,
     (window, write): (u64, usize),
-) -> (ringecho::stats::Counters, bool) {
+) -> (ringecho::stats::Counters, String) {
     let mut server = b.start(args);
-    let capped = server
+    let startup = server
         .stderr_lines()
-        .iter()
-        .any(|l| l.starts_with("ringecho: io_uring") && l.contains("+cap"));
+        .into_iter()
+        .find(|l| l.starts_with("ringecho: io_uring"))
+        .unwrap_or_default();
+    let capped = recv_features(&startup).contains("+cap");
     let spec = FlowSpec {
         total,
         window,
@@ -367,7 +369,15 @@ fn one_stream(
     assert_eq!(fin.bytes_out, total, "{args:?}");
     assert_eq!(fin.bufs_held, 0, "{args:?}");
     assert_eq!((fin.stale_cqes, fin.conn_errors), (0, 0), "{args:?}");
-    (fin, capped)
+    (fin, startup)
+}
+
+/// The io_uring start-up line lists the receive's features (`recv=multishot+bundle+cap+inq`).
+fn recv_features(startup: &str) -> &str {
+    startup
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("recv="))
+        .unwrap_or("")
 }
 
 /// A stream taken whole (`--no-recv-cap`, or a kernel without the cap) is received into the
@@ -424,8 +434,8 @@ fn a_lone_stream_is_received_in_capped_pieces() {
     with_backend("uring", |b| {
         const TOTAL: u64 = 32 << 20;
         const FLOW: (u64, usize) = (256 * 1024, 64 * 1024);
-        let (fin, capped) = one_stream(b, &[], TOTAL, FLOW);
-        if !capped {
+        let (fin, startup) = one_stream(b, &[], TOTAL, FLOW);
+        if !recv_features(&startup).contains("+cap") {
             common::skipped("this kernel does not cap multishot receives (6.17)");
             return;
         }
@@ -437,14 +447,7 @@ fn a_lone_stream_is_received_in_capped_pieces() {
         // every 64: with the socket command (`+inq`, 6.7) each look leaves the receive
         // armed; without it each one cancels the receive and arms it again.
         let (looks, _) = one_stream(b, &[], 16 << 20, (64 * 1024, 4096));
-        let inq = {
-            let server = b.start(&[]);
-            server
-                .stderr_lines()
-                .iter()
-                .any(|l| l.contains("+cap+inq "))
-        };
-        if inq {
+        if recv_features(&startup).ends_with("+cap+inq") {
             assert!(looks.sock_inqs >= 8, "too few looks: {looks}");
             assert!(
                 looks.recv_recaps <= 4,

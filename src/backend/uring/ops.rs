@@ -294,18 +294,14 @@ pub fn shutdown_write(sock: Sock, tok: Token) -> squeue::Entry {
 
 /// `SOCKET_URING_OP_SIOCINQ`, the socket command that reads how many bytes wait in a
 /// socket's receive queue (the crate's `sys` module is private).
-pub(crate) const SOCKET_URING_OP_SIOCINQ: u32 = 0;
+const SOCKET_URING_OP_SIOCINQ: u32 = 0;
 
 /// How many bytes wait in the TCP socket `sock`'s receive queue, as the result (`SIOCINQ`,
 /// through `IORING_OP_URING_CMD`, 6.7). Takes nothing from the socket and leaves a receive
 /// armed on it alone. Other socket types may answer `-EOPNOTSUPP` (Unix sockets do).
 pub fn sock_inq(sock: Sock, tok: Token) -> squeue::Entry {
-    on_sock!(sock, |t| opcode::UringCmd16::new(
-        t,
-        SOCKET_URING_OP_SIOCINQ
-    )
-    .build())
-    .user_data(tok.encode())
+    let inq = SOCKET_URING_OP_SIOCINQ;
+    on_sock!(sock, |t| opcode::UringCmd16::new(t, inq).build()).user_data(tok.encode())
 }
 
 /// Closes `sock` (a direct descriptor frees its file slot; 5.15 for direct descriptors).

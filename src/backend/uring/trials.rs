@@ -208,10 +208,12 @@ fn sock_inq(ring: &mut IoUring) -> Option<bool> {
     // peek for it.
     ours.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     ours.peek(&mut [0u8; 1]).ok()?;
-    let inq = super::ops::SOCKET_URING_OP_SIOCINQ;
-    let sqe = opcode::UringCmd16::new(types::Fd(ours.as_raw_fd()), inq)
-        .build()
-        .user_data(9);
+    // The server's own SQE, with the trial's `user_data`.
+    let sqe = super::ops::sock_inq(
+        super::ops::Sock::Fd(ours.as_raw_fd()),
+        crate::token::Token::shard(crate::token::Op::SockInq),
+    )
+    .user_data(9);
     let cqe = push_and_wait(ring, &sqe, 9, |_| {})?;
     Some(cqe.result() == 1)
 }
