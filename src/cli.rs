@@ -260,8 +260,8 @@ pub struct ServeArgs {
 
     /// Take a stream in pieces (the default): a stream's receives are capped at about an
     /// eighth of the data the shard's streams have in flight, so replies go out while the rest
-    /// is still arriving (io_uring: capped multishot receives, 6.17; epoll: a lone stream of
-    /// at most 64 KiB in flight, read 8 KiB at a time).
+    /// is still arriving (io_uring: one capped single-shot receive per loop turn, with receive
+    /// bundles, 6.10; epoll: a lone stream of at most 64 KiB in flight, read 8 KiB at a time).
     #[arg(long, overrides_with = "no_recv_cap", hide = true)]
     pub recv_cap: bool,
 

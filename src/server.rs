@@ -75,8 +75,8 @@ pub(crate) struct ServerConfig {
     pub zc_threshold: Option<u32>,
     /// Receive bundles: one completion for several buffers (6.10).
     pub recv_bundle: bool,
-    /// Take streams in pieces (io_uring: capped multishot receives, 6.17; epoll: capped
-    /// reads), so each piece is echoed while the peer sends the rest.
+    /// Take streams in pieces (io_uring, with receive bundles (6.10): capped single-shot
+    /// receives; epoll: capped reads), so each piece is echoed while the peer sends the rest.
     pub recv_cap: bool,
     /// Consume provided buffers incrementally (6.12), so small messages share large buffers.
     pub buf_incremental: bool,
@@ -553,10 +553,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Take streams in pieces (default on; `--no-recv-cap` turns it off): on io_uring each
-    /// completion of a stream's multishot bundle receive is capped where the kernel can
-    /// (6.17), at about an eighth of what the shard's streams have in flight; on epoll a lone
-    /// stream of at most 64 KiB in flight is read 8 KiB at a time. Each piece is echoed while
+    /// Take streams in pieces (default on; `--no-recv-cap` turns it off): on io_uring a
+    /// stream is received with single-shot receives of about an eighth of what the shard's
+    /// streams have in flight, one per loop turn, where the kernel has receive bundles (6.10);
+    /// on epoll a lone stream of at most 64 KiB in flight is read 8 KiB at a time. Each piece is echoed while
     /// the peer is still sending the rest (see `backend::streams`).
     pub fn recv_cap(&mut self, on: bool) -> &mut Self {
         self.cfg.recv_cap = on;

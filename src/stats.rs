@@ -92,11 +92,9 @@ counters! {
     enobufs,
     /// Receives re-armed after a completion without `IORING_CQE_F_MORE` (or single-shot).
     recv_rearms,
-    /// Multishot receives cancelled to be armed again with another cap (io_uring): the
-    /// connection turned out to be a stream, the shard's streams changed its share, or, on
-    /// kernels without the `SIOCINQ` socket command (or after it failed once, which the
-    /// server says on stderr), a capped stream's look at its whole socket (every 64 pieces)
-    /// is due.
+    /// Multishot receives cancelled because the connection turned out to be a stream, or the
+    /// shard's streams changed its share, so that it is now received in capped pieces
+    /// (io_uring).
     recv_recaps,
     /// Looks at how many bytes wait in a capped stream's socket, every 64 pieces: the
     /// `SIOCINQ` socket command (io_uring, 6.7) or `FIONREAD` (epoll).

@@ -177,7 +177,8 @@ expected_startup() {
 	# ordinary descriptors.
 	if at_least 6 13; then files='[0-9]*(direct)'; else files=ordinary; fi
 	recv=multishot
-	at_least 6 10 && recv=multishot+bundle
+	# With bundles, streams are taken in pieces, and 6.10 > 6.7 has the SIOCINQ command.
+	at_least 6 10 && recv=multishot+bundle+cap+inq
 	echo "mode=$mode .* files=$files .* recv=$recv batch=off"
 }
 

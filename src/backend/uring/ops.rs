@@ -106,22 +106,11 @@ pub fn recv_multi_bundle(sock: Sock, bgid: u16, tok: Token) -> squeue::Entry {
 
 /// `IORING_RECV_MULTISHOT`, a receive's `ioprio` flag (the crate's `sys` module is private).
 pub(crate) const RECV_MULTISHOT: u16 = 1 << 1;
-/// `IORING_RECVSEND_BUNDLE`, a receive's `ioprio` flag.
-pub(crate) const RECVSEND_BUNDLE: u16 = 1 << 4;
 
-/// Multishot bundle receive whose every completion carries at most `cap` bytes (6.17; the
-/// SQE's length, `-EINVAL` before). A completion that reaches the cap also ends the kernel's
-/// receive loop for this socket: the rest waits for the next enter, so a stream is taken in
-/// pieces of `cap`, each echoed before the next is received.
-pub fn recv_multi_bundle_capped(sock: Sock, bgid: u16, cap: u32, tok: Token) -> squeue::Entry {
-    // The crate's `RecvMultiBundle` leaves the length 0; this is the same SQE with a length:
-    // IORING_RECV_MULTISHOT | IORING_RECVSEND_BUNDLE in `ioprio`, buffers from group `bgid`.
-    on_sock!(sock, |t| opcode::Recv::new(t, std::ptr::null_mut(), cap)
-        .buf_group(bgid)
-        .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
-        .build())
-    .flags(squeue::Flags::BUFFER_SELECT)
-    .user_data(tok.encode())
+/// Single-shot receive of at most `len` bytes into `buf` (5.6; no provided buffer). The
+/// memory at `buf` must stay valid, and untouched by user space, until the completion.
+pub fn recv_into(sock: Sock, buf: *mut u8, len: u32, tok: Token) -> squeue::Entry {
+    on_sock!(sock, |t| opcode::Recv::new(t, buf, len).build()).user_data(tok.encode())
 }
 
 /// Single-shot bundle receive (6.10).

@@ -151,7 +151,9 @@ pub struct Features {
     pub multishot_accept: bool,
     /// Multishot receive (`IORING_RECV_MULTISHOT`, 6.0).
     pub multishot_recv: bool,
-    /// A multishot receive takes a length, capping each completion (6.17).
+    /// A multishot receive takes a length, capping each completion (6.17). Reported by
+    /// `probe`; the server takes streams in pieces with single-shot receives instead
+    /// (kernel-notes.md, "Streams in pieces").
     pub multishot_recv_cap: bool,
     /// Provided-buffer rings (`IORING_REGISTER_PBUF_RING`, 5.19).
     pub buf_ring: bool,

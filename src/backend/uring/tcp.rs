@@ -96,13 +96,15 @@ struct UringConn<P> {
     /// What the peer was seen to have in flight (from uncapped bundle receives), and so the
     /// cap of its multishot receive.
     window: Window,
-    /// The armed receive is a multishot one with this cap (0: uncapped); `None` for a
-    /// single-shot one (always uncapped) or none armed.
-    multishot_cap: Option<u32>,
-    /// Capped completions since the last look at how much the socket holds (`Window::sample`)
-    /// at `streams::SAMPLE_EVERY`: a `SIOCINQ` socket command beside the armed receive, or,
-    /// on kernels without one, the capped receive is cancelled and an uncapped single-shot
-    /// receive takes the look before it is armed again.
+    /// The armed receive is a multishot one (never capped).
+    multishot: bool,
+    /// The buffer the armed receive writes into when it is a piece of a capped stream
+    /// (`UringShard::piece_bufs`); `None` when it takes provided buffers, or none is armed.
+    /// Held here until the receive's completion, so it outlives the operation.
+    piece: Option<Box<[u8]>>,
+    /// Pieces since the last look at how much the socket holds (`Window::sample`) at
+    /// `streams::SAMPLE_EVERY`: a `SIOCINQ` socket command, or, on kernels without one, an
+    /// uncapped single-shot receive in place of the next piece.
     pieces: u16,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
@@ -216,11 +218,16 @@ struct UringShard<P> {
     direct: bool,
     /// Receives are bundles (one completion for several buffers).
     recv_bundle: bool,
-    /// Streams' multishot receives are capped (`Window::cap`; needs bundles and 6.17).
+    /// Streams are received in capped pieces (`Window::cap`; needs bundles, see `on_piece`).
     recv_cap: bool,
-    /// A capped stream's look at its socket is a `SIOCINQ` socket command (6.7), which leaves
-    /// the receive armed; without it, the receive is cancelled and a single-shot one looks.
+    /// A capped stream's look at its socket is a `SIOCINQ` socket command (6.7); without it,
+    /// an uncapped single-shot receive takes the place of a piece.
     sock_inq: bool,
+    /// Spare piece buffers (`streams::MAX_CAP` bytes each): one is lent to each capped stream
+    /// while its piece receive is armed, and comes back at the receive's completion, so there
+    /// are never more than the most piece receives armed at once, and the one reused next is
+    /// the one last written (still in cache).
+    piece_bufs: Vec<Box<[u8]>>,
     /// Connections that are streams (`UringConn::window`).
     streams: u32,
     /// Scratch list of the buffers one completion covers.
@@ -304,7 +311,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     let bufs = Pools::new(small, large);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
-    let recv_cap = cfg.recv_cap && recv_bundle && multishot_recv && features.multishot_recv_cap;
+    // Pieces need bundles: a stream is told by what its uncapped bundle receives take.
+    let recv_cap = cfg.recv_cap && recv_bundle && multishot_recv;
     let buf_budget = cfg.buf_budget as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
     let startup_line = (ctx.index == 0).then(|| {
@@ -381,6 +389,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         recv_bundle,
         recv_cap,
         sock_inq: features.sock_inq,
+        piece_bufs: Vec::new(),
         streams: 0,
         segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
@@ -454,7 +463,10 @@ impl<P: Protocol + Clone> UringShard<P> {
         // zero-copy send's until its notification), or at memory the connection keeps
         // untouched meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
         // send's msghdr and iovecs live in the boxed SendVec the connection holds until the
-        // result. After a failure the shard's memory is leaked, never freed (`finish_shard`).
+        // result. A capped stream's piece receive writes into a buffer the connection holds
+        // until that receive's completion (`UringConn::piece`), and a connection is removed
+        // only once all its operations have completed. After a failure the shard's memory is
+        // leaked, never freed (`finish_shard`).
         // SAFETY: so the memory every SQE of this shard points at outlives its operation.
         let mut driver = unsafe { Driver::new(&self.features, self.batch_max, self.batch_wait_us) };
         driver.submit(&submitter, &mut sq, &mut self.pending, &mut self.counters)?;
@@ -629,7 +641,8 @@ impl<P: Protocol + Clone> UringShard<P> {
             received: false,
             stream_recvs: 0,
             window: Window::default(),
-            multishot_cap: None,
+            multishot: false,
+            piece: None,
             pieces: 0,
             last_active: self.now,
         });
@@ -657,6 +670,9 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
+        if let Some(buf) = self.conns[key].piece.take() {
+            return self.on_piece(key, res, buf);
+        }
         let c = &mut self.conns[key];
         if c.phase != Phase::Open {
             // The connection is being torn down (its operations cancelled): data racing the
@@ -725,17 +741,12 @@ impl<P: Protocol + Clone> UringShard<P> {
                 } else if c.stream_recvs > 0 {
                     c.stream_recvs = STREAM_RECVS;
                 }
-                // An uncapped bundle receive takes all the socket holds.
-                let capped = c.multishot_cap.is_some_and(|cap| cap > 0);
-                if !capped
-                    && self.recv_bundle
+                // A bundle receive takes all the socket holds (pieces are `on_piece`'s).
+                if self.recv_bundle
                     && c.window
                         .on_uncapped(n as u32, !cqueue::sock_nonempty(flags))
                 {
                     self.streams += 1;
-                }
-                if capped {
-                    c.pieces = c.pieces.saturating_add(1);
                 }
             }
             0 => self.conns[key].conn.on_eof(),
@@ -748,16 +759,51 @@ impl<P: Protocol + Clone> UringShard<P> {
                 }
             }
             e if e == -libc::ECANCELED => {}
-            e if e == -libc::EINVAL && self.conns[key].multishot_cap.is_some_and(|cap| cap > 0) => {
-                // The trial said the kernel takes a capped multishot receive and this one
-                // did not: receive uncapped from now on (the next sync re-arms).
-                self.recv_cap = false;
-            }
             _ => {
                 self.counters.conn_errors += 1;
                 self.begin_close(key);
             }
         }
+    }
+
+    /// The completion of a capped stream's piece receive, which wrote into `buf` (lent from
+    /// `piece_bufs`, and back there at the end). The bytes are copied into the connection's
+    /// own memory, as the epoll backend does with its read buffer, so the buffer is free again
+    /// at once.
+    fn on_piece(&mut self, key: usize, res: i32, buf: Box<[u8]>) {
+        let c = &mut self.conns[key];
+        c.recv = RecvState::Idle;
+        if c.phase != Phase::Open {
+            self.counters.bytes_discarded += res.max(0) as u64;
+            return self.piece_bufs.push(buf);
+        }
+        c.received = true;
+        c.last_active = self.now;
+        match res {
+            n if n > 0 => {
+                let n = n as usize;
+                self.counters.recv_cqes += 1;
+                let was_paused = c.conn.is_paused();
+                let out = c.conn.on_recv(&buf[..n], None, &self.limits);
+                out.record(n, &mut self.counters);
+                if out.closed_by_protocol.is_some() {
+                    self.timers.linger(key, c.generation, self.now);
+                }
+                if !was_paused && c.conn.is_paused() {
+                    self.counters.paused += 1;
+                    c.stream_recvs = STREAM_RECVS;
+                }
+                c.pieces = c.pieces.saturating_add(1);
+            }
+            0 => c.conn.on_eof(),
+            e if e == -libc::ECANCELED => {}
+            _ => {
+                self.counters.conn_errors += 1;
+                self.piece_bufs.push(buf);
+                return self.begin_close(key);
+            }
+        }
+        self.piece_bufs.push(buf);
     }
 
     /// The answer to a capped stream's look at its socket (`ops::sock_inq`): the bytes it
@@ -908,7 +954,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         let look_due = cap > 0 && c.pieces >= streams::SAMPLE_EVERY;
         if look_due && self.sock_inq {
-            // Ask the socket how much it holds, leaving the capped receive to go on.
+            // Ask the socket how much it holds; the pieces go on.
             c.pieces = 0;
             c.ops += 1;
             let tok = Token::conn(key, c.generation, Op::SockInq);
@@ -917,25 +963,41 @@ impl<P: Protocol + Clone> UringShard<P> {
         let look_by_recv = look_due && !self.sock_inq;
         let want = c.conn.recv_wanted();
         match (c.recv, want) {
+            (RecvState::Idle, true) if cap > 0 && !look_by_recv => {
+                // A capped stream: one single-shot receive of at most `cap` bytes per turn,
+                // into a piece buffer of its own (see `on_piece`), so each piece's echo goes
+                // out while the peer is still sending the rest.
+                let mut buf = self
+                    .piece_bufs
+                    .pop()
+                    .unwrap_or_else(|| vec![0; streams::MAX_CAP as usize].into_boxed_slice());
+                let len = cap.min(buf.len() as u32);
+                let tok = Token::conn(key, c.generation, Op::Recv);
+                self.pending
+                    .push(ops::recv_into(c.sock, buf.as_mut_ptr(), len, tok));
+                c.piece = Some(buf);
+                c.recv = RecvState::Armed;
+                c.multishot = false;
+                c.window.restart();
+                c.ops += 1;
+                if c.received {
+                    self.counters.recv_rearms += 1;
+                }
+            }
             (RecvState::Idle, true) => {
                 let tok = Token::conn(key, c.generation, Op::Recv);
                 // A multishot receive takes everything queued in one enter, so a stream's whole
                 // window would arrive before any of it is sent back; a single-shot receive
                 // per turn lets the replies start while the rest waits in the socket.
                 // Only with bundles: one buffer per single-shot receive would be far slower.
-                // A capped receive takes a stream in pieces by itself, and goes on doing so,
-                // but, without the socket command, for a single-shot look at the whole socket
-                // every `SAMPLE_EVERY` pieces.
-                let cap = if look_by_recv { 0 } else { cap };
+                // A capped stream's look at its whole socket, on kernels without the socket
+                // command, is such a receive too.
                 c.pieces = 0;
                 let multishot = self.multishot_recv
                     && !look_by_recv
-                    && (cap > 0 || !(c.stream_recvs > 0 && self.recv_bundle));
+                    && !(c.stream_recvs > 0 && self.recv_bundle);
                 self.pending.push(match (multishot, self.recv_bundle) {
                     (true, false) => ops::recv_multi(c.sock, BGID, tok),
-                    (true, true) if cap > 0 => {
-                        ops::recv_multi_bundle_capped(c.sock, BGID, cap, tok)
-                    }
                     (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
                     (false, false) => {
                         ops::recv_single(c.sock, BGID, self.bufs.small.buf_size(), tok)
@@ -949,25 +1011,18 @@ impl<P: Protocol + Clone> UringShard<P> {
                     }
                 });
                 c.recv = RecvState::Armed;
-                c.multishot_cap = multishot.then_some(cap);
-                if multishot && cap > 0 {
-                    c.window.restart();
-                }
+                c.multishot = multishot;
                 c.ops += 1;
                 if c.received {
                     self.counters.recv_rearms += 1;
                 }
             }
-            (RecvState::Armed, want)
-                if !want
-                    || c.multishot_cap
-                        .is_some_and(|armed| armed != cap || look_by_recv) =>
-            {
-                // A multishot receive cannot be paused, only cancelled; nor can its cap be
-                // changed (the connection turned out to be a stream, the shard's streams
-                // changed its share, or its look at the whole socket is due): the final
-                // completion's sync arms it again. Completions racing the cancel still carry
-                // data, and it is still echoed.
+            (RecvState::Armed, want) if !want || (c.multishot && cap > 0) => {
+                // A multishot receive cannot be paused, only cancelled, and a connection that
+                // turned out to be a capped stream receives in pieces instead: the final
+                // completion's sync arms what is wanted. Completions racing the cancel still
+                // carry data, and it is still echoed. (A piece, single-shot and at most
+                // `cap` bytes, is left to complete, unless the connection pauses.)
                 let target = Token::conn(key, c.generation, Op::Recv);
                 let tok = Token::conn(key, c.generation, Op::CancelRecv);
                 self.pending.push(ops::cancel(target, tok));
