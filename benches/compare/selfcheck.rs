@@ -90,7 +90,7 @@ fn units() -> Result<(), String> {
 /// `--cases`: the default matrix, the spellings of a case, and what is refused.
 fn cases() -> Result<(), String> {
     let d = parse_cases(crate::spec::DEFAULT_CASES)?;
-    ensure!(d.len() == 12, "default matrix has 12 cases: {d:?}");
+    ensure!(d.len() == 13, "default matrix has 13 cases: {d:?}");
     ensure!(d[4] == Case::tcp(100, 64, 16), "100x64x16: {:?}", d[4]);
     ensure!(
         parse_cases("50×128, 1x64x1")? == vec![Case::tcp(50, 128, 1), Case::tcp(1, 64, 1)],
