@@ -225,7 +225,10 @@
 //! the protocol wrote a copy, and when the shard already holds its budget of buffers for owed
 //! replies ([`ServerBuilder::buf_budget`]), in which case echo copies the bytes into the
 //! connection's own memory. (`examples/uring_echo.rs` takes a shortcut: it queues the segment
-//! itself as the echo, so the handler's reference simply becomes the reply's.)
+//! itself as the echo, so the handler's reference simply becomes the reply's.) A connection
+//! that turns out to be a lone pipelined stream is received another way: in capped pieces, one
+//! single-shot receive per turn into a small buffer of its own, copied out at once, so each
+//! piece is echoed while the rest still arrives ([Streams in pieces][k-pieces]).
 //!
 //! - **Code**: [`UringShard::sync`][sync] (arms it when [`Conn::recv_wanted`][recv-wanted])
 //!   and [`UringShard::on_recv`][on-recv]; [`ops::recv_multi`], [`BufRing::on_completion`];
@@ -401,6 +404,7 @@
 //! [k-inc]: kernel_notes#incremental-buffer-consumption-iou_pbuf_ring_inc
 //! [k-bundle]: kernel_notes#receive-bundles-ioring_recvsend_bundle
 //! [k-recv]: kernel_notes#multishot-receive-ioring_recv_multishot
+//! [k-pieces]: kernel_notes#streams-in-pieces-one-capped-single-shot-receive-per-turn-ioring_op_recv-into-a-piece-buffer
 //! [k-send]: kernel_notes#sends-everything-owed-in-one-operation-ioring_op_sendmsg
 //! [k-zc]: kernel_notes#zero-copy-send-ioring_op_send_zc-ioring_op_sendmsg_zc
 //! [k-batch]: kernel_notes#waiting-one-completion-and-opt-in-batching-ioring_feat_ext_arg-ioring_feat_min_timeout

@@ -22,8 +22,9 @@ pub(crate) const STREAM_WINDOW: u32 = 32 * 1024;
 const PIECES: u64 = 8;
 /// Smallest cap: below it a piece costs more than the overlap gains.
 pub(crate) const MIN_CAP: u32 = 8 * 1024;
-/// Largest cap on io_uring, where a piece costs a completion and a send inside an enter the
-/// turn makes anyway; a share above it leaves receives uncapped.
+/// Largest cap on io_uring, where a piece costs a receive, its completion and a send inside
+/// an enter the turn makes anyway; a share above it leaves receives uncapped. Also the size of
+/// the io_uring backend's piece buffers.
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
 
 /// What a connection's peer was seen to have in flight.

@@ -94,7 +94,7 @@ struct UringConn<P> {
     /// `STREAM_RECVS` by one that brings more. See `UringShard::sync`.
     stream_recvs: u8,
     /// What the peer was seen to have in flight (from uncapped bundle receives), and so the
-    /// cap of its multishot receive.
+    /// cap of its pieces.
     window: Window,
     /// The armed receive is a multishot one (never capped).
     multishot: bool,
