@@ -227,8 +227,8 @@
 //! connection's own memory. (`examples/uring_echo.rs` takes a shortcut: it queues the segment
 //! itself as the echo, so the handler's reference simply becomes the reply's.) A connection
 //! that turns out to be a lone pipelined stream is received another way: in capped pieces, one
-//! single-shot receive per turn into a small buffer of its own, copied out at once, so each
-//! piece is echoed while the rest still arrives ([Streams in pieces][k-pieces]).
+//! single-shot receive per turn into a piece buffer, which its echo points into as it would
+//! into a provided buffer, so each piece is echoed while the rest still arrives ([Streams in pieces][k-pieces]).
 //!
 //! - **Code**: [`UringShard::sync`][sync] (arms it when [`Conn::recv_wanted`][recv-wanted])
 //!   and [`UringShard::on_recv`][on-recv]; [`ops::recv_multi`], [`BufRing::on_completion`];

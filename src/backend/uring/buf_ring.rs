@@ -58,7 +58,9 @@
 //! A TCP shard has a second ring of 64 KiB buffers that streams taken whole receive into
 //! (`Pools`). Its ids start where the first ring's end (a ring's `base`), so an id names one
 //! buffer of one ring, and whatever holds a buffer holds just its id. Each ring keeps every
-//! rule here on its own.
+//! rule here on its own. The ids after both rings' name *piece buffers* (`PieceBufs`):
+//! ordinary memory that a capped stream's single-shot receive names in its SQE, counted the
+//! same way, so a piece's echo points into it as into a provided buffer.
 //!
 //! # Safety contract
 //!
@@ -777,21 +779,126 @@ pub(crate) struct Pools {
     /// Receives armed on the large ring since the last enter: each will take at least one of
     /// its buffers, so the ring is empty for the next one once they match what it has.
     large_armed: usize,
+    /// Piece buffers for capped streams' single-shot receives; ids after both rings'.
+    pub pieces: PieceBufs,
+}
+
+/// Buffers a capped stream's piece receive writes into: ordinary memory named in the SQE, not
+/// provided to the kernel, but counted like ring buffers, so that a piece's echo can point
+/// into it. A buffer is lent to one receive (one reference, the receive's), each reply chunk
+/// queued in it takes one more, and it is free again when the last goes: the free list hands
+/// out the last-freed buffer first, still in cache. Made on first use, at most `max`, and
+/// freed only with the shard, so a buffer outlives every operation and reply that names it.
+pub(crate) struct PieceBufs {
+    base: u16,
+    size: usize,
+    max: usize,
+    bufs: Vec<Box<[u8]>>,
+    refs: Vec<u32>,
+    free: Vec<u16>,
+    held: usize,
+}
+
+impl PieceBufs {
+    /// Piece buffers of `size` bytes with ids from `base`, at most `max` of them.
+    pub fn new(base: u16, size: usize, max: usize) -> PieceBufs {
+        assert!(
+            usize::from(base) + max <= usize::from(u16::MAX),
+            "piece ids overflow"
+        );
+        PieceBufs {
+            base,
+            size,
+            max,
+            bufs: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
+            held: 0,
+        }
+    }
+
+    fn owns(&self, bid: u16) -> bool {
+        bid >= self.base && usize::from(bid - self.base) < self.bufs.len()
+    }
+
+    fn index(&self, bid: u16) -> usize {
+        assert!(self.owns(bid), "not a piece buffer");
+        usize::from(bid - self.base)
+    }
+
+    /// Lends a free buffer to a receive: its id and where the kernel may write `size` bytes.
+    /// It holds one reference (the receive's) until [`release`](Self::release). None when all
+    /// `max` are held.
+    pub fn lend(&mut self) -> Option<(u16, *mut u8)> {
+        let b = match self.free.pop() {
+            Some(b) => usize::from(b),
+            None if self.bufs.len() < self.max => {
+                self.bufs.push(vec![0; self.size].into_boxed_slice());
+                self.refs.push(0);
+                self.bufs.len() - 1
+            }
+            None => return None,
+        };
+        debug_assert_eq!(self.refs[b], 0);
+        self.refs[b] = 1;
+        self.held += 1;
+        Some((self.base + b as u16, self.bufs[b].as_mut_ptr()))
+    }
+
+    fn add_refs(&mut self, bid: u16, n: u32) {
+        let b = self.index(bid);
+        assert!(self.refs[b] > 0, "add_refs on a piece buffer nobody holds");
+        self.refs[b] = self.refs[b]
+            .checked_add(n)
+            .expect("a buffer's reference count overflowed");
+    }
+
+    fn release(&mut self, bid: u16) {
+        let b = self.index(bid);
+        assert!(self.refs[b] > 0, "release of a piece buffer nobody holds");
+        self.refs[b] -= 1;
+        if self.refs[b] == 0 {
+            self.held -= 1;
+            self.free.push(b as u16);
+        }
+    }
+
+    fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
+        let b = self.index(bid);
+        assert!(self.refs[b] > 0, "reading a piece buffer nobody holds");
+        &self.bufs[b][offset as usize..][..len as usize]
+    }
+
+    fn addr(&self, bid: u16, offset: u32) -> *const u8 {
+        let b = self.index(bid);
+        debug_assert!(self.refs[b] > 0);
+        self.bufs[b][offset as usize..].as_ptr()
+    }
+
+    /// Buffers held (lent to a receive, or named by a reply).
+    pub fn held(&self) -> usize {
+        self.held
+    }
 }
 
 impl Pools {
-    /// The shard's rings: `large`'s ids must start after `small`'s.
-    pub fn new(small: BufRing, large: Option<BufRing>) -> Pools {
+    /// The shard's rings: `large`'s ids must start after `small`'s. Piece buffers (at most
+    /// `pieces` of `piece_size` bytes) take the ids after both.
+    pub fn new(small: BufRing, large: Option<BufRing>, pieces: usize, piece_size: usize) -> Pools {
         if let Some(l) = &large {
             assert!(
                 u32::from(l.base) >= u32::from(small.base) + small.count(),
                 "the rings' ids overlap"
             );
         }
+        let last = large.as_ref().unwrap_or(&small);
+        let base = u32::from(last.base) + last.count();
+        let base = u16::try_from(base).expect("buffer ids fit in 16 bits");
         Pools {
             small,
             large,
             large_armed: 0,
+            pieces: PieceBufs::new(base, piece_size, pieces),
         }
     }
 
@@ -825,21 +932,33 @@ impl Pools {
 
     /// [`BufRing::add_refs`] on the ring that owns `bid`.
     pub fn add_refs(&mut self, bid: u16, n: u32) {
+        if self.pieces.owns(bid) {
+            return self.pieces.add_refs(bid, n);
+        }
         self.ring_mut(bid).add_refs(bid, n);
     }
 
-    /// [`BufRing::release`] on the ring that owns `bid`.
+    /// [`BufRing::release`] on the ring that owns `bid` (or the piece buffers).
     pub fn release(&mut self, bid: u16) {
+        if self.pieces.owns(bid) {
+            return self.pieces.release(bid);
+        }
         self.ring_mut(bid).release(bid);
     }
 
-    /// [`BufRing::data`] on the ring that owns `bid`.
+    /// [`BufRing::data`] on the ring that owns `bid` (or the piece buffers).
     pub fn data(&self, bid: u16, offset: u32, len: u32) -> &[u8] {
+        if self.pieces.owns(bid) {
+            return self.pieces.data(bid, offset, len);
+        }
         self.ring(bid).data(bid, offset, len)
     }
 
-    /// [`BufRing::addr`] on the ring that owns `bid`.
+    /// [`BufRing::addr`] on the ring that owns `bid` (or the piece buffers).
     pub fn addr(&self, bid: u16, offset: u32) -> *const u8 {
+        if self.pieces.owns(bid) {
+            return self.pieces.addr(bid, offset);
+        }
         self.ring(bid).addr(bid, offset)
     }
 
@@ -849,6 +968,10 @@ impl Pools {
     /// the completion still holds all of its buffers, so a bundle of more than half the
     /// large ring is copied out whole.
     pub fn may_hold(&self, bid: u16, budget: usize) -> bool {
+        if self.pieces.owns(bid) {
+            // Half the piece buffers at most, so that other streams' receives find one.
+            return self.pieces.held() * 2 <= self.pieces.max;
+        }
         let large_ok = match &self.large {
             Some(l) if l.owns(bid) => l.held() <= l.count() as usize / 2,
             _ => true,
@@ -1076,7 +1199,7 @@ mod tests {
             BufRing::new_based(2, 100, 1, false, 65535).is_err(),
             "ids past 65535"
         );
-        let mut pools = Pools::new(small, Some(large));
+        let mut pools = Pools::new(small, Some(large), 4, 4096);
         let mut segs = vec![];
         assert!(
             pools.on_completion(6, 5, 0, false, &mut segs).is_err(),

@@ -98,10 +98,10 @@ struct UringConn<P> {
     window: Window,
     /// The armed receive is a multishot one (never capped).
     multishot: bool,
-    /// The buffer the armed receive writes into when it is a piece of a capped stream
-    /// (`UringShard::piece_bufs`); `None` when it takes provided buffers, or none is armed.
-    /// Held here until the receive's completion, so it outlives the operation.
-    piece: Option<Box<[u8]>>,
+    /// The piece buffer (`Pools::pieces`) the armed receive writes into when it is a piece of
+    /// a capped stream; `None` when it takes provided buffers, or none is armed. The
+    /// receive's reference to it is dropped at the receive's completion (`on_piece`).
+    piece: Option<u16>,
     /// Pieces since the last look at how much the socket holds (`Window::sample`) at
     /// `streams::SAMPLE_EVERY`: a `SIOCINQ` socket command, or, on kernels without one, an
     /// uncapped single-shot receive in place of the next piece.
@@ -197,6 +197,10 @@ impl Listener {
     }
 }
 
+/// Most piece buffers per shard (`streams::MAX_CAP` bytes each, 2 MiB in all): capped streams
+/// are at most 16 per shard (the share rule), and owed data may hold half of them.
+const PIECE_BUFS: usize = 64;
+
 /// Single-shot accepts kept outstanding per listener near the cap.
 const SINGLES_PER_LISTENER: usize = 16;
 
@@ -223,11 +227,6 @@ struct UringShard<P> {
     /// A capped stream's look at its socket is a `SIOCINQ` socket command (6.7); without it,
     /// an uncapped single-shot receive takes the place of a piece.
     sock_inq: bool,
-    /// Spare piece buffers (`streams::MAX_CAP` bytes each): one is lent to each capped stream
-    /// while its piece receive is armed, and comes back at the receive's completion, so there
-    /// are never more than the most piece receives armed at once, and the one reused next is
-    /// the one last written (still in cache).
-    piece_bufs: Vec<Box<[u8]>>,
     /// Connections that are streams (`UringConn::window`).
     streams: u32,
     /// Scratch list of the buffers one completion covers.
@@ -308,7 +307,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }?)
         }
     };
-    let bufs = Pools::new(small, large);
+    let bufs = Pools::new(small, large, PIECE_BUFS, streams::MAX_CAP as usize);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     // Pieces need bundles: a stream is told by what its uncapped bundle receives take.
@@ -389,7 +388,6 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         recv_bundle,
         recv_cap,
         sock_inq: features.sock_inq,
-        piece_bufs: Vec::new(),
         streams: 0,
         segs: Vec::with_capacity(16),
         zc_threshold: cfg.zc_threshold.filter(|_| features.send_zc),
@@ -463,10 +461,10 @@ impl<P: Protocol + Clone> UringShard<P> {
         // zero-copy send's until its notification), or at memory the connection keeps
         // untouched meanwhile (its owed chunks, retired ones for zero-copy sends); a vectored
         // send's msghdr and iovecs live in the boxed SendVec the connection holds until the
-        // result. A capped stream's piece receive writes into a buffer the connection holds
-        // until that receive's completion (`UringConn::piece`), and a connection is removed
-        // only once all its operations have completed. After a failure the shard's memory is
-        // leaked, never freed (`finish_shard`).
+        // result. A capped stream's piece receive writes into a piece buffer (`Pools::pieces`),
+        // which lives as long as the shard and is lent again only once the receive's and every
+        // reply's references are gone. After a failure the shard's memory is leaked, never
+        // freed (`finish_shard`).
         // SAFETY: so the memory every SQE of this shard points at outlives its operation.
         let mut driver = unsafe { Driver::new(&self.features, self.batch_max, self.batch_wait_us) };
         driver.submit(&submitter, &mut sq, &mut self.pending, &mut self.counters)?;
@@ -670,8 +668,8 @@ impl<P: Protocol + Clone> UringShard<P> {
     }
 
     fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
-        if let Some(buf) = self.conns[key].piece.take() {
-            return self.on_piece(key, res, buf);
+        if let Some(bid) = self.conns[key].piece.take() {
+            return self.on_piece(key, res, bid);
         }
         let c = &mut self.conns[key];
         if c.phase != Phase::Open {
@@ -766,26 +764,34 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
     }
 
-    /// The completion of a capped stream's piece receive, which wrote into `buf` (lent from
-    /// `piece_bufs`, and back there at the end). The bytes are copied into the connection's
-    /// own memory, as the epoll backend does with its read buffer, so the buffer is free again
-    /// at once.
-    fn on_piece(&mut self, key: usize, res: i32, buf: Box<[u8]>) {
+    /// The completion of a capped stream's piece receive, which wrote into piece buffer `bid`
+    /// (`Pools::pieces`). The bytes are handed to the connection like a provided buffer's:
+    /// an echo points into the buffer while owed data may hold it, else copies them out; the
+    /// receive's reference is dropped at the end, so the buffer is free again once its replies
+    /// have been sent.
+    fn on_piece(&mut self, key: usize, res: i32, bid: u16) {
         let c = &mut self.conns[key];
         c.recv = RecvState::Idle;
         if c.phase != Phase::Open {
             self.counters.bytes_discarded += res.max(0) as u64;
-            return self.piece_bufs.push(buf);
+            return self.bufs.release(bid);
         }
         c.received = true;
         c.last_active = self.now;
         match res {
             n if n > 0 => {
-                let n = n as usize;
                 self.counters.recv_cqes += 1;
                 let was_paused = c.conn.is_paused();
-                let out = c.conn.on_recv(&buf[..n], None, &self.limits);
-                out.record(n, &mut self.counters);
+                let zero_copy = self.bufs.may_hold(bid, self.buf_budget);
+                let out = c.conn.on_recv(
+                    self.bufs.data(bid, 0, n as u32),
+                    zero_copy.then_some((bid, 0)),
+                    &self.limits,
+                );
+                if out.ring_refs > 0 {
+                    self.bufs.add_refs(bid, out.ring_refs);
+                }
+                out.record(n as usize, &mut self.counters);
                 if out.closed_by_protocol.is_some() {
                     self.timers.linger(key, c.generation, self.now);
                 }
@@ -799,11 +805,11 @@ impl<P: Protocol + Clone> UringShard<P> {
             e if e == -libc::ECANCELED => {}
             _ => {
                 self.counters.conn_errors += 1;
-                self.piece_bufs.push(buf);
+                self.bufs.release(bid);
                 return self.begin_close(key);
             }
         }
-        self.piece_bufs.push(buf);
+        self.bufs.release(bid);
     }
 
     /// The answer to a capped stream's look at its socket (`ops::sock_inq`): the bytes it
@@ -962,20 +968,21 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         let look_by_recv = look_due && !self.sock_inq;
         let want = c.conn.recv_wanted();
+        // A capped stream's next piece goes into a piece buffer; if none is free (owed data
+        // holds them), it is received like any stream this turn.
+        let piece = (c.recv == RecvState::Idle && want && cap > 0 && !look_by_recv)
+            .then(|| self.bufs.pieces.lend())
+            .flatten();
         match (c.recv, want) {
-            (RecvState::Idle, true) if cap > 0 && !look_by_recv => {
+            (RecvState::Idle, true) if piece.is_some() => {
                 // A capped stream: one single-shot receive of at most `cap` bytes per turn,
-                // into a piece buffer of its own (see `on_piece`), so each piece's echo goes
-                // out while the peer is still sending the rest.
-                let mut buf = self
-                    .piece_bufs
-                    .pop()
-                    .unwrap_or_else(|| vec![0; streams::MAX_CAP as usize].into_boxed_slice());
-                let len = cap.min(buf.len() as u32);
+                // into a piece buffer (see `on_piece`), so each piece's echo goes out while
+                // the peer is still sending the rest.
+                let (bid, ptr) = piece.expect("guarded");
+                let len = cap.min(streams::MAX_CAP);
                 let tok = Token::conn(key, c.generation, Op::Recv);
-                self.pending
-                    .push(ops::recv_into(c.sock, buf.as_mut_ptr(), len, tok));
-                c.piece = Some(buf);
+                self.pending.push(ops::recv_into(c.sock, ptr, len, tok));
+                c.piece = Some(bid);
                 c.recv = RecvState::Armed;
                 c.multishot = false;
                 c.window.restart();
@@ -991,11 +998,10 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // per turn lets the replies start while the rest waits in the socket.
                 // Only with bundles: one buffer per single-shot receive would be far slower.
                 // A capped stream's look at its whole socket, on kernels without the socket
-                // command, is such a receive too.
+                // command, is such a receive too, as is a piece with no piece buffer free.
                 c.pieces = 0;
-                let multishot = self.multishot_recv
-                    && !look_by_recv
-                    && !(c.stream_recvs > 0 && self.recv_bundle);
+                let multishot =
+                    self.multishot_recv && cap == 0 && !(c.stream_recvs > 0 && self.recv_bundle);
                 self.pending.push(match (multishot, self.recv_bundle) {
                     (true, false) => ops::recv_multi(c.sock, BGID, tok),
                     (true, true) => ops::recv_multi_bundle(c.sock, BGID, tok),
