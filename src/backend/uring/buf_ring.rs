@@ -1052,6 +1052,31 @@ mod tests {
     const F_BUF_MORE: u32 = 1 << 4;
 
     #[test]
+    fn piece_buffers_are_lent_again_only_when_unheld_last_freed_first() {
+        let mut p = PieceBufs::new(100, 64, 2);
+        let (a, pa) = p.lend().expect("a first buffer");
+        let (b, _) = p.lend().expect("a second buffer");
+        assert_eq!((a, b), (100, 101), "ids follow the base");
+        assert!(p.lend().is_none(), "at most `max`");
+        assert_eq!(p.held(), 2);
+        // A reply takes a reference; the receive's goes: still held, not lent.
+        p.add_refs(a, 1);
+        p.release(a);
+        assert!(p.lend().is_none(), "a buffer a reply names is not lent");
+        assert_eq!(
+            p.data(a, 0, 64).as_ptr(),
+            pa.cast_const(),
+            "the memory lent"
+        );
+        p.release(b);
+        p.release(a);
+        assert_eq!(p.held(), 0);
+        // The last one freed comes back first (still in cache).
+        assert_eq!(p.lend().map(|(id, _)| id), Some(a));
+        assert_eq!(p.lend().map(|(id, _)| id), Some(b));
+    }
+
+    #[test]
     fn rejects_bad_geometry() {
         assert!(matches!(
             BufRing::new(0, 64, 0, false),
