@@ -183,8 +183,8 @@ pub struct ServeArgs {
     pub buf_size: Option<u32>,
 
     /// Most buffers owed data may hold before received bytes are copied out to the
-    /// connection's own memory instead, counting --stream-bufs' too [default: half of
-    /// --buf-count].
+    /// connection's own memory instead, counting --stream-bufs' and streams' piece buffers
+    /// too [default: half of --buf-count].
     #[arg(long)]
     pub buf_budget: Option<u32>,
 

@@ -963,14 +963,15 @@ impl Pools {
     }
 
     /// Whether owed data may keep holding buffer `bid` (else its bytes are copied out): both
-    /// rings hold at most `budget` buffers between them (a large buffer counts as one), and
-    /// the large ring at most half of its own (the rest stay for other streams). Asked while
+    /// rings and the piece buffers hold at most `budget` buffers between them (a large buffer
+    /// counts as one), and the large ring, or the piece buffers, at most half of their own (the
+    /// rest stay for other streams). Asked while
     /// the completion still holds all of its buffers, so a bundle of more than half the
     /// large ring is copied out whole.
     pub fn may_hold(&self, bid: u16, budget: usize) -> bool {
         if self.pieces.owns(bid) {
-            // Half the piece buffers at most, so that other streams' receives find one.
-            return self.pieces.held() * 2 <= self.pieces.max;
+            // And half the piece buffers at most, so that other streams' receives find one.
+            return self.held() <= budget && self.pieces.held() * 2 <= self.pieces.max;
         }
         let large_ok = match &self.large {
             Some(l) if l.owns(bid) => l.held() <= l.count() as usize / 2,
@@ -984,9 +985,9 @@ impl Pools {
         self.large.as_ref().is_some_and(|l| l.owns(bid))
     }
 
-    /// Buffers held, in both rings.
+    /// Buffers held, in both rings and the piece buffers.
     pub fn held(&self) -> usize {
-        self.small.held() + self.large.as_ref().map_or(0, BufRing::held)
+        self.small.held() + self.large.as_ref().map_or(0, BufRing::held) + self.pieces.held()
     }
 
     /// The large ring's group for a receive about to be armed, if the receives already armed
