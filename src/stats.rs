@@ -144,7 +144,7 @@ counters! {
     /// Protocol closes because the input asked for what is not implemented (HTTP chunked
     /// bodies, `501`).
     proto_unsupported,
-    /// Provided buffers held by user space now (gauge).
+    /// Provided buffers (and io_uring piece buffers) holding received data now (gauge).
     bufs_held,
 }
 

@@ -797,6 +797,8 @@ pub(crate) struct PieceBufs {
     refs: Vec<u32>,
     free: Vec<u16>,
     held: usize,
+    /// Lent to a receive still in flight (held, but holding no data yet).
+    armed: usize,
 }
 
 impl PieceBufs {
@@ -814,6 +816,7 @@ impl PieceBufs {
             refs: Vec::new(),
             free: Vec::new(),
             held: 0,
+            armed: 0,
         }
     }
 
@@ -842,7 +845,16 @@ impl PieceBufs {
         debug_assert_eq!(self.refs[b], 0);
         self.refs[b] = 1;
         self.held += 1;
+        self.armed += 1;
         Some((self.base + b as u16, self.bufs[b].as_mut_ptr()))
+    }
+
+    /// The receive buffer `bid` was lent to has completed: it holds data now (or nothing, and
+    /// its reference goes at the next release), no longer a receive's empty buffer.
+    pub fn received(&mut self, bid: u16) {
+        let b = self.index(bid);
+        debug_assert!(self.refs[b] > 0);
+        self.armed -= 1;
     }
 
     fn add_refs(&mut self, bid: u16, n: u32) {
@@ -875,9 +887,10 @@ impl PieceBufs {
         self.bufs[b][offset as usize..].as_ptr()
     }
 
-    /// Buffers held (lent to a receive, or named by a reply).
+    /// Buffers holding received data (its handler's, or replies' references); those lent to
+    /// a receive still in flight do not count, as provided buffers still in the ring do not.
     pub fn held(&self) -> usize {
-        self.held
+        self.held - self.armed
     }
 }
 
@@ -1059,6 +1072,13 @@ mod tests {
         let (b, _) = p.lend().expect("a second buffer");
         assert_eq!((a, b), (100, 101), "ids follow the base");
         assert!(p.lend().is_none(), "at most `max`");
+        assert_eq!(
+            p.held(),
+            0,
+            "lent to receives in flight, holding no data yet"
+        );
+        p.received(a);
+        p.received(b);
         assert_eq!(p.held(), 2);
         // A reply takes a reference; the receive's goes: still held, not lent.
         p.add_refs(a, 1);

@@ -310,7 +310,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
     let bufs = Pools::new(small, large, PIECE_BUFS, streams::MAX_CAP as usize);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
-    // Pieces need bundles: a stream is told by what its uncapped bundle receives take.
+    // Pieces need bundles (a stream is told by what its uncapped bundle receives take); the
+    // 5.19 single-shot mode (`--no-multishot-recv`) keeps to its one kind of receive.
     let recv_cap = cfg.recv_cap && recv_bundle && multishot_recv;
     let buf_budget = cfg.buf_budget as usize;
     // Printed by shard 0 once the ring fd registration is known (in `run`).
@@ -770,6 +771,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// receive's reference is dropped at the end, so the buffer is free again once its replies
     /// have been sent.
     fn on_piece(&mut self, key: usize, res: i32, bid: u16) {
+        self.bufs.pieces.received(bid);
         let c = &mut self.conns[key];
         c.recv = RecvState::Idle;
         if c.phase != Phase::Open {
