@@ -820,6 +820,11 @@ impl PieceBufs {
         }
     }
 
+    /// Bytes in each buffer (what one receive may take).
+    pub fn size(&self) -> u32 {
+        self.size as u32
+    }
+
     fn owns(&self, bid: u16) -> bool {
         bid >= self.base && usize::from(bid - self.base) < self.bufs.len()
     }
@@ -978,9 +983,8 @@ impl Pools {
     /// Whether owed data may keep holding buffer `bid` (else its bytes are copied out): both
     /// rings and the piece buffers hold at most `budget` buffers between them (a large buffer
     /// counts as one), and the large ring, or the piece buffers, at most half of their own (the
-    /// rest stay for other streams). Asked while
-    /// the completion still holds all of its buffers, so a bundle of more than half the
-    /// large ring is copied out whole.
+    /// rest stay for other streams). Asked while the completion still holds all of its
+    /// buffers, so a bundle of more than half the large ring is copied out whole.
     pub fn may_hold(&self, bid: u16, budget: usize) -> bool {
         if self.pieces.owns(bid) {
             // And half the piece buffers at most, so that other streams' receives find one.

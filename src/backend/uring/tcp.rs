@@ -712,26 +712,12 @@ impl<P: Protocol + Clone> UringShard<P> {
                 if self.bufs.is_large(segs[0].bid) {
                     self.counters.stream_buf_recvs += 1;
                 }
-                let c = &mut self.conns[key];
-                let was_paused = c.conn.is_paused();
-                for seg in &segs {
-                    let zero_copy = self.bufs.may_hold(seg.bid, self.buf_budget);
-                    let out = c.conn.on_recv(
-                        self.bufs.data(seg.bid, seg.offset, seg.len),
-                        zero_copy.then_some((seg.bid, seg.offset)),
-                        &self.limits,
-                    );
-                    if out.ring_refs > 0 {
-                        self.bufs.add_refs(seg.bid, out.ring_refs);
-                    }
-                    // The completion's own reference; the connection holds its own now.
-                    self.bufs.release(seg.bid);
-                    out.record(seg.len as usize, &mut self.counters);
-                    if out.closed_by_protocol.is_some() {
-                        self.timers.linger(key, c.generation, self.now);
-                    }
+                let was_paused = self.conns[key].conn.is_paused();
+                for &seg in &segs {
+                    self.hand_over(key, seg);
                 }
                 self.segs = segs;
+                let c = &mut self.conns[key];
                 if !was_paused && c.conn.is_paused() {
                     self.counters.paused += 1;
                     c.stream_recvs = STREAM_RECVS;
@@ -780,23 +766,20 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         c.received = true;
         c.last_active = self.now;
+        if res <= 0 {
+            self.bufs.release(bid);
+        }
         match res {
             n if n > 0 => {
                 self.counters.recv_cqes += 1;
                 let was_paused = c.conn.is_paused();
-                let zero_copy = self.bufs.may_hold(bid, self.buf_budget);
-                let out = c.conn.on_recv(
-                    self.bufs.data(bid, 0, n as u32),
-                    zero_copy.then_some((bid, 0)),
-                    &self.limits,
-                );
-                if out.ring_refs > 0 {
-                    self.bufs.add_refs(bid, out.ring_refs);
-                }
-                out.record(n as usize, &mut self.counters);
-                if out.closed_by_protocol.is_some() {
-                    self.timers.linger(key, c.generation, self.now);
-                }
+                let seg = buf_ring::Segment {
+                    bid,
+                    offset: 0,
+                    len: n as u32,
+                };
+                self.hand_over(key, seg);
+                let c = &mut self.conns[key];
                 if !was_paused && c.conn.is_paused() {
                     self.counters.paused += 1;
                     c.stream_recvs = STREAM_RECVS;
@@ -807,11 +790,30 @@ impl<P: Protocol + Clone> UringShard<P> {
             e if e == -libc::ECANCELED => {}
             _ => {
                 self.counters.conn_errors += 1;
-                self.bufs.release(bid);
-                return self.begin_close(key);
+                self.begin_close(key);
             }
         }
-        self.bufs.release(bid);
+    }
+
+    /// Hands the bytes of `seg` (in a provided or piece buffer) to connection `key`'s protocol.
+    /// Replies that point into the buffer take references of their own (while owed data may
+    /// hold it, else the bytes are copied); the completion's own reference is dropped.
+    fn hand_over(&mut self, key: usize, seg: buf_ring::Segment) {
+        let c = &mut self.conns[key];
+        let zero_copy = self.bufs.may_hold(seg.bid, self.buf_budget);
+        let out = c.conn.on_recv(
+            self.bufs.data(seg.bid, seg.offset, seg.len),
+            zero_copy.then_some((seg.bid, seg.offset)),
+            &self.limits,
+        );
+        if out.ring_refs > 0 {
+            self.bufs.add_refs(seg.bid, out.ring_refs);
+        }
+        self.bufs.release(seg.bid);
+        out.record(seg.len as usize, &mut self.counters);
+        if out.closed_by_protocol.is_some() {
+            self.timers.linger(key, c.generation, self.now);
+        }
     }
 
     /// The answer to a capped stream's look at its socket (`ops::sock_inq`): the bytes it
@@ -981,7 +983,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 // into a piece buffer (see `on_piece`), so each piece's echo goes out while
                 // the peer is still sending the rest.
                 let (bid, ptr) = piece.expect("guarded");
-                let len = cap.min(streams::MAX_CAP);
+                let len = cap.min(self.bufs.pieces.size());
                 let tok = Token::conn(key, c.generation, Op::Recv);
                 self.pending.push(ops::recv_into(c.sock, ptr, len, tok));
                 c.piece = Some(bid);
