@@ -1057,7 +1057,14 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// everything it owes (up to `SEND_VEC_MAX` chunks). Runs once per loop turn, just before
     /// the enter, so the replies to every completion of the turn go out together: one send per
     /// connection per turn rather than one per received buffer.
+    ///
+    /// The sends go into the submission queue ahead of whatever this turn's completions queued
+    /// (re-armed receives above all), and the kernel takes SQEs in order: a receive that finds
+    /// data copies it in during submission, so behind several of them (a piece per capped
+    /// stream) the replies would leave tens of µs later, and a peer that waits for them would
+    /// idle meanwhile. Reply first, then read more, as the epoll backend does.
     fn start_sends(&mut self) {
+        let queued = self.pending.len();
         for i in 0..self.dirty.len() {
             let (key, generation) = self.dirty[i];
             let Some(c) = self.conns.get_mut(key) else {
@@ -1124,6 +1131,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             self.pending.push(sqe);
         }
         self.dirty.clear();
+        self.pending.rotate_left(queued);
     }
 
     /// Starts closing connection `key`: cancel its receive and its send, then (in `sync`, once
