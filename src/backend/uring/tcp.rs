@@ -712,19 +712,16 @@ impl<P: Protocol + Clone> UringShard<P> {
                 if self.bufs.is_large(segs[0].bid) {
                     self.counters.stream_buf_recvs += 1;
                 }
-                let was_paused = self.conns[key].conn.is_paused();
-                for &seg in &segs {
-                    self.hand_over(key, seg);
-                }
+                let paused = self.hand_over(key, &segs);
                 self.segs = segs;
                 let c = &mut self.conns[key];
-                if !was_paused && c.conn.is_paused() {
-                    self.counters.paused += 1;
-                    c.stream_recvs = STREAM_RECVS;
-                } else if (n as u32) < self.bufs.small.buf_size() {
-                    c.stream_recvs = c.stream_recvs.saturating_sub(1);
-                } else if c.stream_recvs > 0 {
-                    c.stream_recvs = STREAM_RECVS;
+                // A pause made it a stream (`hand_over`); else small receives count it down.
+                if !paused {
+                    if (n as u32) < self.bufs.small.buf_size() {
+                        c.stream_recvs = c.stream_recvs.saturating_sub(1);
+                    } else if c.stream_recvs > 0 {
+                        c.stream_recvs = STREAM_RECVS;
+                    }
                 }
                 // A bundle receive takes all the socket holds (pieces are `on_piece`'s).
                 if self.recv_bundle
@@ -772,18 +769,13 @@ impl<P: Protocol + Clone> UringShard<P> {
         match res {
             n if n > 0 => {
                 self.counters.recv_cqes += 1;
-                let was_paused = c.conn.is_paused();
                 let seg = buf_ring::Segment {
                     bid,
                     offset: 0,
                     len: n as u32,
                 };
-                self.hand_over(key, seg);
+                self.hand_over(key, &[seg]);
                 let c = &mut self.conns[key];
-                if !was_paused && c.conn.is_paused() {
-                    self.counters.paused += 1;
-                    c.stream_recvs = STREAM_RECVS;
-                }
                 c.pieces = c.pieces.saturating_add(1);
             }
             0 => c.conn.on_eof(),
@@ -795,25 +787,37 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
     }
 
-    /// Hands the bytes of `seg` (in a provided or piece buffer) to connection `key`'s protocol.
-    /// Replies that point into the buffer take references of their own (while owed data may
-    /// hold it, else the bytes are copied); the completion's own reference is dropped.
-    fn hand_over(&mut self, key: usize, seg: buf_ring::Segment) {
+    /// Hands the bytes of one completion's `segs` (in provided or piece buffers) to connection
+    /// `key`'s protocol. Replies that point into a buffer take references of their own (while
+    /// owed data may hold it, else the bytes are copied); the completion's own reference is
+    /// dropped. True when this paused the connection (back-pressure): counted, and the
+    /// connection is a stream, received single-shot (`UringConn::stream_recvs`).
+    fn hand_over(&mut self, key: usize, segs: &[buf_ring::Segment]) -> bool {
+        let was_paused = self.conns[key].conn.is_paused();
+        for seg in segs {
+            let c = &mut self.conns[key];
+            let zero_copy = self.bufs.may_hold(seg.bid, self.buf_budget);
+            let out = c.conn.on_recv(
+                self.bufs.data(seg.bid, seg.offset, seg.len),
+                zero_copy.then_some((seg.bid, seg.offset)),
+                &self.limits,
+            );
+            if out.ring_refs > 0 {
+                self.bufs.add_refs(seg.bid, out.ring_refs);
+            }
+            self.bufs.release(seg.bid);
+            out.record(seg.len as usize, &mut self.counters);
+            if out.closed_by_protocol.is_some() {
+                self.timers.linger(key, c.generation, self.now);
+            }
+        }
         let c = &mut self.conns[key];
-        let zero_copy = self.bufs.may_hold(seg.bid, self.buf_budget);
-        let out = c.conn.on_recv(
-            self.bufs.data(seg.bid, seg.offset, seg.len),
-            zero_copy.then_some((seg.bid, seg.offset)),
-            &self.limits,
-        );
-        if out.ring_refs > 0 {
-            self.bufs.add_refs(seg.bid, out.ring_refs);
+        let paused = !was_paused && c.conn.is_paused();
+        if paused {
+            self.counters.paused += 1;
+            c.stream_recvs = STREAM_RECVS;
         }
-        self.bufs.release(seg.bid);
-        out.record(seg.len as usize, &mut self.counters);
-        if out.closed_by_protocol.is_some() {
-            self.timers.linger(key, c.generation, self.now);
-        }
+        paused
     }
 
     /// The answer to a capped stream's look at its socket (`ops::sock_inq`): the bytes it
