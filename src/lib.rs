@@ -226,9 +226,10 @@
 //! replies ([`ServerBuilder::buf_budget`]), in which case echo copies the bytes into the
 //! connection's own memory. (`examples/uring_echo.rs` takes a shortcut: it queues the segment
 //! itself as the echo, so the handler's reference simply becomes the reply's.) A connection
-//! that turns out to be a lone pipelined stream is received another way: in capped pieces, one
-//! single-shot receive per turn into a piece buffer, which its echo points into as it would
-//! into a provided buffer, so each piece is echoed while the rest still arrives ([Streams in pieces][k-pieces]).
+//! that turns out to be a pipelined stream, while few others share the shard, is received
+//! another way: in capped pieces, one single-shot receive per turn into a piece buffer, which
+//! its echo points into as it would into a provided buffer, so each piece is echoed while the
+//! rest still arrives ([Streams in pieces][k-pieces]).
 //!
 //! - **Code**: [`UringShard::sync`][sync] (arms it when [`Conn::recv_wanted`][recv-wanted])
 //!   and [`UringShard::on_recv`][on-recv]; [`ops::recv_multi`], [`BufRing::on_completion`];
@@ -247,10 +248,9 @@
 //! the owed chunks, for an echo into the buffers the requests arrived in ([`BufRing::addr`]),
 //! so the replies to every CQE of the turn leave together. They go into the submission queue
 //! ahead of the receives the turn re-armed: the kernel takes SQEs in order, and a receive that
-//! finds data copies it in first. The reply is not copied in user
-//! space (unless the budget was spent, step 5); the kernel still copies it into the socket's
-//! send buffer, as it does for any plain send (a [zero-copy send][k-zc] avoids that, for large
-//! messages). The kernel may send fewer bytes than asked (a *short send*, when the socket's
+//! finds data copies it in first. The reply is not copied in user space (unless the budget
+//! was spent, step 5); the kernel still copies it into the socket's send buffer, as it does
+//! for any plain send (a [zero-copy send][k-zc] avoids that, for large messages). The kernel may send fewer bytes than asked (a *short send*, when the socket's
 //! send buffer fills); the rest stays owed and goes out with the next send. Only one send per
 //! connection is in flight at a time: a second could overtake the first. When a reply chunk
 //! has been sent in full, its reference is dropped ([`BufRing::release`]), and a buffer whose

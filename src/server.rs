@@ -556,8 +556,8 @@ impl ServerBuilder {
     /// Take streams in pieces (default on; `--no-recv-cap` turns it off): on io_uring a
     /// stream is received with single-shot receives of about an eighth of what the shard's
     /// streams have in flight, one per loop turn, where the kernel has receive bundles (6.10);
-    /// on epoll a lone stream of at most 64 KiB in flight is read 8 KiB at a time. Each piece is echoed while
-    /// the peer is still sending the rest (see `backend::streams`).
+    /// on epoll a lone stream of at most 64 KiB in flight is read 8 KiB at a time. Each piece
+    /// is echoed while the peer is still sending the rest (see `backend::streams`).
     pub fn recv_cap(&mut self, on: bool) -> &mut Self {
         self.cfg.recv_cap = on;
         self
