@@ -737,7 +737,10 @@ fn targets(md: &mut String, servers: &[Server], cases: &[CaseResult]) {
             md,
             "- the load generator was at ≥ {CLIENT_BOUND} of its CPU (uring/epoll runs) in {}: \
              there the client is at its limit, so throughput and latency say as much about it \
-             as about the server (and an open-loop p99 is mostly the client's own queue)",
+             as about the server (and an open-loop p99 is mostly the client's own queue); \
+             repeat such a case under the other load generator (`CLIENT_BACKEND=epoll` or \
+             `uring`), since how much it gives each server depends on it (README: \
+             \"Who is the bottleneck\")",
             client_bound.join(", ")
         );
     }
