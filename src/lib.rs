@@ -243,18 +243,20 @@
 //! ## 6. Send
 //!
 //! Handling a CQE never submits a send. It marks the connection as owing bytes, and just
-//! before the next enter the shard gives each such connection one send covering everything it
-//! owes by then ([`UringShard::start_sends`][start-sends]): a `sendmsg` whose iovecs point at
-//! the owed chunks, for an echo into the buffers the requests arrived in ([`BufRing::addr`]),
-//! so the replies to every CQE of the turn leave together. They go into the submission queue
-//! ahead of the receives the turn re-armed: the kernel takes SQEs in order, and a receive that
-//! finds data copies it in first. The reply is not copied in user space (unless the budget
-//! was spent, step 5); the kernel still copies it into the socket's send buffer, as it does
-//! for any plain send (a [zero-copy send][k-zc] avoids that, for large messages). The kernel may send fewer bytes than asked (a *short send*, when the socket's
-//! send buffer fills); the rest stays owed and goes out with the next send. Only one send per
-//! connection is in flight at a time: a second could overtake the first. When a reply chunk
-//! has been sent in full, its reference is dropped ([`BufRing::release`]), and a buffer whose
-//! last reference goes is written back at the buffer ring's tail.
+//! before the next enter the shard gives each such connection one send covering everything
+//! it owes by then ([`UringShard::start_sends`][start-sends]): a `sendmsg` whose iovecs
+//! point at the owed chunks, for an echo into the buffers the requests arrived in
+//! ([`BufRing::addr`]), so the replies to every CQE of the turn leave together. They go
+//! into the submission queue ahead of the receives the turn re-armed: the kernel takes SQEs
+//! in order, and a receive that finds data copies it in first. The reply is not copied in
+//! user space (unless the budget was spent, step 5); the kernel still copies it into the
+//! socket's send buffer, as it does for any plain send (a [zero-copy send][k-zc] avoids
+//! that, for large messages). The kernel may send fewer bytes than asked (a *short send*,
+//! when the socket's send buffer fills); the rest stays owed and goes out with the next
+//! send. Only one send per connection is in flight at a time: a second could overtake the
+//! first. When a reply chunk has been sent in full, its reference is dropped
+//! ([`BufRing::release`]), and a buffer whose last reference goes is written back at the
+//! buffer ring's tail.
 //!
 //! - **Code**: [`UringShard::start_sends`][start-sends] and
 //!   [`UringShard::on_send`][on-send]; [`ops::send_vectored`], [`ops::send`];
