@@ -32,7 +32,7 @@ pub const METRICS: &[(&str, &str)] = &[
     ),
     (
         "server_cpu_us_per_msg",
-        "server process CPU (user+system, /proc/PID/stat) per message, µs",
+        "server process CPU (user+system, its process CPU clock: clock_getcpuclockid) per message, µs",
     ),
     (
         "total_cpu_us_per_msg",

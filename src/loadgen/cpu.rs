@@ -19,7 +19,8 @@ pub struct CpuSample {
     pub process_us: u64,
     /// Every CPU's busy time (not idle, not iowait), µs.
     pub machine_busy_us: Option<u64>,
-    /// The server process, user + system, µs.
+    /// The server process, user + system, µs (its process CPU clock; see
+    /// [`sys::process_cpu_nanos`]).
     pub server_us: Option<u64>,
 }
 
@@ -27,7 +28,12 @@ pub struct CpuSample {
 pub fn sample(server_pid: Option<u32>) -> CpuSample {
     let tick_us = 1_000_000 / proc::clock_ticks_per_sec();
     let machine_busy_us = proc::cpu_times().map(|t| t.busy * tick_us);
-    let server_us = server_pid.and_then(|pid| proc::process_cpu_ticks(pid).map(|t| t * tick_us));
+    // The server's process clock is exact; /proc/PID/stat (ticks) only where it cannot be read.
+    let server_us = server_pid.and_then(|pid| {
+        sys::process_cpu_nanos(pid)
+            .map(|ns| ns / 1000)
+            .or_else(|| proc::process_cpu_ticks(pid).map(|t| t * tick_us))
+    });
     CpuSample {
         at: Instant::now(),
         process_us: sys::process_cpu_micros(),
