@@ -30,8 +30,8 @@ const MAX_CONNECTING: usize = 64;
 const HOUSEKEEPING_NS: u64 = 50_000_000;
 /// After our half-close, how long to wait for the server's FIN before closing anyway.
 const LINGER_NS: u64 = 1_000_000_000;
-/// Largest single send.
-const MAX_SEND: u64 = 1 << 16;
+/// Largest single send: what one slice of the pattern table holds.
+const MAX_SEND: u64 = super::pattern::MAX_SPAN as u64;
 
 /// What a transport reports.
 #[derive(Debug)]

@@ -219,7 +219,7 @@ impl Frames {
     }
 
     /// The first contiguous piece of wire bytes `offset .. offset + len` (`len` > 0): the rest
-    /// of a header, or of a body (at most one pattern period of it).
+    /// of a header, or of a body (at most `pattern::MAX_SPAN` of it).
     fn piece(&self, offset: u64, len: u64) -> &'static [u8] {
         let (frame, r) = (offset / self.wire(), offset % self.wire());
         if r < HEADER {

@@ -13,30 +13,38 @@
 //!   unless the offsets agree modulo `PERIOD`, a prime, which no message size is a multiple of
 //!   in practice.
 //!
-//! The table holds the period twice over, so any run of up to `PERIOD` stream bytes is one
-//! contiguous slice whatever its starting point.
+//! The table holds the period and [`MAX_SPAN`] bytes more, so any run of up to `MAX_SPAN`
+//! stream bytes is one contiguous slice whatever its starting point: a send of a whole 64 KiB
+//! window is one send, not 65,521 bytes and then a 15-byte tail (which every server would have
+//! to receive and echo as a segment of its own).
 
 use std::sync::OnceLock;
 
 /// Length of the repeating pattern: the largest prime below 2^16.
 pub const PERIOD: usize = 65521;
 
+/// The longest run of stream bytes one slice holds (and so the most one send hands over).
+pub const MAX_SPAN: usize = 1 << 16;
+
 static TABLE: OnceLock<Box<[u8]>> = OnceLock::new();
 
-/// The shared table, built on first use: `2 * PERIOD` bytes, the second half a copy of the first.
+/// The shared table, built on first use: `PERIOD + MAX_SPAN` bytes, byte `i` equal to byte
+/// `i % PERIOD`.
 fn table() -> &'static [u8] {
     TABLE.get_or_init(|| {
         // xorshift64*: deterministic, so every run (and every client machine) sends the same
         // streams, and a captured failure can be reproduced.
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut t = vec![0u8; 2 * PERIOD];
+        let mut t = vec![0u8; PERIOD + MAX_SPAN];
         for b in t.iter_mut().take(PERIOD) {
             state ^= state >> 12;
             state ^= state << 25;
             state ^= state >> 27;
             *b = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
         }
-        t.copy_within(0..PERIOD, PERIOD);
+        for i in PERIOD..t.len() {
+            t[i] = t[i - PERIOD];
+        }
         t.into_boxed_slice()
     })
 }
@@ -54,11 +62,11 @@ pub fn byte_at(base: u32, offset: u64) -> u8 {
 }
 
 /// The contiguous stream bytes `offset..offset + len` of the stream starting at `base`, where
-/// `len` is cut to at most `PERIOD`. The slice is `'static`: the kernel may read it for as long
+/// `len` is cut to at most [`MAX_SPAN`]. The slice is `'static`: the kernel may read it for as long
 /// as it likes.
 pub fn span(base: u32, offset: u64, len: u64) -> &'static [u8] {
     let start = ((u64::from(base) + offset) % PERIOD as u64) as usize;
-    let len = len.min(PERIOD as u64) as usize;
+    let len = len.min(MAX_SPAN as u64) as usize;
     &table()[start..start + len]
 }
 
@@ -76,7 +84,7 @@ pub struct Mismatch {
 /// Checks that `data` equals the stream starting at `base`, from stream offset `offset` on.
 pub fn check(base: u32, offset: u64, data: &[u8]) -> Result<(), Mismatch> {
     let mut at = offset;
-    for chunk in data.chunks(PERIOD) {
+    for chunk in data.chunks(MAX_SPAN) {
         let want = span(base, at, chunk.len() as u64);
         // The equal case is the hot one: one memcmp. Only a failure pays for the byte search.
         if chunk != want {
@@ -109,7 +117,15 @@ mod tests {
         for (i, &b) in s.iter().enumerate() {
             assert_eq!(b, byte_at(base, off + i as u64));
         }
-        assert_eq!(span(base, 0, 1 << 20).len(), PERIOD, "cut to one period");
+        assert_eq!(span(base, 0, 1 << 20).len(), MAX_SPAN, "cut to MAX_SPAN");
+        // A whole 64 KiB window from the worst starting point (the last byte of the period)
+        // is one slice, wrapping the period once.
+        let off = PERIOD as u64 - 1 - u64::from(base);
+        let s = span(base, off, MAX_SPAN as u64);
+        assert_eq!(s.len(), MAX_SPAN);
+        for (i, &b) in s.iter().enumerate() {
+            assert_eq!(b, byte_at(base, off + i as u64), "byte {i}");
+        }
     }
 
     #[test]
