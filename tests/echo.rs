@@ -421,11 +421,12 @@ fn streams_taken_whole_land_in_large_buffers() {
 }
 
 /// Where the kernel has receive bundles (6.10), a lone pipelined stream is taken in pieces:
-/// once its window is seen (256 KiB here, written 64 KiB at a time) it is received with
-/// single-shot receives of at most an eighth of it, 32 KiB, so no completion carries more
+/// once its window is seen (128 KiB here, written 32 KiB at a time) it is received with
+/// single-shot receives of at most an eighth of it, 16 KiB, so no completion carries more
 /// than that (the multishot receive it started with is cancelled once, or ended by the pause
 /// its first window causes), and every byte still comes back in order; `--no-recv-cap` takes
-/// what the socket holds, more per completion. Pieces are echoed from their piece buffers.
+/// what the socket holds, more per completion. A large window (256 KiB, written 64 KiB at a
+/// time) is taken in pieces of 64 KiB. Pieces are echoed from their piece buffers.
 /// A stream that never pauses has its socket looked at every 64 pieces, through the
 /// `SIOCINQ` socket command where the kernel has it (6.7), else by an uncapped receive in
 /// place of a piece; neither cancels anything. Then the pieces under pressure: incremental
@@ -435,16 +436,22 @@ fn streams_taken_whole_land_in_large_buffers() {
 fn a_lone_stream_is_received_in_capped_pieces() {
     with_backend("uring", |b| {
         const TOTAL: u64 = 32 << 20;
-        const FLOW: (u64, usize) = (256 * 1024, 64 * 1024);
+        const FLOW: (u64, usize) = (128 * 1024, 32 * 1024);
         let (fin, startup) = one_stream(b, &[], TOTAL, FLOW);
         if !recv_features(&startup).contains("+cap") {
             common::skipped("this kernel has no receive bundles (6.10)");
             return;
         }
-        // At most 32 KiB per piece; the receives that took the first windows whole count
+        // At most 16 KiB per piece; the receives that took the first windows whole count
         // too, hence the slack.
         let per_cqe = |c: &ringecho::stats::Counters| c.bytes_in / c.recv_cqes.max(1);
-        assert!(per_cqe(&fin) <= 36 * 1024, "not capped: {fin}");
+        assert!(per_cqe(&fin) <= 18 * 1024, "not capped: {fin}");
+        let (large, _) = one_stream(b, &[], TOTAL, (256 * 1024, 64 * 1024));
+        let large_per_cqe = per_cqe(&large);
+        assert!(
+            (40 * 1024..=68 * 1024).contains(&large_per_cqe),
+            "not in 64 KiB pieces: {large}"
+        );
         // A 64 KiB window in 8 KiB pieces (about 2048 of them), with a look at the socket
         // every 64: the socket command (`+inq`, 6.7), or an uncapped receive; no look
         // cancels a receive.

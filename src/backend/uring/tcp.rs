@@ -197,8 +197,9 @@ impl Listener {
     }
 }
 
-/// Most piece buffers per shard (`streams::MAX_CAP` bytes each, 2 MiB in all): capped streams
-/// are at most 16 per shard (the share rule), and owed data may hold half of them.
+/// Most piece buffers per shard (`streams::LARGE_CAP` bytes each, 4 MiB in all, made on first
+/// use): capped streams are at most 16 per shard (the share rule), and owed data may hold half
+/// of them.
 const PIECE_BUFS: usize = 64;
 
 /// Single-shot accepts kept outstanding per listener near the cap.
@@ -307,7 +308,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }?)
         }
     };
-    let bufs = Pools::new(small, large, PIECE_BUFS, streams::MAX_CAP as usize);
+    let bufs = Pools::new(small, large, PIECE_BUFS, streams::LARGE_CAP as usize);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     // Pieces need bundles (a stream is told by what its uncapped bundle receives take); the
@@ -937,7 +938,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             let unit = self.bufs.small.buf_size();
             self.conns[key]
                 .window
-                .cap(self.streams, unit, streams::MAX_CAP)
+                .cap(self.streams, unit, streams::MAX_CAP, streams::LARGE_CAP)
         } else {
             0
         };
