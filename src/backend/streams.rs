@@ -10,10 +10,10 @@
 //! the shard, which is busy anyway, takes them whole. The share is an eighth of what all of
 //! the shard's streams have in flight: a lone stream is cut into eight, a few streams of
 //! small windows in two (`SMALL_WINDOW_PIECES`), a few large windows in 64 KiB pieces
-//! (`LARGE_CAP`), sixteen streams not at all. On epoll a piece costs two syscalls (a read
-//! and a write), and pieces measured slower for big windows and for two streams there, so
-//! the epoll backend cuts only a lone stream of at most 64 KiB in flight (its cap is at most
-//! `MIN_CAP`).
+//! (`LARGE_CAP`), thirteen or more streams of 64 KiB windows not at all. On epoll a piece
+//! costs two syscalls (a read and a write), and pieces measured slower for big windows and
+//! for two streams there, so the epoll backend cuts only a lone stream of at most 64 KiB in
+//! flight (its cap is at most `MIN_CAP`).
 
 /// Capped receives between two looks at how much the socket holds (`Window::sample`): a
 /// window first seen small (a peer that starts slowly) is found out within this many pieces.
@@ -28,10 +28,13 @@ pub(crate) const MIN_CAP: u32 = 8 * 1024;
 /// send inside an enter the turn makes anyway; a share above it leaves receives uncapped
 /// (but see `SMALL_WINDOW_PIECES` and `LARGE_CAP`).
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
-/// The cap of a large window (`LARGE_WINDOWS`) whose share is from `MAX_CAP` to under
-/// twice this, on io_uring; also the size of that backend's piece buffers. Such a window
-/// arrives as several sends of up to 64 KiB, so pieces of 64 KiB still overlap with the peer,
-/// at half the receives and sends of 32 KiB ones.
+/// The cap of a large window (`LARGE_WINDOWS`) whose share is from three quarters of
+/// `MAX_CAP` to under twice this, on io_uring; also the size of that backend's piece
+/// buffers. Such a window arrives as several sends of up to 64 KiB, so pieces of 64 KiB
+/// still overlap with the peer, at half the receives and sends of 32 KiB ones. With the
+/// default `--max-pending` of 64 KiB a whole piece owed pauses the connection, so the next
+/// piece is armed a turn later, once the echo's send has completed (two enters per piece at
+/// 1x65536x4, against 1.1 with `--max-pending 131072`, which measured no faster).
 pub(crate) const LARGE_CAP: u32 = 64 * 1024;
 /// Windows in this range are large (cut in `LARGE_CAP` pieces, see there). Above it a lone
 /// window (512 KiB) stays uncapped: taken 64 KiB at a time, the socket's queue stood full
@@ -41,12 +44,14 @@ pub(crate) const LARGE_CAP: u32 = 64 * 1024;
 const LARGE_WINDOWS: std::ops::Range<u32> = 128 * 1024..384 * 1024;
 /// Streams whose windows are under three pieces of the largest cap are still cut into such
 /// pieces while their share is at most this many pieces (so, with the eighth above, up to 12
-/// streams of 64 KiB windows). A peer that sends such a window in one go gets it back in one
+/// streams of 64 KiB windows, 24 of 32 KiB ones). A window of one piece is then taken whole,
+/// but into a piece buffer lent last-freed first, still in cache, rather than the large
+/// ring's in ring order: at 16x8192x4 x1.18 against uncapped (run 20261207-225239). A peer that sends such a window in one go gets it back in one
 /// if it is taken whole, and in a closed loop the streams fall into step: the shard receives
 /// every window, then sends every echo, and idles while the peers answer (8 and 10 streams of
-/// 64 KiB windows left the shard 20% and 16% idle and ran at x0.80 and x0.87 of the epoll
+/// 64 KiB windows left the shard 20% and 16% idle and ran at x0.79 and x0.87 of the epoll
 /// backend). Cut into pieces, one stream's first piece goes back while the others are still
-/// being received (x1.01 and x0.98). From 16 such streams on the shard is busy either way and
+/// being received (x0.97 and x0.99). From 16 such streams on the shard is busy either way and
 /// pieces only cost (whole and cut measured the same).
 const SMALL_WINDOW_PIECES: u64 = 3;
 
@@ -102,7 +107,8 @@ impl Window {
     /// and receives in units of `unit` bytes (a provided buffer; a cap below one is none).
     /// A share of twice `max` or more is none, except for a few streams of small windows
     /// (`SMALL_WINDOW_PIECES`), which get `max`; with `large` (0: none), a large window
-    /// (`LARGE_WINDOWS`) whose share is from `max` to under twice `large` gets `large`. Powers
+    /// (`LARGE_WINDOWS`) whose share is from three quarters of `max` (slack for a window
+    /// estimated a little short) to under twice `large` gets `large`. Powers
     /// of two, so that small changes in the window or the count change nothing.
     pub fn cap(&self, streams: u32, unit: u32, max: u32, large: u32) -> u32 {
         if !self.is_stream() {
@@ -112,7 +118,7 @@ impl Window {
         let share = u64::from(self.max) * u64::from(streams.max(1)) / PIECES;
         let cap = if large > 0
             && LARGE_WINDOWS.contains(&self.max)
-            && share >= max64
+            && 4 * share >= 3 * max64
             && share < 2 * u64::from(large)
         {
             large
@@ -225,6 +231,19 @@ mod tests {
             w256.cap(2, 4096, MAX_CAP, 0),
             0,
             "a large window is not a small one"
+        );
+        for short in [256 * 1024 - 1, 192 * 1024] {
+            assert_eq!(
+                seen(&[(short, true)]).cap(1, 4096, MAX_CAP, LARGE_CAP),
+                64 * 1024,
+                "a window estimated a little short is still large"
+            );
+        }
+        let w32 = seen(&[(32 * 1024, true)]);
+        assert_eq!(
+            w32.cap(16, 4096, MAX_CAP, LARGE_CAP),
+            32 * 1024,
+            "a window of one piece is still taken through a piece buffer"
         );
         let w512 = seen(&[(512 * 1024, true)]);
         assert_eq!(

@@ -30,7 +30,9 @@ const MAX_CONNECTING: usize = 64;
 const HOUSEKEEPING_NS: u64 = 50_000_000;
 /// After our half-close, how long to wait for the server's FIN before closing anyway.
 const LINGER_NS: u64 = 1_000_000_000;
-/// Largest single send: what one slice of the pattern table holds.
+/// Largest single send: what one slice of the pattern table holds. A window of 64 KiB goes in
+/// one send; a framed one (`--framed`: a 4-byte header per message) is a little longer and
+/// still goes as 64 KiB and then a short tail.
 const MAX_SEND: u64 = super::pattern::MAX_SPAN as u64;
 
 /// What a transport reports.

@@ -20,7 +20,7 @@ impl Pattern {
         }
     }
 
-    /// Up to one period of the bytes at `offset..offset + len`, as one slice.
+    /// Up to `pattern::MAX_SPAN` of the bytes at `offset..offset + len`, as one slice.
     fn window(&self, offset: u64, len: usize) -> &'static [u8] {
         pattern::span(self.base, offset, len as u64)
     }

@@ -198,8 +198,9 @@ impl Listener {
 }
 
 /// Most piece buffers per shard (`streams::LARGE_CAP` bytes each, 4 MiB in all, made on first
-/// use): capped streams are at most 16 per shard (the share rule), and owed data may hold half
-/// of them.
+/// use): capped streams are at most 24 per shard (the share rule: 24 of 32 KiB windows, 12 of
+/// 64 KiB), owed data may hold half of them, and a stream that finds none free receives
+/// uncapped for that turn.
 const PIECE_BUFS: usize = 64;
 
 /// Single-shot accepts kept outstanding per listener near the cap.
