@@ -44,15 +44,16 @@ pub(crate) const LARGE_CAP: u32 = 64 * 1024;
 const LARGE_WINDOWS: std::ops::Range<u32> = 128 * 1024..384 * 1024;
 /// Streams whose windows are under three pieces of the largest cap are still cut into such
 /// pieces while their share is at most this many pieces (so, with the eighth above, up to 12
-/// streams of 64 KiB windows, 24 of 32 KiB ones). A window of one piece is then taken whole,
-/// but into a piece buffer lent last-freed first, still in cache, rather than the large
-/// ring's in ring order: at 16x8192x4 x1.18 against uncapped (run 20261207-225239). A peer that sends such a window in one go gets it back in one
-/// if it is taken whole, and in a closed loop the streams fall into step: the shard receives
-/// every window, then sends every echo, and idles while the peers answer (8 and 10 streams of
-/// 64 KiB windows left the shard 20% and 16% idle and ran at x0.79 and x0.87 of the epoll
-/// backend). Cut into pieces, one stream's first piece goes back while the others are still
-/// being received (x0.97 and x0.99). From 16 such streams on the shard is busy either way and
-/// pieces only cost (whole and cut measured the same).
+/// streams of 64 KiB windows, 24 of 32 KiB ones). A peer that sends such a window in one go
+/// gets it back in one if it is taken whole, and in a closed loop the streams fall into step:
+/// the shard receives every window, then sends every echo, and idles while the peers answer
+/// (8 and 10 streams of 64 KiB windows left the shard 20% and 16% idle and ran at x0.79 and
+/// x0.87 of the epoll backend). Cut into pieces, one stream's first piece goes back while
+/// the others are still being received (x0.97 and x0.99). From 16 such streams on the shard
+/// is busy either way and pieces only cost (whole and cut measured the same). A window of
+/// one piece (32 KiB) is taken whole, but into a piece buffer lent last-freed first, still in
+/// cache, rather than a large-ring buffer in ring order: x1.18 against uncapped at 16x8192x4
+/// (run 20261207-225239).
 const SMALL_WINDOW_PIECES: u64 = 3;
 
 /// What a connection's peer was seen to have in flight.
