@@ -9,8 +9,8 @@
 //! Pieces cost: each is a completion (or a read) and a send of its own, so with many streams
 //! the shard, which is busy anyway, takes them whole. The share is an eighth of what all of
 //! the shard's streams have in flight: a lone stream is cut into eight, a few streams of
-//! small windows in two (`SMALL_WINDOW_PIECES`), a few large windows in 64 KiB pieces
-//! (`LARGE_CAP`), thirteen or more streams of 64 KiB windows not at all. On epoll a piece
+//! small windows in two (`SMALL_WINDOW_PIECES`), thirteen or more streams of 64 KiB windows
+//! not at all. On epoll a piece
 //! costs two syscalls (a read and a write), and pieces measured slower for big windows and
 //! for two streams there, so the epoll backend cuts only a lone stream of at most 64 KiB in
 //! flight (its cap is at most `MIN_CAP`).
@@ -26,22 +26,8 @@ const PIECES: u64 = 8;
 pub(crate) const MIN_CAP: u32 = 8 * 1024;
 /// Largest cap a share gives on io_uring, where a piece costs a receive, its completion and a
 /// send inside an enter the turn makes anyway; a share above it leaves receives uncapped
-/// (but see `SMALL_WINDOW_PIECES` and `LARGE_CAP`).
+/// (but see `SMALL_WINDOW_PIECES`). Also the size of the io_uring backend's piece buffers.
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
-/// The cap of a large window (`LARGE_WINDOWS`) whose share is from three quarters of
-/// `MAX_CAP` to under twice this, on io_uring; also the size of that backend's piece
-/// buffers. Such a window arrives as several sends of up to 64 KiB, so pieces of 64 KiB
-/// still overlap with the peer, at half the receives and sends of 32 KiB ones. With the
-/// default `--max-pending` of 64 KiB a whole piece owed pauses the connection, so the next
-/// piece is armed a turn later, once the echo's send has completed (two enters per piece at
-/// 1x65536x4, against 1.1 with `--max-pending 131072`, which measured no faster).
-pub(crate) const LARGE_CAP: u32 = 64 * 1024;
-/// Windows in this range are large (cut in `LARGE_CAP` pieces, see there). Above it a lone
-/// window (512 KiB) stays uncapped: taken 64 KiB at a time, the socket's queue stood full
-/// for longer and loopback dropped segments at start-up more often (the socket's memory
-/// over its buffer), after which the connection runs at under half speed to its end
-/// (11 of 16 runs of 1x65536x8 against 5 of 16 uncapped).
-const LARGE_WINDOWS: std::ops::Range<u32> = 128 * 1024..384 * 1024;
 /// Streams whose windows are under three pieces of the largest cap are still cut into such
 /// pieces while their share is at most this many pieces (so, with the eighth above, up to 12
 /// streams of 64 KiB windows, 24 of 32 KiB ones). A peer that sends such a window in one go
@@ -106,24 +92,17 @@ impl Window {
 
     /// The receive cap for this connection (0: none) when the shard has `streams` streams
     /// and receives in units of `unit` bytes (a provided buffer; a cap below one is none).
-    /// A share of twice `max` or more is none, except for a few streams of small windows
-    /// (`SMALL_WINDOW_PIECES`), which get `max`; with `large` (0: none), a large window
-    /// (`LARGE_WINDOWS`) whose share is from three quarters of `max` (slack for a window
-    /// estimated a little short) to under twice `large` gets `large`. Powers
-    /// of two, so that small changes in the window or the count change nothing.
-    pub fn cap(&self, streams: u32, unit: u32, max: u32, large: u32) -> u32 {
+    /// The cap is the share as a power of two, from `MIN_CAP` up to `max`. A share of twice
+    /// `max` or more is none, except for a few streams of small windows
+    /// (`SMALL_WINDOW_PIECES`), which get `max`. Powers of two, so that small changes in the
+    /// window or the count change nothing.
+    pub fn cap(&self, streams: u32, unit: u32, max: u32) -> u32 {
         if !self.is_stream() {
             return 0;
         }
         let max64 = u64::from(max);
         let share = u64::from(self.max) * u64::from(streams.max(1)) / PIECES;
-        let cap = if large > 0
-            && LARGE_WINDOWS.contains(&self.max)
-            && 4 * share >= 3 * max64
-            && share < 2 * u64::from(large)
-        {
-            large
-        } else if share < 2 * max64 {
+        let cap = if share < 2 * max64 {
             let share = (share as u32).max(MIN_CAP);
             1 << (31 - share.leading_zeros())
         } else if u64::from(self.max) < 3 * max64 && share <= SMALL_WINDOW_PIECES * max64 {
@@ -131,7 +110,7 @@ impl Window {
         } else {
             return 0;
         };
-        if cap > max.max(large) || cap < unit {
+        if cap > max || cap < unit {
             return 0;
         }
         cap
@@ -154,7 +133,7 @@ mod tests {
     fn small_messages_are_never_capped() {
         let w = seen(&[(128, true), (4096, true), (16 * 1024, true)]);
         assert!(!w.is_stream());
-        assert_eq!(w.cap(1, 4096, MAX_CAP, LARGE_CAP), 0);
+        assert_eq!(w.cap(1, 4096, MAX_CAP), 0);
     }
 
     #[test]
@@ -170,7 +149,7 @@ mod tests {
         w.restart();
         w.on_uncapped(1, true);
         assert_eq!(
-            w.cap(1, 4096, MAX_CAP, LARGE_CAP),
+            w.cap(1, 4096, MAX_CAP),
             8 * 1024,
             "an eighth of 70,000, down to a power of two"
         );
@@ -184,100 +163,75 @@ mod tests {
             "40,000 bytes at once: a stream"
         );
         assert_eq!(
-            w.cap(1, 4096, MAX_CAP, LARGE_CAP),
+            w.cap(1, 4096, MAX_CAP),
             8 * 1024,
             "an eighth of 40,000, up to 8 KiB"
         );
         w.sample(256 * 1024);
-        assert_eq!(
-            w.cap(1, 4096, MAX_CAP, LARGE_CAP),
-            64 * 1024,
-            "found out bigger (a large window)"
-        );
+        assert_eq!(w.cap(1, 4096, MAX_CAP), 32 * 1024, "found out bigger");
         w.sample(1);
-        assert_eq!(
-            w.cap(1, 4096, MAX_CAP, LARGE_CAP),
-            64 * 1024,
-            "never smaller"
-        );
+        assert_eq!(w.cap(1, 4096, MAX_CAP), 32 * 1024, "never smaller");
     }
 
     #[test]
     fn a_lone_stream_is_cut_in_eight_a_few_in_pieces_and_many_not_at_all() {
         let w64 = seen(&[(64 * 1024, true)]);
-        assert_eq!(w64.cap(1, 4096, MAX_CAP, LARGE_CAP), 8 * 1024);
-        assert_eq!(w64.cap(2, 4096, MAX_CAP, LARGE_CAP), 16 * 1024);
-        assert_eq!(w64.cap(4, 4096, MAX_CAP, LARGE_CAP), 32 * 1024);
+        assert_eq!(w64.cap(1, 4096, MAX_CAP), 8 * 1024);
+        assert_eq!(w64.cap(2, 4096, MAX_CAP), 16 * 1024);
+        assert_eq!(w64.cap(4, 4096, MAX_CAP), 32 * 1024);
         // A few streams of small windows are still cut (`SMALL_WINDOW_PIECES`)...
-        assert_eq!(w64.cap(8, 4096, MAX_CAP, LARGE_CAP), 32 * 1024);
-        assert_eq!(w64.cap(12, 4096, MAX_CAP, LARGE_CAP), 32 * 1024);
+        assert_eq!(w64.cap(8, 4096, MAX_CAP), 32 * 1024);
+        assert_eq!(w64.cap(12, 4096, MAX_CAP), 32 * 1024);
         // ...and many are not: they keep the shard busy.
-        assert_eq!(w64.cap(13, 4096, MAX_CAP, LARGE_CAP), 0);
+        assert_eq!(w64.cap(13, 4096, MAX_CAP), 0);
         assert_eq!(
-            w64.cap(16, 4096, MAX_CAP, LARGE_CAP),
+            w64.cap(16, 4096, MAX_CAP),
             0,
             "sixteen streams keep the shard busy"
         );
-        // Large windows come in 64 KiB sends, and are cut in 64 KiB pieces while few.
         let w256 = seen(&[(256 * 1024 + 300, true)]);
-        assert_eq!(w256.cap(1, 4096, MAX_CAP, LARGE_CAP), 64 * 1024);
-        assert_eq!(w256.cap(3, 4096, MAX_CAP, LARGE_CAP), 64 * 1024);
-        assert_eq!(w256.cap(4, 4096, MAX_CAP, LARGE_CAP), 0);
+        assert_eq!(w256.cap(1, 4096, MAX_CAP), 32 * 1024);
         assert_eq!(
-            w256.cap(1, 4096, MAX_CAP, 0),
-            32 * 1024,
-            "without large pieces"
-        );
-        assert_eq!(
-            w256.cap(2, 4096, MAX_CAP, 0),
+            w256.cap(2, 4096, MAX_CAP),
             0,
             "a large window is not a small one"
         );
-        for short in [256 * 1024 - 1, 192 * 1024] {
-            assert_eq!(
-                seen(&[(short, true)]).cap(1, 4096, MAX_CAP, LARGE_CAP),
-                64 * 1024,
-                "a window estimated a little short is still large"
-            );
-        }
+        let w128 = seen(&[(128 * 1024, true)]);
+        assert_eq!(w128.cap(2, 4096, MAX_CAP), 32 * 1024);
+        assert_eq!(w128.cap(4, 4096, MAX_CAP), 0);
         let w32 = seen(&[(32 * 1024, true)]);
         assert_eq!(
-            w32.cap(16, 4096, MAX_CAP, LARGE_CAP),
+            w32.cap(16, 4096, MAX_CAP),
             32 * 1024,
             "a window of one piece is still taken through a piece buffer"
         );
         let w512 = seen(&[(512 * 1024, true)]);
         assert_eq!(
-            w512.cap(1, 4096, MAX_CAP, LARGE_CAP),
+            w512.cap(1, 4096, MAX_CAP),
             0,
-            "past the large windows: uncapped"
+            "a lone 512 KiB window: uncapped"
         );
-        let w128 = seen(&[(128 * 1024, true)]);
         assert_eq!(
-            w128.cap(1, 4096, MAX_CAP, LARGE_CAP),
+            w128.cap(1, 4096, MAX_CAP),
             16 * 1024,
             "a share under MAX_CAP"
         );
         let huge = seen(&[(u32::MAX, true)]);
-        assert_eq!(
-            huge.cap(u32::MAX, 4096, MAX_CAP, LARGE_CAP),
-            0,
-            "no overflow"
-        );
+        assert_eq!(huge.cap(u32::MAX, 4096, MAX_CAP), 0, "no overflow");
     }
 
     #[test]
     fn epoll_cuts_only_a_lone_small_window() {
         let w64 = seen(&[(64 * 1024, true)]);
-        assert_eq!(w64.cap(1, 1, MIN_CAP, 0), 8 * 1024);
-        assert_eq!(w64.cap(2, 1, MIN_CAP, 0), 0);
-        assert_eq!(seen(&[(256 * 1024, true)]).cap(1, 1, MIN_CAP, 0), 0);
+        assert_eq!(w64.cap(1, 1, MIN_CAP), 8 * 1024);
+        assert_eq!(w64.cap(2, 1, MIN_CAP), 0);
+        assert_eq!(seen(&[(256 * 1024, true)]).cap(1, 1, MIN_CAP), 0);
     }
 
     #[test]
     fn a_cap_below_one_buffer_is_none() {
         let w = seen(&[(64 * 1024, true)]);
-        assert_eq!(w.cap(1, 65536, MAX_CAP, LARGE_CAP), 0);
-        assert_eq!(w.cap(1, 1, MAX_CAP, LARGE_CAP), 8 * 1024);
+        assert_eq!(w.cap(1, 65536, MAX_CAP), 0);
+        assert_eq!(w.cap(1, 1, MAX_CAP), 8 * 1024);
     }
 }

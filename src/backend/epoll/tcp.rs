@@ -44,7 +44,7 @@ fn read_buffer_size(buf_size: u32) -> usize {
 /// holds more, so one look that finds more, `FIONREAD` every `SAMPLE_EVERY` pieces, ends it.)
 fn read_cap(on: bool, n_streams: u32, window: &Window) -> u32 {
     if on && window.seen() <= 64 * 1024 {
-        window.cap(n_streams, 1, streams::MIN_CAP, 0)
+        window.cap(n_streams, 1, streams::MIN_CAP)
     } else {
         0
     }

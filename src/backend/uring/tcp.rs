@@ -197,7 +197,7 @@ impl Listener {
     }
 }
 
-/// Most piece buffers per shard (`streams::LARGE_CAP` bytes each, 4 MiB in all, made on first
+/// Most piece buffers per shard (`streams::MAX_CAP` bytes each, 2 MiB in all, made on first
 /// use): capped streams are at most 24 per shard (the share rule: 24 of 32 KiB windows, 12 of
 /// 64 KiB), owed data may hold half of them, and a stream that finds none free receives
 /// uncapped for that turn.
@@ -309,7 +309,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }?)
         }
     };
-    let bufs = Pools::new(small, large, PIECE_BUFS, streams::LARGE_CAP as usize);
+    let bufs = Pools::new(small, large, PIECE_BUFS, streams::MAX_CAP as usize);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     // Pieces need bundles (a stream is told by what its uncapped bundle receives take); the
@@ -939,7 +939,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             let unit = self.bufs.small.buf_size();
             self.conns[key]
                 .window
-                .cap(self.streams, unit, streams::MAX_CAP, streams::LARGE_CAP)
+                .cap(self.streams, unit, streams::MAX_CAP)
         } else {
             0
         };
