@@ -10,10 +10,9 @@
 //! the shard, which is busy anyway, takes them whole. The share is an eighth of what all of
 //! the shard's streams have in flight: a lone stream is cut into eight, a few streams of
 //! small windows in two (`SMALL_WINDOW_PIECES`), thirteen or more streams of 64 KiB windows
-//! not at all. On epoll a piece
-//! costs two syscalls (a read and a write), and pieces measured slower for big windows and
-//! for two streams there, so the epoll backend cuts only a lone stream of at most 64 KiB in
-//! flight (its cap is at most `MIN_CAP`).
+//! not at all. On epoll a piece costs two syscalls (a read and a write), and pieces measured
+//! slower for big windows and for two streams there, so the epoll backend cuts only a lone
+//! stream of at most 64 KiB in flight (its cap is at most `MIN_CAP`).
 
 /// Capped receives between two looks at how much the socket holds (`Window::sample`): a
 /// window first seen small (a peer that starts slowly) is found out within this many pieces.
@@ -35,7 +34,9 @@ pub(crate) const MAX_CAP: u32 = 32 * 1024;
 /// the shard receives every window, then sends every echo, and idles while the peers answer
 /// (8 and 10 streams of 64 KiB windows left the shard 20% and 16% idle and ran at x0.79 and
 /// x0.87 of the epoll backend). Cut into pieces, one stream's first piece goes back while
-/// the others are still being received (x0.97 and x0.99). From 16 such streams on the shard
+/// the others are still being received (x0.97 and x0.99). Those figures are under the
+/// io_uring load generator; under the epoll one whole windows did not fall into step, and
+/// pieces measured x1.02 and x0.96 against them. From 16 such streams on the shard
 /// is busy either way and pieces only cost (whole and cut measured the same). A window of
 /// one piece (32 KiB) is taken whole, but into a piece buffer lent last-freed first, still in
 /// cache, rather than a large-ring buffer in ring order: x1.18 against uncapped at 16x8192x4
