@@ -372,6 +372,56 @@ fn one_stream(
     (fin, startup)
 }
 
+/// From `MANY_STREAMS` (4) streams on, each stream is received in pieces of up to 64 KiB, one
+/// piece armed per enter, the next piece of any stream waiting its turn (so no more piece
+/// completions than enters; with the share rule every stream had a piece in each enter);
+/// six streams of 64 KiB windows all come back exact, and nothing is left held.
+#[test]
+fn many_streams_take_one_piece_per_enter() {
+    with_backend("uring", |b| {
+        const STREAMS: u64 = 6;
+        const TOTAL: u64 = 8 << 20;
+        let mut server = b.start(&[]);
+        let startup = server
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.starts_with("ringecho: io_uring"))
+            .unwrap_or_default();
+        if !recv_features(&startup).contains("+cap") {
+            common::skipped("this kernel has no receive bundles (6.10)");
+            return;
+        }
+        let spec = FlowSpec {
+            total: TOTAL,
+            window: 64 * 1024,
+            max_write: 16 * 1024,
+            fixed_writes: true,
+            half_close: true,
+        };
+        let mut flows: Vec<_> = (0..STREAMS)
+            .map(|i| Flow::connect(server.addr, 20 + i, spec).unwrap())
+            .collect();
+        drive(&mut flows, Duration::from_secs(60)).unwrap();
+        drop(flows);
+        server.wait_stats("closed", Duration::from_secs(10), |c| c.closed >= STREAMS);
+        let fin = server.stop(libc::SIGTERM).assert_clean();
+        assert_eq!(fin.bytes_out, STREAMS * TOTAL, "{fin}");
+        assert_eq!(fin.bufs_held, 0, "{fin}");
+        assert_eq!((fin.stale_cqes, fin.conn_errors), (0, 0), "{fin}");
+        // Before the streams are told, receives take their first windows whole (a few per
+        // stream) and may share an enter.
+        let slack = 16 * STREAMS;
+        assert!(
+            fin.recv_cqes <= fin.enters + slack,
+            "more than one piece per enter: {fin}"
+        );
+        assert!(
+            fin.bytes_in / fin.recv_cqes.max(1) > 16 * 1024,
+            "pieces of whole windows, not of a share: {fin}"
+        );
+    });
+}
+
 /// The io_uring start-up line lists the receive's features (`recv=multishot+bundle+cap+inq`).
 fn recv_features(startup: &str) -> &str {
     startup

@@ -6,13 +6,15 @@
 //! send the next, so peer and server take turns and each idles half the time. Taken in
 //! pieces of about an eighth of the window, each piece is echoed while the peer is still
 //! sending the rest, and both work at once (a single 4 KiB x 16 stream ran x1.7 faster).
-//! Pieces cost: each is a completion (or a read) and a send of its own, so with many streams
-//! the shard, which is busy anyway, takes them whole. The share is an eighth of what all of
-//! the shard's streams have in flight: a lone stream is cut into eight, a few streams of
-//! small windows in two (`SMALL_WINDOW_PIECES`), thirteen or more streams of 64 KiB windows
-//! not at all. On epoll a piece costs two syscalls (a read and a write), and pieces measured
-//! slower for big windows and for two streams there, so the epoll backend cuts only a lone
-//! stream of at most 64 KiB in flight (its cap is at most `MIN_CAP`).
+//! Pieces cost: each is a completion (or a read) and a send of its own, so a few streams of
+//! large windows are taken whole. The share is an eighth of what all of the shard's streams
+//! have in flight: a lone stream of a 64 KiB window is cut into eight, two into four, and
+//! two of 256 KiB windows not at all. From `MANY_STREAMS` streams on, io_uring takes every
+//! stream in pieces of up to `WHOLE_CAP` instead, one piece per enter (`Window::ring_cap`;
+//! the io_uring backend's `sync` says why). On epoll a piece costs two syscalls (a read and
+//! a write), and pieces measured slower for big windows and for two streams there, so the
+//! epoll backend cuts only a lone stream of at most 64 KiB in flight (its cap is at most
+//! `MIN_CAP`).
 
 /// Capped receives between two looks at how much the socket holds (`Window::sample`): a
 /// window first seen small (a peer that starts slowly) is found out within this many pieces.
@@ -24,24 +26,27 @@ const PIECES: u64 = 8;
 /// Smallest cap: below it a piece costs more than the overlap gains.
 pub(crate) const MIN_CAP: u32 = 8 * 1024;
 /// Largest cap a share gives on io_uring, where a piece costs a receive, its completion and a
-/// send inside an enter the turn makes anyway; a share above it leaves receives uncapped
-/// (but see `SMALL_WINDOW_PIECES`). Also the size of the io_uring backend's piece buffers.
+/// send inside an enter the turn makes anyway; a share above it leaves receives uncapped.
+/// (64 KiB pieces for large windows won under our io_uring load generator and lost a
+/// quarter under the epoll one; kernel-notes.md, "Streams in pieces".)
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
-/// Streams whose windows are under three pieces of the largest cap are still cut into such
-/// pieces while their share is at most this many pieces (so, with the eighth above, up to 12
-/// streams of 64 KiB windows, 24 of 32 KiB ones). A peer that sends such a window in one go
-/// gets it back in one if it is taken whole, and in a closed loop the streams fall into step:
-/// the shard receives every window, then sends every echo, and idles while the peers answer
-/// (8 and 10 streams of 64 KiB windows left the shard 20% and 16% idle and ran at x0.79 and
-/// x0.87 of the epoll backend). Cut into pieces, one stream's first piece goes back while
-/// the others are still being received (x0.97 and x0.99). Those figures are under the
-/// io_uring load generator; under the epoll one whole windows did not fall into step, and
-/// pieces measured x1.02 and x0.96 against them. From 16 such streams on the shard
-/// is busy either way and pieces only cost (whole and cut measured the same). A window of
-/// one piece (32 KiB) is taken whole, but into a piece buffer lent last-freed first, still in
-/// cache, rather than a large-ring buffer in ring order: x1.18 against uncapped at 16x8192x4
-/// (run 20261207-225239).
-const SMALL_WINDOW_PIECES: u64 = 3;
+/// From this many streams on, io_uring takes each stream in pieces of up to `WHOLE_CAP`, one
+/// piece per enter, whatever the share (`Window::ring_cap`). With the share rule, 4 to 12
+/// streams of 64 KiB windows ran 5-15% behind the epoll backend: every enter received a piece
+/// of each stream before any of them went back, so each piece waited for the others' copies
+/// and the peers idled meanwhile. With fewer streams one piece per enter measured slower
+/// (2x32768x4: x0.93), as did whole windows (2x16384x4: x0.61, the lock step a lone stream
+/// falls into).
+pub(crate) const MANY_STREAMS: u32 = 4;
+/// Up to this many streams (half the io_uring backend's piece buffers, so that every stream
+/// can have a piece out while owed data holds the rest). Beyond it the share rule holds,
+/// which takes such streams whole with multishot receives: with hundreds of streams a piece
+/// receive per enter would cost an enter per receive, where multishot receives cost none.
+pub(crate) const MOST_STREAMS: u32 = 32;
+/// The largest piece from `MANY_STREAMS` streams on, and the size of the io_uring backend's
+/// piece buffers: a 64 KiB window is taken whole, into a buffer lent last-freed first (still
+/// in cache), rather than a large-ring buffer in ring order.
+pub(crate) const WHOLE_CAP: u32 = 64 * 1024;
 
 /// What a connection's peer was seen to have in flight.
 #[derive(Clone, Copy, Debug, Default)]
@@ -93,28 +98,36 @@ impl Window {
 
     /// The receive cap for this connection (0: none) when the shard has `streams` streams
     /// and receives in units of `unit` bytes (a provided buffer; a cap below one is none).
-    /// The cap is the share as a power of two, from `MIN_CAP` up to `max`. A share of twice
-    /// `max` or more is none, except for a few streams of small windows
-    /// (`SMALL_WINDOW_PIECES`), which get `max`. Powers of two, so that small changes in the
-    /// window or the count change nothing.
+    /// The cap is the share as a power of two, from `MIN_CAP` up to `max`; a share of twice
+    /// `max` or more is none. Powers of two, so that small changes in the window or the
+    /// count change nothing.
     pub fn cap(&self, streams: u32, unit: u32, max: u32) -> u32 {
         if !self.is_stream() {
             return 0;
         }
-        let max64 = u64::from(max);
         let share = u64::from(self.max) * u64::from(streams.max(1)) / PIECES;
-        let cap = if share < 2 * max64 {
-            let share = (share as u32).max(MIN_CAP);
-            1 << (31 - share.leading_zeros())
-        } else if u64::from(self.max) < 3 * max64 && share <= SMALL_WINDOW_PIECES * max64 {
-            max
-        } else {
+        if share >= 2 * u64::from(max) {
             return 0;
-        };
+        }
+        let share = (share as u32).max(MIN_CAP);
+        let cap = 1 << (31 - share.leading_zeros());
         if cap > max || cap < unit {
             return 0;
         }
         cap
+    }
+
+    /// The io_uring backend's cap: `WHOLE_CAP` for `MANY_STREAMS` to `MOST_STREAMS` streams,
+    /// else the share (`cap`, up to `MAX_CAP`).
+    pub fn ring_cap(&self, streams: u32, unit: u32) -> u32 {
+        if !(MANY_STREAMS..=MOST_STREAMS).contains(&streams) {
+            return self.cap(streams, unit, MAX_CAP);
+        }
+        if self.is_stream() && WHOLE_CAP >= unit {
+            WHOLE_CAP
+        } else {
+            0
+        }
     }
 }
 
@@ -175,21 +188,29 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_stream_is_cut_in_eight_a_few_in_pieces_and_many_not_at_all() {
+    fn a_lone_stream_is_cut_in_eight_a_few_in_pieces_and_many_whole() {
         let w64 = seen(&[(64 * 1024, true)]);
-        assert_eq!(w64.cap(1, 4096, MAX_CAP), 8 * 1024);
-        assert_eq!(w64.cap(2, 4096, MAX_CAP), 16 * 1024);
-        assert_eq!(w64.cap(4, 4096, MAX_CAP), 32 * 1024);
-        // A few streams of small windows are still cut (`SMALL_WINDOW_PIECES`)...
-        assert_eq!(w64.cap(8, 4096, MAX_CAP), 32 * 1024);
-        assert_eq!(w64.cap(12, 4096, MAX_CAP), 32 * 1024);
-        // ...and many are not: they keep the shard busy.
-        assert_eq!(w64.cap(13, 4096, MAX_CAP), 0);
+        assert_eq!(w64.ring_cap(1, 4096), 8 * 1024);
+        assert_eq!(w64.ring_cap(2, 4096), 16 * 1024);
+        assert_eq!(w64.ring_cap(3, 4096), 16 * 1024);
+        // Many streams: whole windows of up to 64 KiB, one piece per enter.
+        assert_eq!(w64.ring_cap(4, 4096), WHOLE_CAP);
+        assert_eq!(w64.ring_cap(MOST_STREAMS, 4096), WHOLE_CAP);
         assert_eq!(
-            w64.cap(16, 4096, MAX_CAP),
+            w64.ring_cap(MOST_STREAMS + 1, 4096),
             0,
-            "sixteen streams keep the shard busy"
+            "hundreds: multishot"
         );
+        assert_eq!(w64.ring_cap(4, 128 * 1024), 0, "a cap below one buffer");
+        assert_eq!(
+            seen(&[(1024 * 1024, true)]).ring_cap(4, 4096),
+            WHOLE_CAP,
+            "large windows in 64 KiB pieces"
+        );
+        assert_eq!(seen(&[(4096, true)]).ring_cap(8, 4096), 0, "not a stream");
+        // The share alone: many streams of small windows are not cut.
+        assert_eq!(w64.cap(4, 4096, MAX_CAP), 32 * 1024);
+        assert_eq!(w64.cap(8, 4096, MAX_CAP), 0);
         let w256 = seen(&[(256 * 1024 + 300, true)]);
         assert_eq!(w256.cap(1, 4096, MAX_CAP), 32 * 1024);
         assert_eq!(
@@ -200,12 +221,6 @@ mod tests {
         let w128 = seen(&[(128 * 1024, true)]);
         assert_eq!(w128.cap(2, 4096, MAX_CAP), 32 * 1024);
         assert_eq!(w128.cap(4, 4096, MAX_CAP), 0);
-        let w32 = seen(&[(32 * 1024, true)]);
-        assert_eq!(
-            w32.cap(16, 4096, MAX_CAP),
-            32 * 1024,
-            "a window of one piece is still taken through a piece buffer"
-        );
         let w512 = seen(&[(512 * 1024, true)]);
         assert_eq!(
             w512.cap(1, 4096, MAX_CAP),

@@ -106,6 +106,8 @@ struct UringConn<P> {
     /// `streams::SAMPLE_EVERY`: a `SIOCINQ` socket command, or, on kernels without one, an
     /// uncapped single-shot receive in place of the next piece.
     pieces: u16,
+    /// Queued in `UringShard::waiting`: a piece to receive once its turn comes.
+    waiting: bool,
     /// Last time bytes moved either way (for `--idle-timeout`).
     last_active: Instant,
 }
@@ -197,10 +199,9 @@ impl Listener {
     }
 }
 
-/// Most piece buffers per shard (`streams::MAX_CAP` bytes each, 2 MiB in all, made on first
-/// use): capped streams are at most 24 per shard (the share rule: 24 of 32 KiB windows, 12 of
-/// 64 KiB), owed data may hold half of them, and a stream that finds none free receives
-/// uncapped for that turn.
+/// Most piece buffers per shard (`streams::WHOLE_CAP` bytes each, 4 MiB in all, made on
+/// first use): one per stream with a piece receive out, and those owed data holds; a stream
+/// that finds none free receives into provided buffers for that turn.
 const PIECE_BUFS: usize = 64;
 
 /// Single-shot accepts kept outstanding per listener near the cap.
@@ -250,6 +251,11 @@ struct UringShard<P> {
     send_vecs: Vec<Box<ops::SendVec>>,
     /// Connections parked on `-ENOBUFS`, in arrival order.
     parked: std::collections::VecDeque<(usize, u32)>,
+    /// With `streams::MANY_STREAMS` to `MOST_STREAMS` streams, those wanting a piece, in order:
+    /// one is armed per enter (see `sync`).
+    waiting: std::collections::VecDeque<(usize, u32)>,
+    /// A piece receive was armed since the last enter (at most one is: `sync`).
+    piece_armed: bool,
     next_generation: u32,
     /// Shutdown has started.
     draining: bool,
@@ -309,7 +315,7 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
             }?)
         }
     };
-    let bufs = Pools::new(small, large, PIECE_BUFS, streams::MAX_CAP as usize);
+    let bufs = Pools::new(small, large, PIECE_BUFS, streams::WHOLE_CAP as usize);
     let stream_bufs = bufs.large.as_ref().map_or(0, BufRing::count);
     let multishot_recv = cfg.multishot_recv && features.multishot_recv;
     // Pieces need bundles (a stream is told by what its uncapped bundle receives take); the
@@ -402,6 +408,8 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         dirty: Vec::new(),
         send_vecs: Vec::new(),
         parked: Default::default(),
+        waiting: Default::default(),
+        piece_armed: false,
         next_generation: 0,
         draining: false,
         timers: Timers::new(cfg.idle_timeout, cfg.lingering_close, Instant::now()),
@@ -480,9 +488,15 @@ impl<P: Protocol + Clone> UringShard<P> {
             if self.is_finished() {
                 break;
             }
+            self.arm_waiting();
             self.start_sends();
             self.bufs.publish();
-            let deadline = self.timers.next();
+            // Streams still waiting for their piece: this enter collects what is ready but
+            // does not sleep, and the next one arms the next piece.
+            let deadline = match self.waiting.is_empty() {
+                true => self.timers.next(),
+                false => Some(now),
+            };
             driver.turn(
                 &submitter,
                 &mut sq,
@@ -493,6 +507,7 @@ impl<P: Protocol + Clone> UringShard<P> {
                 &mut self.counters,
             )?;
             self.now = Instant::now();
+            self.piece_armed = false;
             last_turn = driver::reap(&mut cq, |cqe| self.dispatch(cqe));
             self.rearm_parked();
             self.counters.events += last_turn as u64;
@@ -645,6 +660,7 @@ impl<P: Protocol + Clone> UringShard<P> {
             multishot: false,
             piece: None,
             pieces: 0,
+            waiting: false,
             last_active: self.now,
         });
         self.sync(key);
@@ -937,9 +953,7 @@ impl<P: Protocol + Clone> UringShard<P> {
     fn sync(&mut self, key: usize) {
         let cap = if self.recv_cap {
             let unit = self.bufs.small.buf_size();
-            self.conns[key]
-                .window
-                .cap(self.streams, unit, streams::MAX_CAP)
+            self.conns[key].window.ring_cap(self.streams, unit)
         } else {
             0
         };
@@ -978,6 +992,23 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         let look_by_recv = look_due && !self.sock_inq;
         let want = c.conn.recv_wanted();
+        // With `MANY_STREAMS` to `MOST_STREAMS` streams, one piece receive is armed per enter, and each piece
+        // goes back out at the very next enter, as epoll's read-then-write does. Receives
+        // that find data copy it during the enter's submission, so with a piece of every
+        // stream in one enter, each piece's echo would wait for the copies of all the others
+        // while the peers, whose windows the shard holds, idle. The streams that must wait
+        // queue in `waiting`; the enters between do not sleep (`run`).
+        let many = (streams::MANY_STREAMS..=streams::MOST_STREAMS).contains(&self.streams);
+        if c.recv == RecvState::Idle && want && cap > 0 && many {
+            if self.piece_armed || c.waiting || !self.waiting.is_empty() {
+                if !c.waiting {
+                    c.waiting = true;
+                    self.waiting.push_back((key, c.generation));
+                }
+                return self.sync_fin(key);
+            }
+            self.piece_armed = true;
+        }
         // A capped stream's next piece goes into a piece buffer; if none is free (owed data
         // holds them), it is received like any stream this turn.
         let piece = (c.recv == RecvState::Idle && want && cap > 0 && !look_by_recv)
@@ -1051,11 +1082,38 @@ impl<P: Protocol + Clone> UringShard<P> {
             (RecvState::Parked, false) => c.recv = RecvState::Idle,
             _ => {}
         }
+        self.sync_fin(key);
+    }
+
+    /// Queues the write-side shutdown once the connection wants it (after its last bytes).
+    fn sync_fin(&mut self, key: usize) {
+        let c = &mut self.conns[key];
         if c.conn.wants_fin() {
             c.conn.on_fin_sent();
             c.ops += 1;
             let tok = Token::conn(key, c.generation, Op::ShutdownWrite);
             self.pending.push(ops::shutdown_write(c.sock, tok));
+        }
+    }
+
+    /// Arms the piece of the first stream in `waiting` that still wants one (at most one
+    /// piece per enter: `sync`).
+    fn arm_waiting(&mut self) {
+        while !self.piece_armed
+            && let Some((key, generation)) = self.waiting.pop_front()
+        {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.generation != generation || !c.waiting {
+                continue;
+            }
+            c.waiting = false;
+            // Its turn: armed now, ahead of those still queued.
+            let rest = std::mem::take(&mut self.waiting);
+            self.sync(key);
+            let requeued = std::mem::replace(&mut self.waiting, rest);
+            self.waiting.extend(requeued);
         }
     }
 
