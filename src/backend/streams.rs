@@ -9,9 +9,9 @@
 //! Pieces cost: each is a completion (or a read) and a send of its own, so a few streams of
 //! large windows are taken whole. The share is an eighth of what all of the shard's streams
 //! have in flight: a lone stream of a 64 KiB window is cut into eight, two into four, and
-//! two of 256 KiB windows not at all. From `MANY_STREAMS` streams on, io_uring takes every
-//! stream in pieces of up to `WHOLE_CAP` instead, one piece per enter (`Window::ring_cap`;
-//! the io_uring backend's `sync` says why). On epoll a piece costs two syscalls (a read and
+//! two of 256 KiB windows not at all. With `MANY_STREAMS` to `MOST_STREAMS` streams, io_uring
+//! takes every stream in pieces of up to `WHOLE_CAP` instead, one piece per enter
+//! (`Window::whole_cap`; the io_uring backend's `sync` says why). On epoll a piece costs two syscalls (a read and
 //! a write), and pieces measured slower for big windows and for two streams there, so the
 //! epoll backend cuts only a lone stream of at most 64 KiB in flight (its cap is at most
 //! `MIN_CAP`).
@@ -31,7 +31,7 @@ pub(crate) const MIN_CAP: u32 = 8 * 1024;
 /// quarter under the epoll one; kernel-notes.md, "Streams in pieces".)
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
 /// From this many streams on, io_uring takes each stream in pieces of up to `WHOLE_CAP`, one
-/// piece per enter, whatever the share (`Window::ring_cap`). With the share rule, 4 to 12
+/// piece per enter, whatever the share (`Window::whole_cap`). With the share rule, 4 to 12
 /// streams of 64 KiB windows ran 5-15% behind the epoll backend: every enter received a piece
 /// of each stream before any of them went back, so each piece waited for the others' copies
 /// and the peers idled meanwhile. With fewer streams one piece per enter measured slower
@@ -117,12 +117,9 @@ impl Window {
         cap
     }
 
-    /// The io_uring backend's cap: `WHOLE_CAP` for `MANY_STREAMS` to `MOST_STREAMS` streams,
-    /// else the share (`cap`, up to `MAX_CAP`).
-    pub fn ring_cap(&self, streams: u32, unit: u32) -> u32 {
-        if !(MANY_STREAMS..=MOST_STREAMS).contains(&streams) {
-            return self.cap(streams, unit, MAX_CAP);
-        }
+    /// The io_uring backend's cap for `MANY_STREAMS` to `MOST_STREAMS` streams taken one
+    /// piece per enter: `WHOLE_CAP` for a stream (0: not a stream, or a cap below `unit`).
+    pub fn whole_cap(&self, unit: u32) -> u32 {
         if self.is_stream() && WHOLE_CAP >= unit {
             WHOLE_CAP
         } else {
@@ -190,27 +187,18 @@ mod tests {
     #[test]
     fn a_lone_stream_is_cut_in_eight_a_few_in_pieces_and_many_whole() {
         let w64 = seen(&[(64 * 1024, true)]);
-        assert_eq!(w64.ring_cap(1, 4096), 8 * 1024);
-        assert_eq!(w64.ring_cap(2, 4096), 16 * 1024);
-        assert_eq!(w64.ring_cap(3, 4096), 16 * 1024);
-        // Many streams: whole windows of up to 64 KiB, one piece per enter.
-        assert_eq!(w64.ring_cap(4, 4096), WHOLE_CAP);
-        assert_eq!(w64.ring_cap(MOST_STREAMS, 4096), WHOLE_CAP);
-        assert_eq!(
-            w64.ring_cap(MOST_STREAMS + 1, 4096),
-            0,
-            "hundreds: multishot"
-        );
-        assert_eq!(w64.ring_cap(4, 128 * 1024), 0, "a cap below one buffer");
-        assert_eq!(
-            seen(&[(1024 * 1024, true)]).ring_cap(4, 4096),
-            WHOLE_CAP,
-            "large windows in 64 KiB pieces"
-        );
-        assert_eq!(seen(&[(4096, true)]).ring_cap(8, 4096), 0, "not a stream");
-        // The share alone: many streams of small windows are not cut.
+        assert_eq!(w64.cap(1, 4096, MAX_CAP), 8 * 1024);
+        assert_eq!(w64.cap(2, 4096, MAX_CAP), 16 * 1024);
+        assert_eq!(w64.cap(3, 4096, MAX_CAP), 16 * 1024);
+        // The share alone: more streams of small windows are cut less, then not at all...
         assert_eq!(w64.cap(4, 4096, MAX_CAP), 32 * 1024);
         assert_eq!(w64.cap(8, 4096, MAX_CAP), 0);
+        // ...but from `MANY_STREAMS` on io_uring takes whole windows of up to 64 KiB, one
+        // piece per enter, and large windows 64 KiB at a time.
+        assert_eq!(w64.whole_cap(4096), WHOLE_CAP);
+        assert_eq!(w64.whole_cap(128 * 1024), 0, "a cap below one buffer");
+        assert_eq!(seen(&[(1024 * 1024, true)]).whole_cap(4096), WHOLE_CAP);
+        assert_eq!(seen(&[(4096, true)]).whole_cap(4096), 0, "not a stream");
         let w256 = seen(&[(256 * 1024 + 300, true)]);
         assert_eq!(w256.cap(1, 4096, MAX_CAP), 32 * 1024);
         assert_eq!(
