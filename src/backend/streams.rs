@@ -10,11 +10,11 @@
 //! large windows are taken whole. The share is an eighth of what all of the shard's streams
 //! have in flight: a lone stream of a 64 KiB window is cut into eight, two into four, and
 //! two of 256 KiB windows not at all. With `MANY_STREAMS` to `MOST_STREAMS` streams, io_uring
-//! takes every stream in pieces of up to `WHOLE_CAP` instead, one piece per enter
-//! (`Window::whole_cap`; the io_uring backend's `sync` says why). On epoll a piece costs two syscalls (a read and
-//! a write), and pieces measured slower for big windows and for two streams there, so the
-//! epoll backend cuts only a lone stream of at most 64 KiB in flight (its cap is at most
-//! `MIN_CAP`).
+//! (but not SQPOLL's) takes every stream in pieces of up to `WHOLE_CAP` instead, one piece
+//! per enter (`Window::whole_cap`; the io_uring backend's `sync` says why). On epoll a piece
+//! costs two syscalls (a read and a write), and pieces measured slower for big windows and
+//! for two streams there, so the epoll backend cuts only a lone stream of at most 64 KiB in
+//! flight (its cap is at most `MIN_CAP`).
 
 /// Capped receives between two looks at how much the socket holds (`Window::sample`): a
 /// window first seen small (a peer that starts slowly) is found out within this many pieces.
@@ -30,8 +30,9 @@ pub(crate) const MIN_CAP: u32 = 8 * 1024;
 /// (64 KiB pieces for large windows won under our io_uring load generator and lost a
 /// quarter under the epoll one; kernel-notes.md, "Streams in pieces".)
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
-/// From this many streams on, io_uring takes each stream in pieces of up to `WHOLE_CAP`, one
-/// piece per enter, whatever the share (`Window::whole_cap`). With the share rule, 4 to 12
+/// From this many streams on, io_uring (without SQPOLL) takes each stream in pieces of up to
+/// `WHOLE_CAP`, one piece per enter, whatever the share (`Window::whole_cap`). With the share
+/// rule, 4 to 12
 /// streams of 64 KiB windows ran 5-15% behind the epoll backend: every enter received a piece
 /// of each stream before any of them went back, so each piece waited for the others' copies
 /// and the peers idled meanwhile. With fewer streams one piece per enter measured slower
@@ -40,8 +41,9 @@ pub(crate) const MAX_CAP: u32 = 32 * 1024;
 pub(crate) const MANY_STREAMS: u32 = 4;
 /// Up to this many streams (half the io_uring backend's piece buffers, so that every stream
 /// can have a piece out while owed data holds the rest). Beyond it the share rule holds,
-/// which takes such streams whole with multishot receives: with hundreds of streams a piece
-/// receive per enter would cost an enter per receive, where multishot receives cost none.
+/// which takes such streams whole, in bundle receives: with hundreds of streams a piece
+/// receive per enter would cost an enter per receive, where one enter takes many bundles.
+/// (Measured up to 20 streams, x1.04 against the share rule; the bound itself is a choice.)
 pub(crate) const MOST_STREAMS: u32 = 32;
 /// The largest piece from `MANY_STREAMS` streams on, and the size of the io_uring backend's
 /// piece buffers: a 64 KiB window is taken whole, into a buffer lent last-freed first (still

@@ -627,8 +627,9 @@ impl<P: Protocol + Clone> UringShard<P> {
                 } else if res != -libc::ECANCELED {
                     // -ENFILE: the file table was full and the kernel closed that connection
                     // (the table's sizing keeps this from happening); -EMFILE with ordinary
-                    // descriptors: the connection stays in the backlog. Other errors (a peer gone before
-                    // the accept) are transient; either way, back off rather than spin.
+                    // descriptors: the connection stays in the backlog. Other errors (a peer
+                    // gone before the accept) are transient; either way, back off rather than
+                    // spin.
                     self.counters.accept_errors += 1;
                     if ended {
                         let at = Instant::now() + ACCEPT_RETRY;
