@@ -392,10 +392,6 @@ fn many_streams_take_one_piece_per_enter() {
             fin.recv_cqes * 2 <= fin.enters * 3 + slack,
             "pieces of several streams per enter: {fin}"
         );
-        assert!(
-            fin.bytes_in / fin.recv_cqes.max(1) > 16 * 1024,
-            "pieces of whole windows, not of a share: {fin}"
-        );
         six_streams(b, &["--sqpoll=10"]);
     });
 }

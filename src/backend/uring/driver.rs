@@ -119,7 +119,9 @@ impl Driver {
         last_turn: usize,
         timeout: Option<Duration>,
     ) -> (usize, u32, Option<Duration>) {
-        if self.batch_wait_us == 0 || last_turn < BUSY_TURN {
+        // A zero timeout means "do not sleep" (a shard with work of its own waiting): no
+        // min-wait, which the kernel would wait out before looking at the timeout.
+        if self.batch_wait_us == 0 || last_turn < BUSY_TURN || timeout == Some(Duration::ZERO) {
             return (1, 0, timeout);
         }
         let window = Duration::from_micros(u64::from(self.batch_wait_us));
@@ -263,6 +265,23 @@ pub(crate) fn reap(cq: &mut CompletionQueue<'_>, mut handle: impl FnMut(cqueue::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_timeout_never_waits_out_a_batch() {
+        let d = Driver {
+            sqpoll: false,
+            min_timeout: true,
+            batch_max: 64,
+            batch_wait_us: 50,
+            kernel_dropped_seen: 0,
+        };
+        assert_eq!(
+            d.wait_policy(100, Some(Duration::ZERO)),
+            (1, 0, Some(Duration::ZERO))
+        );
+        assert_eq!(d.wait_policy(100, None).0, 64, "a busy turn batches");
+        assert_eq!(d.wait_policy(100, None).1, 50);
+    }
 
     #[test]
     fn any_dropped_completion_is_fatal_and_counted_once() {

@@ -204,6 +204,8 @@ impl Listener {
 /// first use): one per stream with a piece receive out, and those owed data holds; a stream
 /// that finds none free receives into provided buffers for that turn.
 const PIECE_BUFS: usize = 64;
+// Every stream taken one piece per enter can have a piece out while owed data holds half.
+const _: () = assert!(streams::MOST_STREAMS as usize * 2 <= PIECE_BUFS);
 
 /// Single-shot accepts kept outstanding per listener near the cap.
 const SINGLES_PER_LISTENER: usize = 16;
@@ -255,7 +257,8 @@ struct UringShard<P> {
     /// With `streams::MANY_STREAMS` to `MOST_STREAMS` streams, those wanting a piece, in order:
     /// one is armed per enter (see `sync`).
     waiting: std::collections::VecDeque<(usize, u32)>,
-    /// A piece receive was armed since the last enter (at most one is: `sync`).
+    /// A receive of a stream taken one piece per enter was armed since the last enter (at
+    /// most one is: `sync`; usually into a piece buffer, else a bundle).
     piece_armed: bool,
     /// Many streams are taken one piece per enter: the ring is not SQPOLL's, whose poller
     /// submits on its own (one piece per enter there ran at a third of the share rule's
@@ -962,18 +965,20 @@ impl<P: Protocol + Clone> UringShard<P> {
     /// Queues whatever closes the gap between what connection `key` wants and what is in
     /// flight for it. Called after every event on the connection.
     fn sync(&mut self, key: usize) {
-        // One piece per enter for `MANY_STREAMS` to `MOST_STREAMS` streams (below).
+        // Whole windows of up to 64 KiB, one piece per enter, for `MANY_STREAMS` to
+        // `MOST_STREAMS` streams (below); larger windows and other counts keep the share.
         let many =
             self.paced && (streams::MANY_STREAMS..=streams::MOST_STREAMS).contains(&self.streams);
-        let cap = match (self.recv_cap, many) {
+        let unit = self.bufs.small.buf_size();
+        let window = self.conns[key].window;
+        let whole = match self.recv_cap && many {
+            true => window.whole_cap(unit),
+            false => 0,
+        };
+        let cap = match (self.recv_cap, whole) {
             (false, _) => 0,
-            (true, true) => self.conns[key].window.whole_cap(self.bufs.small.buf_size()),
-            (true, false) => {
-                let unit = self.bufs.small.buf_size();
-                self.conns[key]
-                    .window
-                    .cap(self.streams, unit, streams::MAX_CAP)
-            }
+            (true, 0) => window.cap(self.streams, unit, streams::MAX_CAP),
+            (true, whole) => whole,
         };
         let c = &mut self.conns[key];
         match c.phase {
@@ -1017,7 +1022,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         // wait for the copies of all the others while the peers, whose windows the shard
         // holds, idle. The streams that must wait queue in `waiting`; the enters between do
         // not sleep (`run`). Not with SQPOLL (`paced`), where there is no enter to pace by.
-        if c.recv == RecvState::Idle && want && cap > 0 && many {
+        if c.recv == RecvState::Idle && want && whole > 0 {
             if self.piece_armed || c.waiting || !self.waiting.is_empty() {
                 if !c.waiting {
                     c.waiting = true;
