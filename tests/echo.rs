@@ -338,11 +338,22 @@ fn serves_without_a_subcommand_and_on_ipv6() {
 }
 
 /// One stream (`window` bytes in flight, fixed writes of `write` bytes) against a server
-/// started with `args`; returns the final counters and whether the server caps stream
-/// receives, after checking every byte and a clean exit.
+/// started with `args`; returns the final counters and the io_uring start-up line, after
+/// checking every byte and a clean exit.
 fn one_stream(
     b: common::Backend,
     args: &[&str],
+    total: u64,
+    flow: (u64, usize),
+) -> (ringecho::stats::Counters, String) {
+    streams(b, args, 1, total, flow)
+}
+
+/// `n` streams of `total` bytes each, as `one_stream`.
+fn streams(
+    b: common::Backend,
+    args: &[&str],
+    n: u64,
     total: u64,
     (window, write): (u64, usize),
 ) -> (ringecho::stats::Counters, String) {
@@ -358,13 +369,15 @@ fn one_stream(
         fixed_writes: true,
         half_close: true,
     };
-    let mut flows = vec![Flow::connect(server.addr, 7, spec).unwrap()];
+    let mut flows: Vec<_> = (0..n)
+        .map(|i| Flow::connect(server.addr, 7 + i, spec).unwrap())
+        .collect();
     drive(&mut flows, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     drop(flows);
-    server.wait_stats("closed", Duration::from_secs(10), |c| c.closed >= 1);
+    server.wait_stats("closed", Duration::from_secs(10), |c| c.closed >= n);
     let fin = server.stop(libc::SIGTERM).assert_clean();
     eprintln!("{args:?} (capped: {capped}): {fin}");
-    assert_eq!(fin.bytes_out, total, "{args:?}");
+    assert_eq!(fin.bytes_out, n * total, "{args:?}");
     assert_eq!(fin.bufs_held, 0, "{args:?}");
     assert_eq!((fin.stale_cqes, fin.conn_errors), (0, 0), "{args:?}");
     (fin, startup)
@@ -380,11 +393,12 @@ fn one_stream(
 #[test]
 fn many_streams_take_one_piece_per_enter() {
     with_backend("uring", |b| {
-        let fin = six_streams(b, &[]);
-        let Some(fin) = fin else {
+        const SIX: (u64, usize) = (64 * 1024, 16 * 1024);
+        let (fin, startup) = streams(b, &[], 6, 8 << 20, SIX);
+        if !recv_features(&startup).contains("+cap") {
             common::skipped("this kernel has no receive bundles (6.10)");
             return;
-        };
+        }
         // Before the streams are told, receives take their first windows whole (a few per
         // stream) and may share an enter.
         let slack = 16 * 6;
@@ -392,40 +406,8 @@ fn many_streams_take_one_piece_per_enter() {
             fin.recv_cqes * 2 <= fin.enters * 3 + slack,
             "pieces of several streams per enter: {fin}"
         );
-        six_streams(b, &["--sqpoll=10"]);
+        streams(b, &["--sqpoll=10"], 6, 8 << 20, SIX);
     });
-}
-
-/// Six streams of 64 KiB windows (16 KiB writes) against a server started with `args`:
-/// every byte checked, a clean exit, nothing held; `None` where the server takes no pieces.
-fn six_streams(b: common::Backend, args: &[&str]) -> Option<ringecho::stats::Counters> {
-    const STREAMS: u64 = 6;
-    const TOTAL: u64 = 8 << 20;
-    let mut server = b.start(args);
-    // The start-up line goes to stderr before `listening on` goes to stdout, but the two are
-    // read apart: wait for it rather than look at what was read so far.
-    let startup = server.wait_stderr_line("ringecho: io_uring", Duration::from_secs(10));
-    if !recv_features(&startup).contains("+cap") {
-        return None;
-    }
-    let spec = FlowSpec {
-        total: TOTAL,
-        window: 64 * 1024,
-        max_write: 16 * 1024,
-        fixed_writes: true,
-        half_close: true,
-    };
-    let mut flows: Vec<_> = (0..STREAMS)
-        .map(|i| Flow::connect(server.addr, 20 + i, spec).unwrap())
-        .collect();
-    drive(&mut flows, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    drop(flows);
-    server.wait_stats("closed", Duration::from_secs(10), |c| c.closed >= STREAMS);
-    let fin = server.stop(libc::SIGTERM).assert_clean();
-    assert_eq!(fin.bytes_out, STREAMS * TOTAL, "{args:?}: {fin}");
-    assert_eq!(fin.bufs_held, 0, "{args:?}: {fin}");
-    assert_eq!((fin.stale_cqes, fin.conn_errors), (0, 0), "{args:?}: {fin}");
-    Some(fin)
 }
 
 /// The io_uring start-up line lists the receive's features (`recv=multishot+bundle+cap+inq`).

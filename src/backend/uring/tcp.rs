@@ -260,10 +260,6 @@ struct UringShard<P> {
     /// A receive of a stream taken one piece per enter was armed since the last enter (at
     /// most one is: `sync`; usually into a piece buffer, else a bundle).
     piece_armed: bool,
-    /// Many streams are taken one piece per enter: the ring is not SQPOLL's, whose poller
-    /// submits on its own (one piece per enter there ran at a third of the share rule's
-    /// throughput at 6x16384x4, the shard spinning beside the poller).
-    paced: bool,
     next_generation: u32,
     /// Shutdown has started.
     draining: bool,
@@ -418,7 +414,6 @@ pub(crate) fn run_shard<P: Protocol + Clone>(
         parked: Default::default(),
         waiting: Default::default(),
         piece_armed: false,
-        paced: features.mode != RingMode::Sqpoll,
         next_generation: 0,
         draining: false,
         timers: Timers::new(cfg.idle_timeout, cfg.lingering_close, Instant::now()),
@@ -968,7 +963,7 @@ impl<P: Protocol + Clone> UringShard<P> {
         // Whole windows of up to 64 KiB, one piece per enter, for `MANY_STREAMS` to
         // `MOST_STREAMS` streams (below); larger windows and other counts keep the share.
         let many =
-            self.paced && (streams::MANY_STREAMS..=streams::MOST_STREAMS).contains(&self.streams);
+            self.paced() && (streams::MANY_STREAMS..=streams::MOST_STREAMS).contains(&self.streams);
         let unit = self.bufs.small.buf_size();
         let window = self.conns[key].window;
         let whole = match self.recv_cap && many {
@@ -1132,12 +1127,20 @@ impl<P: Protocol + Clone> UringShard<P> {
                 continue;
             }
             c.waiting = false;
-            // Its turn: armed now, ahead of those still queued.
+            // Its turn: armed now, ahead of those still queued (`sync` queues a stream
+            // behind others while any wait; with none, and no piece armed, it arms).
             let rest = std::mem::take(&mut self.waiting);
             self.sync(key);
-            let requeued = std::mem::replace(&mut self.waiting, rest);
-            self.waiting.extend(requeued);
+            debug_assert!(self.waiting.is_empty(), "a stream armed in its turn");
+            self.waiting = rest;
         }
+    }
+
+    /// Many streams are taken one piece per enter: the ring is not SQPOLL's, whose poller
+    /// submits on its own (one piece per enter there ran at a third of the share rule's
+    /// throughput at 6x16384x4, the shard spinning beside the poller).
+    fn paced(&self) -> bool {
+        self.features.mode != RingMode::Sqpoll
     }
 
     /// Gives every connection that owes bytes, and has no send outstanding, one send covering
