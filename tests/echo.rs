@@ -383,13 +383,13 @@ fn streams(
     (fin, startup)
 }
 
-/// From `MANY_STREAMS` (4) streams on, each stream is received in pieces of up to 64 KiB, one
-/// piece armed per enter, the next piece of any stream waiting its turn. So about one
+/// From `MANY_STREAMS` (4) streams on, each stream of a window up to 64 KiB is received whole,
+/// one piece armed per enter, the next piece of any stream waiting its turn. So about one
 /// completion per enter: pieces armed in earlier enters that found the socket empty may
-/// complete together, hence up to 1.5; with the share rule, every stream had a piece in each
-/// enter, 2.8 completions per enter here;
-/// six streams of 64 KiB windows all come back exact, and nothing is left held. With SQPOLL,
-/// where there is no enter to pace by, the share rule holds, and the bytes are as exact.
+/// complete together, hence up to 1.5 (with the share rule, every stream had a piece in each
+/// enter: 2.8 completions per enter here). Six streams of 64 KiB windows all come back exact,
+/// and nothing is left held. With SQPOLL, where there is no enter to pace by, the share rule
+/// holds, and the bytes are as exact.
 #[test]
 fn many_streams_take_one_piece_per_enter() {
     with_backend("uring", |b| {

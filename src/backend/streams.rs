@@ -10,8 +10,9 @@
 //! large windows are taken whole. The share is an eighth of what all of the shard's streams
 //! have in flight: a lone stream of a 64 KiB window is cut into eight, two into four, and
 //! two of 256 KiB windows not at all. With `MANY_STREAMS` to `MOST_STREAMS` streams, io_uring
-//! (but not SQPOLL's) takes every stream in pieces of up to `WHOLE_CAP` instead, one piece
-//! per enter (`Window::whole_cap`; the io_uring backend's `sync` says why). On epoll a piece
+//! (but not SQPOLL's) takes each stream whose window is at most `WHOLE_CAP` whole instead,
+//! one piece per enter (`Window::whole_cap`; the io_uring backend's `sync` says why); larger
+//! windows keep the share. On epoll a piece
 //! costs two syscalls (a read and a write), and pieces measured slower for big windows and
 //! for two streams there, so the epoll backend cuts only a lone stream of at most 64 KiB in
 //! flight (its cap is at most `MIN_CAP`).
@@ -30,12 +31,11 @@ pub(crate) const MIN_CAP: u32 = 8 * 1024;
 /// (64 KiB pieces for large windows won under our io_uring load generator and lost a
 /// quarter under the epoll one; kernel-notes.md, "Streams in pieces".)
 pub(crate) const MAX_CAP: u32 = 32 * 1024;
-/// From this many streams on, io_uring (without SQPOLL) takes each stream in pieces of up to
-/// `WHOLE_CAP`, one piece per enter, whatever the share (`Window::whole_cap`). With the share
-/// rule, 4 to 12
-/// streams of 64 KiB windows ran 5-15% behind the epoll backend: every enter received a piece
-/// of each stream before any of them went back, so each piece waited for the others' copies
-/// and the peers idled meanwhile. With fewer streams one piece per enter measured slower
+/// From this many streams on, io_uring (without SQPOLL) takes each stream whose window is at
+/// most `WHOLE_CAP` whole, one piece per enter, whatever the share (`Window::whole_cap`).
+/// With the share rule, 4 to 12 streams of 64 KiB windows ran 5-15% behind the epoll
+/// backend: every enter received a piece of each stream before any of them went back, so
+/// each piece waited for the others' copies and the peers idled meanwhile. With fewer streams one piece per enter measured slower
 /// (2x32768x4: x0.93), as did whole windows (2x16384x4: x0.61, the lock step a lone stream
 /// falls into).
 pub(crate) const MANY_STREAMS: u32 = 4;

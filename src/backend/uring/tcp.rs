@@ -1010,13 +1010,14 @@ impl<P: Protocol + Clone> UringShard<P> {
         }
         let look_by_recv = look_due && !self.sock_inq;
         let want = c.conn.recv_wanted();
-        // With `MANY_STREAMS` to `MOST_STREAMS` streams, one piece receive is armed per
-        // enter, and each piece goes back out at the very next enter, as epoll's
-        // read-then-write does. Receives that find data copy it during the enter's
-        // submission, so with a piece of every stream in one enter, each piece's echo would
-        // wait for the copies of all the others while the peers, whose windows the shard
-        // holds, idle. The streams that must wait queue in `waiting`; the enters between do
-        // not sleep (`run`). Not with SQPOLL (`paced`), where there is no enter to pace by.
+        // With `MANY_STREAMS` to `MOST_STREAMS` streams (windows of at most `WHOLE_CAP`,
+        // taken whole), one piece receive is armed per enter, and each piece goes back out
+        // at the very next enter, as epoll's read-then-write does. Receives that find data
+        // copy it during the enter's submission, so with a piece of every stream in one
+        // enter, each piece's echo would wait for the copies of all the others while the
+        // peers, whose windows the shard holds, idle. The streams that must wait queue in
+        // `waiting`; the enters between do not sleep (`run`). Not with SQPOLL (`paced`),
+        // where there is no enter to pace by.
         if c.recv == RecvState::Idle && want && whole > 0 {
             if self.piece_armed || c.waiting || !self.waiting.is_empty() {
                 if !c.waiting {
